@@ -1,0 +1,251 @@
+"""sd_notify over a real datagram socket: READY/STATUS/STOPPING/EXTEND_TIMEOUT_USEC, the
+progress-gated watchdog, the abstract namespace, and the no-op without $NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_asd import sdnotify
+from edge_asd.sdnotify import Notifier, SystemdIntegration, Watchdog, format_status
+
+pytestmark = pytest.mark.device
+
+
+def _parse(datagram: bytes) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in datagram.decode("utf-8").split("\n"))
+
+
+class Receiver:
+    """The service manager's side: a bound datagram socket that collects notifications."""
+
+    def __init__(self, sock: socket.socket, env_value: str) -> None:
+        self.sock = sock
+        self.env_value = env_value
+
+    def recv(self, timeout_s: float = 2.0) -> dict[str, str]:
+        self.sock.settimeout(timeout_s)
+        return _parse(self.sock.recv(4096))
+
+    def drain(self, for_s: float) -> list[dict[str, str]]:
+        """Everything that arrives within ``for_s`` seconds."""
+        got: list[dict[str, str]] = []
+        deadline = time.monotonic() + for_s
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(_parse(self.sock.recv(4096)))
+            except TimeoutError:
+                break
+        return got
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    path = tmp_path / "notify.sock"
+    if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+        path = Path(tempfile.mkdtemp(prefix="sdn")) / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    yield Receiver(sock, str(path))
+    sock.close()
+
+
+def test_ready_status_stopping_extend_datagrams(receiver: Receiver) -> None:
+    notifier = Notifier.from_env()
+    assert notifier.enabled
+    assert notifier.ready("engine loaded, first audio arrived")
+    assert receiver.recv() == {"READY": "1", "STATUS": "engine loaded, first audio arrived"}
+    assert notifier.status("fan1 0.42/0.80\nsecond line")
+    assert receiver.recv() == {"STATUS": "fan1 0.42/0.80 second line"}  # one line only
+    assert notifier.extend_timeout(2.5)
+    assert receiver.recv() == {"EXTEND_TIMEOUT_USEC": "2500000"}
+    assert notifier.watchdog()
+    assert receiver.recv() == {"WATCHDOG": "1"}
+    assert notifier.stopping()
+    assert receiver.recv() == {"STOPPING": "1"}
+    notifier.close()
+
+
+def test_module_helpers(receiver: Receiver) -> None:
+    assert sdnotify.notify(READY=1, status="hello", custom_field=True)
+    assert receiver.recv() == {"READY": "1", "STATUS": "hello", "CUSTOM_FIELD": "1"}
+    assert sdnotify.ready()
+    assert receiver.recv() == {"READY": "1"}
+    assert sdnotify.status("x")
+    assert receiver.recv() == {"STATUS": "x"}
+    assert sdnotify.extend_timeout(60)
+    assert receiver.recv() == {"EXTEND_TIMEOUT_USEC": "60000000"}
+    assert sdnotify.stopping("bye")
+    assert receiver.recv() == {"STOPPING": "1", "STATUS": "bye"}
+    assert sdnotify.watchdog()
+    assert receiver.recv() == {"WATCHDOG": "1"}
+
+
+def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"edge-asd-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sdnotify.ready("abstract")
+        sock.settimeout(2.0)
+        assert _parse(sock.recv(4096)) == {"READY": "1", "STATUS": "abstract"}
+    finally:
+        sock.close()
+
+
+def test_noop_without_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    assert sdnotify.notify(READY=1) is False
+    assert not Notifier.from_env().enabled
+    sd = SystemdIntegration.from_env()
+    assert not sd.enabled
+    assert not sd.watchdog.enabled  # an interval without a socket is still off
+    sd.ready("x")
+    sd.progress()
+    sd.status("y")
+    sd.extend_timeout(10)
+    with sd.extending_timeout(10, 0.01):
+        pass
+    sd.stopping()
+    sd.close()
+    assert sd.watchdog.pings == 0
+
+
+def test_never_raises_when_socket_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens.sock"))
+    notifier = Notifier.from_env()
+    assert notifier.enabled
+    assert notifier.ready("x") is False  # ENOENT is logged at debug, not raised
+    assert notifier.status("y") is False
+    # Unsupported address forms disable notifications instead of failing.
+    assert not Notifier("vsock:2:1234").enabled
+    assert Notifier("vsock:2:1234").send(READY=1) is False
+
+
+def test_from_env_hides_variables_from_children(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    sd = SystemdIntegration.from_env()
+    assert sd.enabled and sd.watchdog.enabled
+    assert sd.watchdog.interval_s == pytest.approx(30.0)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        assert name not in os.environ
+    sd.status("still works after unsetting")
+    assert receiver.recv() == {"STATUS": "still works after unsetting"}
+    sd.close()
+
+
+def test_watchdog_pid_of_another_process_disables_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert sdnotify.watchdog_interval_from_env() is None
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval_from_env() == pytest.approx(0.2)
+    monkeypatch.setenv("WATCHDOG_USEC", "garbage")
+    assert sdnotify.watchdog_interval_from_env() is None
+
+
+def test_watchdog_pings_only_while_progress_is_reported(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 200 ms: pings every ~100 ms
+    sd = SystemdIntegration.from_env()
+    assert sd.watchdog.enabled
+    sd.ready("up")
+    assert receiver.recv() == {"READY": "1", "STATUS": "up"}
+
+    # Progress every 20 ms for 0.8 s: pings keep coming.
+    stop = threading.Event()
+
+    def _pipeline() -> None:
+        while not stop.is_set():
+            sd.progress()
+            stop.wait(0.02)
+
+    worker = threading.Thread(target=_pipeline)
+    worker.start()
+    try:
+        during = receiver.drain(0.8)
+    finally:
+        stop.set()
+        worker.join()
+    pings = [m for m in during if m == {"WATCHDOG": "1"}]
+    assert len(pings) >= 2, during
+
+    # Progress stops: after the stall window (200 ms) plus slack, no ping arrives any more.
+    receiver.drain(0.6)
+    assert sd.watchdog.is_stalled()
+    assert receiver.drain(0.6) == []
+
+    # Progress resumes: pings resume.
+    sd.progress()
+    resumed = receiver.drain(0.5)
+    assert {"WATCHDOG": "1"} in resumed
+
+    # STOPPING ends the pings for good, even with progress.
+    sd.stopping()
+    receiver.drain(0.3)  # the STOPPING datagram and any ping already in flight
+    sd.progress()
+    assert receiver.drain(0.4) == []
+    sd.close()
+
+
+def test_watchdog_tick_is_progress_gated_with_a_fake_clock(receiver: Receiver) -> None:
+    now = [100.0]
+    dog = Watchdog(Notifier(receiver.env_value), interval_s=10.0, clock=lambda: now[0])
+    assert dog.tick() is True  # fresh: progress "just now"
+    assert receiver.recv() == {"WATCHDOG": "1"}
+    now[0] += 9.0
+    assert dog.tick() is True
+    receiver.recv()
+    now[0] += 2.0  # 11 s without progress > 10 s interval
+    assert dog.is_stalled()
+    assert dog.tick() is False
+    dog.progress()
+    assert dog.tick() is True
+    assert dog.pings == 3
+
+
+def test_extending_timeout_repeats_while_the_body_runs(receiver: Receiver) -> None:
+    sd = SystemdIntegration(Notifier(receiver.env_value))
+    with sd.extending_timeout(extend_s=120, every_s=0.05, status="building TensorRT engine"):
+        got = receiver.drain(0.4)
+    assert got[0] == {"STATUS": "building TensorRT engine"}
+    extends = [m for m in got if "EXTEND_TIMEOUT_USEC" in m]
+    assert len(extends) >= 2
+    assert all(m == {"EXTEND_TIMEOUT_USEC": "120000000"} for m in extends)
+    receiver.drain(0.1)  # one in flight at exit
+    assert receiver.drain(0.3) == []  # and nothing after the body ended
+
+
+def test_ready_is_sent_once(receiver: Receiver) -> None:
+    sd = SystemdIntegration(Notifier(receiver.env_value))
+    sd.ready("first")
+    assert receiver.recv() == {"READY": "1", "STATUS": "first"}
+    sd.ready("second")
+    assert receiver.recv() == {"STATUS": "second"}
+    assert sd.is_ready
+
+
+def test_format_status() -> None:
+    line = format_status(
+        {"fan1": 0.421, "pump2": 1.31, "mic3": 0.1, "valve4": None},
+        thresholds={"fan1": 0.8, "pump2": 0.9},
+        anomalous={"pump2": True},
+        faults={"mic3": "silent"},
+        extra="xruns 0",
+    )
+    assert line == "fan1 0.42/0.80 · pump2 ANOMALY 1.31/0.90 · mic3 fault: silent · valve4 warming up · xruns 0"
+    assert format_status({}) == "no streams"

@@ -1,0 +1,178 @@
+"""Decision thresholds from held-out normal scores: a gamma fit per class.
+
+Training-only (scipy). A threshold is needed per class because the score scale differs per
+machine: a noisy pump's normal clips score higher than a quiet valve's. The held-out normal
+clips of each class are too few to read a 1e-3 quantile off directly (50 clips tell you
+nothing beyond the 98th percentile), so their scores are fitted with a gamma distribution,
+the usual model for a positive, right-skewed anomaly score (the DCASE 2021+ baselines do the
+same), and the threshold is its ``ppf(1 - false_alarm_rate)``.
+
+Loc handling: both scores are >= 0 by construction (cross-entropy, cosine distance), so the
+fit fixes ``loc`` just below the smallest observed score (a free 3-parameter MLE is unstable
+on a few dozen points and can put ``loc`` far below the data, bloating the tail). With fewer
+than ``MIN_FIT_CLIPS`` clips or a failed fit the threshold falls back to an empirical
+quantile, with a warning, because a gamma fit to a handful of points is a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.scoring import DEFAULT_KNN_K, ensemble
+
+logger = logging.getLogger(__name__)
+
+MIN_FIT_CLIPS = 8
+"""Fewer held-out normal clips than this: no gamma fit, empirical quantile instead."""
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+"""Empirical quantiles stored beside the fit, so a user can see what the tail was fitted to."""
+
+SCORE_KINDS = ("ce", "knn", "ensemble")
+
+
+def fit_gamma(scores: Sequence[float] | np.ndarray) -> dict[str, Any] | None:
+    """Gamma fit of ``scores`` with loc fixed just below their minimum; None if impossible.
+
+    Returns ``{"dist": "gamma", "shape": a, "loc": l, "scale": s}``. The offset below the
+    minimum (5 % of the spread) keeps the smallest score inside the support, where the
+    gamma log-likelihood is finite for any shape.
+    """
+    from scipy import stats
+
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size < MIN_FIT_CLIPS:
+        return None
+    spread = float(np.ptp(x))
+    if spread <= 0:
+        return None
+    loc = float(x.min()) - 0.05 * spread
+    if float(x.min()) > 0:
+        loc = max(loc, 0.0)  # scores are non-negative: never put support below 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            a, loc_fit, scale = stats.gamma.fit(x, floc=loc)
+    except (ValueError, RuntimeError, FloatingPointError) as err:
+        logger.warning("gamma fit failed (%s)", err)
+        return None
+    if not (np.isfinite(a) and np.isfinite(scale) and a > 0 and scale > 0):
+        return None
+    return {"dist": "gamma", "shape": float(a), "loc": float(loc_fit), "scale": float(scale)}
+
+
+def gamma_threshold(fit: Mapping[str, Any], false_alarm_rate: float) -> float:
+    """The score exceeded by a normal window with probability ``false_alarm_rate``."""
+    from scipy import stats
+
+    return float(stats.gamma.ppf(1.0 - false_alarm_rate, fit["shape"], loc=fit["loc"], scale=fit["scale"]))
+
+
+def empirical_quantiles(scores: np.ndarray) -> dict[str, float]:
+    x = np.asarray(scores, dtype=np.float64)
+    return {str(q): float(np.quantile(x, q)) for q in QUANTILES}
+
+
+def threshold_for(scores: np.ndarray, false_alarm_rate: float, what: str = "") -> tuple[float, dict | None]:
+    """Threshold and fit for one class's held-out normal scores.
+
+    Falls back (with a warning) to the empirical ``1 - p`` quantile, which for few clips is
+    close to their maximum: an optimistic threshold that will raise more false alarms than
+    asked for, hence the warning that says to hold out more clips.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    fit = fit_gamma(x)
+    if fit is not None:
+        thr = gamma_threshold(fit, false_alarm_rate)
+        if math.isfinite(thr):
+            return thr, fit
+    logger.warning(
+        "%s: only %d held-out normal clips (or a degenerate score spread): threshold is the empirical "
+        "%.4g quantile instead of a gamma fit; hold out more clips (--val-fraction) for a reliable one",
+        what or "class",
+        x.size,
+        1 - false_alarm_rate,
+    )
+    return float(np.quantile(x, 1.0 - false_alarm_rate)), None
+
+
+def calibrate(
+    classes: Sequence[str],
+    ce_scores: Mapping[int, np.ndarray],
+    knn_scores: Mapping[int, np.ndarray],
+    score: str = "ce",
+    false_alarm_rate: float = 1e-3,
+    knn_k: int = DEFAULT_KNN_K,
+) -> dict[str, Any]:
+    """Build the ``thresholds.json`` document (docs/architecture.md) from held-out scores.
+
+    ``ce_scores[c]`` / ``knn_scores[c]``: scores of class ``c``'s held-out normal clips. The
+    stored ``threshold`` is for ``score``. For the ensemble, whose held-out values are by
+    construction spread uniformly over [0, 1], the threshold is the ensemble value of the
+    point where both component scores sit at their own fitted ``1 - p`` threshold: an
+    approximation (exact only if the two scores were perfectly correlated), documented in
+    docs/training.md.
+    """
+    if score not in SCORE_KINDS:
+        raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}")
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
+    out: dict[str, Any] = {"score": score, "false_alarm_rate": float(false_alarm_rate), "knn_k": int(knn_k), "classes": {}}
+    for idx, name in enumerate(classes):
+        ce = np.sort(np.asarray(ce_scores.get(idx, []), dtype=np.float64))
+        kn = np.sort(np.asarray(knn_scores.get(idx, []), dtype=np.float64))
+        if ce.size == 0:
+            logger.warning("class %s has no held-out normal clips: no threshold", name)
+            continue
+        thr_ce, fit_ce = threshold_for(ce, false_alarm_rate, f"{name} (ce)")
+        entry: dict[str, Any] = {"n": int(ce.size), "reference": {"ce": ce.tolist(), "knn": kn.tolist()}}
+        if score == "ce":
+            entry.update(threshold=thr_ce, fit=fit_ce, quantiles=empirical_quantiles(ce))
+        else:
+            if kn.size == 0:
+                logger.warning("class %s has no knn scores: no threshold", name)
+                continue
+            thr_kn, fit_kn = threshold_for(kn, false_alarm_rate, f"{name} (knn)")
+            if score == "knn":
+                entry.update(threshold=thr_kn, fit=fit_kn, quantiles=empirical_quantiles(kn))
+            else:
+                ens = ensemble(ce, kn, ce, kn)
+                entry.update(
+                    threshold=float(ensemble(thr_ce, thr_kn, ce, kn)),
+                    fit={"dist": "rank-ensemble", "ce": fit_ce, "knn": fit_kn, "ce_threshold": thr_ce, "knn_threshold": thr_kn},
+                    quantiles=empirical_quantiles(ens),
+                )
+        out["classes"][name] = entry
+    return out
+
+
+def write_thresholds(run_dir: str | Path, doc: Mapping[str, Any]) -> Path:
+    """Write ``RUN/thresholds.json`` atomically (tmp + replace): a reader never sees half a file."""
+    path = Path(run_dir) / "thresholds.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = [
+    "MIN_FIT_CLIPS",
+    "QUANTILES",
+    "SCORE_KINDS",
+    "calibrate",
+    "empirical_quantiles",
+    "fit_gamma",
+    "gamma_threshold",
+    "threshold_for",
+    "write_thresholds",
+]
