@@ -231,18 +231,20 @@ class TASTgramMFN(nn.Module):
     def scores_from_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
         """Anomaly score per class: ``-log softmax(s * M(cos, c))[c]`` for every class c.
 
-        Built as a (B, C, C) logit tensor, row c carrying the margin on c, and a max-shifted
-        log-sum-exp: computing the "other classes" sum by subtraction would cancel in float32
-        exactly where normal clips live (target probability close to 1).
+        Written as ``softplus(logsumexp_{j != c}(s * cos_j) - s * M(cos, c)_c)``, which is the
+        same cross-entropy: the plain ``logsumexp - target`` form rounds to exactly 0 in float32
+        where normal clips live (target probability within 1e-7 of 1) and would erase the
+        differences between them. The (B, C, C) logsumexp is max-shifted and uses only ops that
+        TensorRT parses.
         """
         s, m = self.config.s, self.config.m
         cosine = cosine.float()
         eye = torch.eye(cosine.shape[1], dtype=torch.bool, device=cosine.device)
         target = s * margin_cosine(cosine, m)  # (B, C): the margin logit of class c
-        logits = torch.where(eye, target.unsqueeze(2), s * cosine.unsqueeze(1))  # (B, C, C)
-        peak = logits.amax(dim=2, keepdim=True)
-        lse = torch.log(torch.exp(logits - peak).sum(dim=2)) + peak.squeeze(2)
-        return lse - target
+        others = torch.where(eye, torch.full_like(eye, -1e4, dtype=cosine.dtype), s * cosine.unsqueeze(1))
+        peak = others.amax(dim=2, keepdim=True)
+        others_lse = torch.log(torch.exp(others - peak).sum(dim=2)) + peak.squeeze(2)
+        return F.softplus(others_lse - target)
 
     # -- public API ----------------------------------------------------------------------------
     def embed(self, audio: torch.Tensor, logmel: torch.Tensor | None = None) -> torch.Tensor:
