@@ -468,7 +468,7 @@ def _yaml_line(root: yaml.Node | None, parts: list[str | int]) -> int | None:
     return line
 
 
-def _describe_error(err: Mapping[str, Any], root: yaml.Node | None) -> str:
+def _describe_error(err: Mapping[str, Any], root: yaml.Node | None, replaced: frozenset[str]) -> str:
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     msg = str(err.get("msg", "invalid value"))
@@ -482,10 +482,15 @@ def _describe_error(err: Mapping[str, Any], root: yaml.Node | None) -> str:
         text = msg.removeprefix("Value error, ")
         expected = (err.get("ctx") or {}).get("expected") or (err.get("ctx") or {}).get("expected_tags")
         if kind in ("literal_error", "union_tag_invalid", "enum") and expected:
-            text += f" (allowed values: {str(expected).replace(chr(39), '')})"
+            allowed = ", ".join(re.findall(r"'([^']*)'", str(expected))) or str(expected)
+            got = err.get("input") if kind != "union_tag_invalid" else (err.get("ctx") or {}).get("tag")
+            text = f"invalid value {got!r}; allowed values: {allowed}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        parts = [*parts, str((err.get("ctx") or {}).get("discriminator", "type")).strip("'")]
     if kind == "cross_field":
         parts = _parse_path(str((err.get("ctx") or {}).get("path", "")))
-    line = _yaml_line(root, parts)
+    # a line number only where the value really comes from the file, not from a flag
+    line = _yaml_line(root, parts) if parts and parts[0] not in replaced else None
     return f"{_format_path(parts)}{f' (line {line})' if line else ''}: {text}"
 
 
@@ -497,13 +502,22 @@ def _parse_path(text: str) -> list[str | int]:
 
 
 def validate_config(
-    data: Mapping[str, Any], *, where: str = "config", base_dir: Path | None = None, root: yaml.Node | None = None
+    data: Mapping[str, Any],
+    *,
+    where: str = "config",
+    base_dir: Path | None = None,
+    root: yaml.Node | None = None,
+    replaced: frozenset[str] = frozenset(),
 ) -> AppConfig:
-    """Validate a plain mapping; ``ConfigError`` lists every problem with its key path."""
+    """Validate a plain mapping; ``ConfigError`` lists every problem with its key path.
+
+    ``root`` (the composed YAML) adds line numbers, except under the top-level keys in
+    ``replaced`` whose values came from overrides.
+    """
     try:
         return AppConfig.model_validate(dict(data), context={"base_dir": base_dir})
     except ValidationError as exc:
-        problems = [_describe_error(e, root) for e in exc.errors()]
+        problems = [_describe_error(e, root, replaced) for e in exc.errors()]
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid {where} ({len(problems)} problem(s)):\n{lines}") from None
 
@@ -546,9 +560,12 @@ def load_config(path: Path | str | None, overrides: Mapping[str, Any] | None = N
         data, root = _read_yaml(path)
         base_dir = path.resolve().parent
         where = f"config {path}"
+    replaced: frozenset[str] = frozenset()
     if overrides:
-        data = _deep_merge(data, _expand_dotted(overrides))
-    return validate_config(data, where=where, base_dir=base_dir, root=root)
+        expanded = _expand_dotted(overrides)
+        replaced = frozenset(expanded)
+        data = _deep_merge(data, expanded)
+    return validate_config(data, where=where, base_dir=base_dir, root=root, replaced=replaced)
 
 
 def effective_config_dict(cfg: AppConfig) -> dict[str, Any]:
@@ -624,6 +641,7 @@ def config_from_cli(
         base_dir = path.resolve().parent
         where = f"config {path} with command line flags"
         # file paths must be anchored before CLI paths (already absolute) are merged in
+    original = dict(data)
     streams = list(data.get("streams") or [])
     if device is not None or source is not None:
         src = {"type": "device", "device": _device_value(device)} if device is not None else parse_source_flag(source)
@@ -670,4 +688,5 @@ def config_from_cli(
         if prefix is not None:
             mqtt["prefix"] = prefix
         data["mqtt"] = mqtt
-    return validate_config(data, where=where, base_dir=base_dir, root=root)
+    replaced = frozenset(k for k in data if data.get(k) != original.get(k))
+    return validate_config(data, where=where, base_dir=base_dir, root=root, replaced=replaced)

@@ -30,7 +30,7 @@ TENSORRT_10_3_OPS: frozenset[str] = frozenset(
     {
         "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil",
         "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "Cos", "CumSum", "Div", "Dropout",
-        "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather",
+        "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather",
         "GatherElements", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
         "HardSigmoid", "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less",
         "LessOrEqual", "Log", "LogSoftmax", "LpNormalization", "MatMul", "Max", "MaxPool", "Mean",
@@ -76,7 +76,7 @@ def check_tensorrt_ops(model: onnx.ModelProto, where: str) -> None:
     if bad:
         raise ExportError(
             f"{where} uses ONNX ops that TensorRT 10.3 (JetPack 6) cannot parse: {', '.join(bad)}. "
-            "Export the front end with lowering='conv'"
+            "Export model.onnx with the front end lowered to Conv (lowering='conv') and without those ops"
         )
 
 

@@ -166,21 +166,25 @@ def test_watchdog_pings_only_while_progress_is_reported(receiver: Receiver, monk
     sd.ready("up")
     assert receiver.recv() == {"READY": "1", "STATUS": "up"}
 
-    # Progress every 20 ms for 0.8 s: pings keep coming.
-    stop = threading.Event()
+    def progress_for(seconds: float) -> list[dict[str, str]]:
+        """Report progress every 20 ms (like a pipeline) while collecting notifications."""
+        stop = threading.Event()
 
-    def _pipeline() -> None:
-        while not stop.is_set():
-            sd.progress()
-            stop.wait(0.02)
+        def _pipeline() -> None:
+            while not stop.is_set():
+                sd.progress()
+                stop.wait(0.02)
 
-    worker = threading.Thread(target=_pipeline)
-    worker.start()
-    try:
-        during = receiver.drain(0.8)
-    finally:
-        stop.set()
-        worker.join()
+        worker = threading.Thread(target=_pipeline)
+        worker.start()
+        try:
+            return receiver.drain(seconds)
+        finally:
+            stop.set()
+            worker.join()
+
+    # Progress keeps coming: so do pings.
+    during = progress_for(0.8)
     pings = [m for m in during if m == {"WATCHDOG": "1"}]
     assert len(pings) >= 2, during
 
@@ -190,13 +194,12 @@ def test_watchdog_pings_only_while_progress_is_reported(receiver: Receiver, monk
     assert receiver.drain(0.6) == []
 
     # Progress resumes: pings resume.
-    sd.progress()
-    resumed = receiver.drain(0.5)
-    assert {"WATCHDOG": "1"} in resumed
+    assert {"WATCHDOG": "1"} in progress_for(0.6)
 
     # STOPPING ends the pings for good, even with progress.
     sd.stopping()
-    receiver.drain(0.3)  # the STOPPING datagram and any ping already in flight
+    tail = receiver.drain(0.3)  # the STOPPING datagram and any ping already in flight
+    assert {"STOPPING": "1", "STATUS": "stopping"} in tail
     sd.progress()
     assert receiver.drain(0.4) == []
     sd.close()

@@ -76,9 +76,11 @@ def rank_normalise(values: np.ndarray | float, reference_sorted: np.ndarray) -> 
 
     The i-th of n sorted references sits at ``(i + 0.5) / n`` and values in between are
     linearly interpolated (ties share their mean position). Outside the reference range the
-    CDF continues with an exponential tail of scale = the reference's standard deviation, so
-    it approaches 0 or 1 without reaching them: two clips far above every normal score still
-    keep their order, which the ensemble (and an AUC) needs.
+    CDF continues with a hyperbolic tail, ``1 - (0.5/n) / (1 + d / scale)`` at a distance ``d``
+    above the largest reference (mirrored below), scale = the references' standard deviation.
+    It approaches 0 or 1 without reaching them in float64 (an exponential tail would round to
+    1 a few dozen scales out): two clips far above every normal score keep their order, which
+    the ensemble (and an AUC) needs.
     """
     ref = np.asarray(reference_sorted, dtype=np.float64).ravel()
     vals = np.asarray(values, dtype=np.float64)
@@ -97,9 +99,9 @@ def rank_normalise(values: np.ndarray | float, reference_sorted: np.ndarray) -> 
     below = vals < lo
     above = vals > hi
     if np.any(below):
-        out = np.where(below, pos[0] * np.exp((vals - lo) / scale), out)
+        out = np.where(below, pos[0] / (1.0 + np.maximum(lo - vals, 0.0) / scale), out)
     if np.any(above):
-        out = np.where(above, 1.0 - (1.0 - pos[-1]) * np.exp(-(vals - hi) / scale), out)
+        out = np.where(above, 1.0 - (1.0 - pos[-1]) / (1.0 + np.maximum(vals - hi, 0.0) / scale), out)
     return np.clip(out, 0.0, 1.0)
 
 

@@ -113,14 +113,14 @@ _SPECS: dict[str, _TypeSpec] = {
     "slider": _TypeSpec(
         f0=(260.0, 850.0), n_harm=5, tilt_db=-7.0, tone_db=-3.0, noise_fc=(1500.0, 5000.0),
         noise_oct=(1.0, 2.0), noise_db=-1.0, am_rate=(4.0, 9.0), am_depth=(0.05, 0.15), wobble=0.006,
-        cycle=(0.9, 2.2), duty=(0.35, 0.6), impacts=(-1.0,), impact_db=2.0, impact_res=(700.0, 3000.0),
-        impact_decay_ms=(15.0, 35.0),
+        cycle=(0.9, 2.2), duty=(0.35, 0.6), impacts=(-1.0,), impact_db=12.0, impact_res=(700.0, 3000.0),
+        impact_decay_ms=(25.0, 50.0),
     ),
     "valve": _TypeSpec(
         f0=None, n_harm=0, tilt_db=0.0, tone_db=-60.0, noise_fc=(2500.0, 6000.0),
         noise_oct=(1.0, 2.0), noise_db=-4.0, am_rate=(6.0, 12.0), am_depth=(0.1, 0.2), wobble=0.0,
-        cycle=(0.55, 1.6), duty=(0.2, 0.5), impacts=(0.0, -1.0), impact_db=6.0,
-        impact_res=(900.0, 5000.0), impact_decay_ms=(8.0, 25.0),
+        cycle=(0.55, 1.6), duty=(0.2, 0.5), impacts=(0.0, -1.0), impact_db=14.0,
+        impact_res=(900.0, 5000.0), impact_decay_ms=(20.0, 45.0),
     ),
     "ToyCar": _TypeSpec(
         f0=(120.0, 390.0), n_harm=40, tilt_db=-1.2, tone_db=0.0, noise_fc=(150.0, 900.0),
@@ -129,10 +129,10 @@ _SPECS: dict[str, _TypeSpec] = {
         impact_decay_ms=(10.0, 20.0),
     ),
     "ToyConveyor": _TypeSpec(
-        f0=(50.0, 160.0), n_harm=12, tilt_db=-3.0, tone_db=-3.0, noise_fc=(300.0, 1600.0),
-        noise_oct=(1.5, 2.5), noise_db=-4.0, am_rate=(0.5, 2.0), am_depth=(0.05, 0.15), wobble=0.004,
-        cycle=(0.25, 0.8), duty=(1.0, 1.0), impacts=(0.0,), impact_db=-4.0,
-        impact_res=(1000.0, 3500.0), impact_decay_ms=(5.0, 12.0),
+        f0=(50.0, 160.0), n_harm=12, tilt_db=-2.5, tone_db=0.0, noise_fc=(300.0, 1600.0),
+        noise_oct=(1.5, 2.5), noise_db=-6.0, am_rate=(0.5, 2.0), am_depth=(0.05, 0.15), wobble=0.004,
+        cycle=(0.25, 0.8), duty=(1.0, 1.0), impacts=(0.0,), impact_db=8.0,
+        impact_res=(1000.0, 3500.0), impact_decay_ms=(12.0, 25.0),
     ),
 }
 
@@ -259,20 +259,39 @@ def _background_fir(sr: int, taps: int = _FIR_TAPS) -> np.ndarray:
 
 
 class _FirNoise:
-    """White Gaussian noise through an FIR, continuous across blocks (overlap-save)."""
+    """White Gaussian noise through an FIR, continuous across blocks (overlap-save).
+
+    Long reads are filtered in segments of one fixed FFT size whose filter spectrum is
+    computed once: this is the generator's hot loop.
+    """
+
+    _FFT = 8192
 
     def __init__(self, h: np.ndarray, rng: np.random.Generator) -> None:
         self._h = h
         self._rng = rng
         self._tail = rng.standard_normal(len(h) - 1, dtype=np.float32)
+        self._spectra: dict[int, np.ndarray] = {}
+
+    def _spectrum(self, size: int) -> np.ndarray:
+        if size not in self._spectra:
+            self._spectra[size] = np.fft.rfft(self._h, size).astype(np.complex64)
+        return self._spectra[size]
 
     def render(self, n: int) -> np.ndarray:
         white = self._rng.standard_normal(n, dtype=np.float32)
+        m = len(self._h) - 1
         x = np.concatenate([self._tail, white])
-        self._tail = x[len(x) - (len(self._h) - 1) :]
-        size = 1 << int(math.ceil(math.log2(len(x) + len(self._h) - 1)))
-        y = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(self._h, size), size)
-        return y[len(self._h) - 1 : len(self._h) - 1 + n].astype(np.float32)
+        self._tail = x[len(x) - m :]
+        out = np.empty(n, dtype=np.float32)
+        step = self._FFT - m
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            seg = x[lo : hi + m]
+            size = self._FFT if hi - lo == step else 1 << int(math.ceil(math.log2(len(seg) + m)))
+            y = np.fft.irfft(np.fft.rfft(seg, size) * self._spectrum(size), size)
+            out[lo:hi] = y[m : m + hi - lo]
+        return out
 
 
 @dataclass
@@ -323,14 +342,46 @@ def _resonant_click(
     return (wave / (np.max(np.abs(wave)) + 1e-9)).astype(np.float32)
 
 
-def _smooth_window(idx: np.ndarray, start: int, end: int, ramp: int) -> np.ndarray:
-    """1 inside [start, end) with raised-cosine ramps of ``ramp`` samples inside the edges."""
-    w = np.ones(len(idx), dtype=np.float64)
+_CHUNK = 1024
+_LOCAL = np.arange(_CHUNK, dtype=np.float64)
+
+
+def _phase(freq_hz: float, start: int, n: int, sr: int, phase: float = 0.0) -> np.ndarray:
+    """Phase of a constant-frequency sinusoid at samples start..start+n-1, float32.
+
+    numpy's float64 sine is slow; the float32 one is ~50x faster but needs small arguments. So
+    the phase is reduced mod 2 pi in float64 once per 1024-sample chunk and only the in-chunk
+    ramp (< 3300 rad, error ~3e-4 rad) is float32: exact enough, and continuous across calls.
+    """
+    w = 2.0 * np.pi * freq_hz / sr
+    n_chunks = -(-n // _CHUNK)
+    starts = start + np.arange(n_chunks, dtype=np.float64) * _CHUNK
+    ph0 = np.mod(w * starts + phase, 2.0 * np.pi).astype(np.float32)
+    local = (w * _LOCAL).astype(np.float32)
+    return (ph0[:, None] + local[None, :]).ravel()[:n]
+
+
+def _sine(freq_hz: float, start: int, n: int, sr: int, phase: float = 0.0) -> np.ndarray:
+    """``sin(2 pi f t + phase)`` at absolute samples start..start+n-1, float32."""
+    return np.sin(_phase(freq_hz, start, n, sr, phase))
+
+
+def _smooth_window(start: int, n: int, on: int, off: int, ramp: int) -> np.ndarray:
+    """For samples start..start+n-1: 1 inside [on, off) with raised-cosine ramps of ``ramp``
+    samples inside the edges, 0 outside (float32). Only samples near an edge cost a cosine."""
+    idx0, idx1 = start, start + n
+    w = np.zeros(n, dtype=np.float32)
+    lo, hi = max(on, idx0), min(off, idx1)
+    if lo >= hi:
+        return w
+    w[lo - idx0 : hi - idx0] = 1.0
     if ramp > 0:
-        up = np.clip((idx - start) / ramp, 0.0, 1.0)
-        down = np.clip((end - idx) / ramp, 0.0, 1.0)
-        w = np.minimum(0.5 - 0.5 * np.cos(np.pi * up), 0.5 - 0.5 * np.cos(np.pi * down))
-    w[(idx < start) | (idx >= end)] = 0.0
+        for edge_lo, edge_hi, rising in ((on, on + ramp, True), (off - ramp, off, False)):
+            a, b = max(edge_lo, lo), min(edge_hi, hi)
+            if a < b:
+                x = (np.arange(a, b, dtype=np.float64) - edge_lo) / ramp
+                shape = 0.5 - 0.5 * np.cos(np.pi * (x if rising else 1.0 - x))
+                w[a - idx0 : b - idx0] = np.minimum(w[a - idx0 : b - idx0], shape)
     return w
 
 
@@ -342,7 +393,8 @@ def _smooth_window(idx: np.ndarray, start: int, end: int, ramp: int) -> np.ndarr
 class _Anomaly:
     """One anomaly of a kind, active in [start, end) (absolute samples), of a given severity.
 
-    Severity 1 is clearly audible in the log-mel; about 0.3-0.5 is subtle.
+    Severity 1 is clearly audible in the log-mel; about 0.3-0.5 is subtle. All its random
+    parameters are drawn when it is created, so it sounds the same however the stream is read.
     """
 
     def __init__(
@@ -356,106 +408,112 @@ class _Anomaly:
         self.sr = sr
         self.sig = sig
         self.rng = np.random.default_rng(seed)
+        # A clip that is anomalous from its first sample has no fade-in.
         self.ramp = 0 if start <= 0 else int(_RAMP_S * sr)
         self.track = _EventTrack()
         self._next_event = float(self.start)
+        self.norm = 1.0  # the machine's RMS; set by the stream so extra impacts match its own
         rng, s = self.rng, self.severity
-        # Parameters are drawn here, once, so the anomaly is the same however the stream is read.
-        self.bearing_f = rng.uniform(2500.0, 6000.0)
-        self.bearing_mod = max(sig.f0, 40.0) / rng.uniform(2.5, 4.0)
+        self.bearing_f = float(rng.uniform(2500.0, 6000.0))
+        self.bearing_mod = max(sig.f0, 40.0) / float(rng.uniform(2.5, 4.0))
         self.phase = rng.uniform(0, 2 * np.pi, 4)
-        self.imb_rate = rng.uniform(2.0, 6.0)
-        self.squeal_f = rng.uniform(1200.0, 3800.0)
-        self.squeal_rate = rng.uniform(0.6, 1.8)
-        self.rattle_res = (rng.uniform(1500.0, 3500.0), rng.uniform(3500.0, 6500.0))
-        self.drift = (0.07 + 0.08 * s) * rng.choice([-1.0, 1.0])
-        self.knock_res = (rng.uniform(180.0, 450.0), rng.uniform(600.0, 1200.0))
+        self.imb_rate = float(rng.uniform(2.0, 6.0))
+        self.squeal_f = float(rng.uniform(1200.0, 3800.0))
+        self.squeal_rate = float(rng.uniform(0.6, 1.8))
+        self.rattle_res = (float(rng.uniform(1500.0, 3500.0)), float(rng.uniform(3500.0, 6500.0)))
+        self.drift = (0.07 + 0.08 * s) * float(rng.choice([-1.0, 1.0]))
+        self.knock_res = (float(rng.uniform(180.0, 450.0)), float(rng.uniform(600.0, 1200.0)))
         self.drop_prob = min(0.95, 0.45 + 0.45 * s)
 
-    def window(self, idx: np.ndarray) -> np.ndarray:
-        return _smooth_window(idx, self.start, self.end, self.ramp)
+    @property
+    def until(self) -> int:
+        """Last sample it may touch: clicks scheduled before ``end`` ring on a little."""
+        return self.end + self.sr
 
-    def speed_factor(self, idx: np.ndarray) -> np.ndarray | None:
-        """Multiplier of the machine's speed (fundamental and cycle rate)."""
+    def overlaps(self, start: int, n: int) -> bool:
+        return self.start < start + n and self.until > start
+
+    def window(self, start: int, n: int) -> np.ndarray:
+        return _smooth_window(start, n, self.start, self.end, self.ramp)
+
+    def speed_factor(self, start: int, n: int) -> np.ndarray | None:
+        """Multiplier of the machine's speed (fundamental and cycle rate), or None."""
         if self.kind == "drift":
-            length = max(1, self.end - self.start) if self.end < 2**62 else 10 * self.sr
-            ramp_len = min(2 * self.sr, length) if self.start > 0 else length
-            base = 0.0 if self.start > 0 else 0.4
-            progress = np.clip((idx - self.start) / ramp_len, 0.0, 1.0)
-            progress = base + (1 - base) * progress
-            return 1.0 + self.drift * progress * (idx >= self.start) * (idx < self.end + self.ramp)
+            idx = start + np.arange(n, dtype=np.float64)
+            if self.start > 0:  # spliced into a stream: drifts away over 2 s
+                progress = np.clip((idx - self.start) / (2.0 * self.sr), 0.0, 1.0)
+            else:  # a whole clip: already 40 % off at the start, fully off after 10 s
+                progress = 0.4 + 0.6 * np.clip(idx / (10.0 * self.sr), 0.0, 1.0)
+            progress *= idx >= self.start
+            back = np.clip((self.end - idx) / (0.5 * self.sr), 0.0, 1.0)  # recovers over 0.5 s
+            return 1.0 + self.drift * progress * back
         if self.kind == "bearing":
-            return 1.0 - 0.02 * self.severity * self.window(idx)
+            return 1.0 - 0.02 * self.severity * self.window(start, n)
         return None
 
-    def machine_gain(self, idx: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-        """Multiplier of the whole machine sound (imbalance wobble, motor cut-outs)."""
+    def machine_gain(self, start: int, n: int) -> np.ndarray | None:
+        """Multiplier of the whole machine sound (imbalance wobble, motor cut-outs), or None."""
         if self.kind == "imbalance":
             depth = 0.35 + 0.45 * self.severity
-            mod = 1.0 + depth * np.sin(2 * np.pi * self.imb_rate * t + self.phase[0])
-            return 1.0 + (mod - 1.0) * self.window(idx)
+            return 1.0 + depth * _sine(self.imb_rate, start, n, self.sr, self.phase[0]) * self.window(start, n)
         if self.kind == "impact_missing" and not self.sig.impacts:
-            dips = np.zeros(len(idx))
-            self._schedule(idx, rate=0.9, maker=self._dropout)
-            self.track.render_into(dips, int(idx[0]))
+            dips = np.zeros(n, dtype=np.float32)
+            self._schedule(start + n, rate=0.9, maker=self._dropout)
+            self.track.render_into(dips, start)
             return np.clip(1.0 - dips, 0.03, 1.0)
         return None
 
     def drops_impact(self, at: int) -> bool:
-        """Whether a scheduled machine impact at sample ``at`` is skipped."""
+        """Whether a machine impact scheduled at sample ``at`` is skipped."""
         if self.kind != "impact_missing" or not (self.start <= at < self.end):
             return False
         return bool(self.rng.uniform() < self.drop_prob)
 
-    def additive(
-        self, idx: np.ndarray, t: np.ndarray, cycles: np.ndarray, impact_wave: Callable[[], np.ndarray]
-    ) -> np.ndarray | None:
-        """Sound added to the normalised machine (unit RMS), or None."""
-        s = self.severity
+    def additive(self, start: int, n: int, cycles: np.ndarray) -> np.ndarray | None:
+        """Sound added to the machine (in units of its RMS), or None."""
+        s, sr = self.severity, self.sr
         if self.kind == "bearing":
-            w = self.window(idx)
-            am = 1.0 + 0.8 * np.sin(2 * np.pi * self.bearing_mod * t + self.phase[1])
-            tone = np.sin(2 * np.pi * self.bearing_f * t + self.phase[2])
-            tone += 0.5 * np.sin(2 * np.pi * self.bearing_f * 2.03 * t + self.phase[3])
-            return (0.45 * s) * w * am * tone
+            am = 1.0 + 0.8 * _sine(self.bearing_mod, start, n, sr, self.phase[1])
+            tone = _sine(self.bearing_f, start, n, sr, self.phase[2])
+            tone += 0.5 * _sine(self.bearing_f * 2.03, start, n, sr, self.phase[3])
+            return (0.45 * s) * self.window(start, n) * am * tone
         if self.kind == "imbalance" and self.sig.f0 > 0:
-            w = self.window(idx)
-            return (0.5 * s) * w * np.sin(np.pi * cycles + self.phase[1])  # half order of the rotation
+            # half order of the rotation, locked to the machine's own oscillator phase
+            half = np.sin((np.pi * cycles + self.phase[1]).astype(np.float32))
+            return (0.5 * s) * self.window(start, n) * half
         if self.kind == "squeal":
-            w = self.window(idx)
-            wander = 1.0 + 0.03 * np.sin(2 * np.pi * 0.7 * t + self.phase[1])
-            ph = 2 * np.pi * self.squeal_f * (t + 0.03 / (2 * np.pi * 0.7) * -np.cos(2 * np.pi * 0.7 * t))
-            bursts = (0.5 + 0.5 * np.sin(2 * np.pi * self.squeal_rate * t + self.phase[2])) ** 2
-            del wander
-            return (0.6 * s) * w * bursts * (np.sin(ph) + 0.3 * np.sin(2 * ph + self.phase[3]))
+            # frequency wanders +-3 % at 0.7 Hz: the phase is the integral of that frequency
+            fm = (-0.03 * self.squeal_f / 0.7) * np.cos(_phase(0.7, start, n, sr, self.phase[1]))
+            ph = _phase(self.squeal_f, start, n, sr) + fm
+            bursts = (0.5 + 0.5 * _sine(self.squeal_rate, start, n, sr, self.phase[2])) ** 2
+            return (0.6 * s) * self.window(start, n) * bursts * (np.sin(ph) + 0.3 * np.sin(2 * ph + self.phase[3]))
         if self.kind == "rattle":
-            out = np.zeros(len(idx))
-            self._schedule(idx, rate=6.0 + 8.0 * s, maker=lambda: (2.5 * s) * self._rattle_click())
-            self.track.render_into(out, int(idx[0]))
+            out = np.zeros(n, dtype=np.float32)
+            self._schedule(start + n, rate=6.0 + 8.0 * s, maker=lambda: (2.5 * s) * self._click(self.rattle_res, 0.004, 0.012, 0.6))
+            self.track.render_into(out, start)
             return out
         if self.kind == "impact_extra":
-            out = np.zeros(len(idx))
+            out = np.zeros(n, dtype=np.float32)
             if self.sig.impacts:
-                maker = lambda: (1.0 + s) * self.sig.impact_gain * impact_wave()  # noqa: E731
+                gain = (1.0 + s) * self.sig.impact_gain / self.norm
+                maker = lambda: gain * _resonant_click(  # noqa: E731
+                    self.rng, sr, self.sig.impact_res, self.sig.impact_decay_s
+                )
             else:
-                maker = lambda: (3.0 * s) * self._knock()  # noqa: E731
-            self._schedule(idx, rate=1.2 + 1.0 * s, maker=maker)
-            self.track.render_into(out, int(idx[0]))
+                maker = lambda: (3.0 * s) * self._click(self.knock_res, 0.015, 0.03, 0.2)  # noqa: E731
+            self._schedule(start + n, rate=1.2 + 1.0 * s, maker=maker)
+            self.track.render_into(out, start)
             return out
         return None
 
-    def _schedule(self, idx: np.ndarray, rate: float, maker: Callable[[], np.ndarray]) -> None:
-        """Poisson events in the active window up to the end of this block."""
-        block_end = int(idx[-1]) + 1
+    def _schedule(self, block_end: int, rate: float, maker: Callable[[], np.ndarray]) -> None:
+        """Poisson events in the active window, up to the end of this block."""
         while self._next_event < min(block_end, self.end):
             self.track.add(int(self._next_event), maker())
             self._next_event += self.rng.exponential(self.sr / rate)
 
-    def _rattle_click(self) -> np.ndarray:
-        return _resonant_click(self.rng, self.sr, self.rattle_res, self.rng.uniform(0.004, 0.012), 0.6)
-
-    def _knock(self) -> np.ndarray:
-        return _resonant_click(self.rng, self.sr, self.knock_res, self.rng.uniform(0.015, 0.03), 0.2)
+    def _click(self, res: tuple[float, float], decay_lo: float, decay_hi: float, noise: float) -> np.ndarray:
+        return _resonant_click(self.rng, self.sr, res, float(self.rng.uniform(decay_lo, decay_hi)), noise)
 
     def _dropout(self) -> np.ndarray:
         n = int(self.sr * self.rng.uniform(0.15, 0.4))
@@ -491,33 +549,35 @@ class MachineSoundStream:
         self.seed = int(seed)
         self.sr = int(sr)
         self.snr_db = float(snr_db)
-        self.sig = _signature(machine_type, int(machine_id))
+        self.sig = sig = _signature(machine_type, int(machine_id))
         self._pos = 0
         self._anomalies: list[_Anomaly] = []
-        sig = self.sig
         root = np.random.SeedSequence([self.seed & 0xFFFFFFFF, _stable_seed(machine_type, machine_id)])
         rng_clip, rng_noise, rng_bg, rng_imp = (np.random.default_rng(s) for s in root.spawn(4))
         self._anomaly_seeds = root.spawn(1)[0]
         # Per-clip (per-seed) variation: small enough that the ID stays recognisable.
-        self._f0 = sig.f0 * rng_clip.uniform(0.992, 1.008)
-        self._cycle_hz = 1.0 / sig.cycle_s * rng_clip.uniform(0.985, 1.015) if sig.cycle_s else 0.0
-        self._level = sig.level * 10 ** (rng_clip.uniform(-1.0, 1.0) / 20)
+        self._f0 = sig.f0 * float(rng_clip.uniform(0.992, 1.008))
+        self._cycle_hz = 1.0 / sig.cycle_s * float(rng_clip.uniform(0.985, 1.015)) if sig.cycle_s else 0.0
+        self._level = sig.level * 10 ** (float(rng_clip.uniform(-1.0, 1.0)) / 20)
         self._wobble_rates = rng_clip.uniform(0.1, 1.5, 3)
         self._wobble_phases = rng_clip.uniform(0, 2 * np.pi, 3)
-        self._am_phase = rng_clip.uniform(0, 2 * np.pi)
-        self._am_rate = sig.am_rate * rng_clip.uniform(0.9, 1.1)
+        self._am_phase = float(rng_clip.uniform(0, 2 * np.pi))
+        self._am_rate = sig.am_rate * float(rng_clip.uniform(0.9, 1.1))
         self._hum_phases = rng_clip.uniform(0, 2 * np.pi, 3)
-        self._bg_hum = 10 ** (rng_clip.uniform(-30.0, -22.0) / 20)
+        self._bg_hum = 10 ** (float(rng_clip.uniform(-30.0, -22.0)) / 20)
         amps = np.array(sig.harm_amps) * 10 ** (rng_clip.uniform(-1.0, 1.0, len(sig.harm_amps)) / 20)
-        self._table = self._wavetable(amps, rng_clip.uniform(0, 2 * np.pi, len(amps)))
-        self._cycles = rng_clip.uniform(0.0, 1.0)  # oscillator phase, in cycles (kept mod 2)
-        self._cycle_phase = rng_clip.uniform(0.0, 1.0)  # working-cycle phase, in cycles
+        phases = rng_clip.uniform(0, 2 * np.pi, len(amps))
+        # Harmonics stay below 7.6 kHz even at +20 % speed (wobble, drift), so nothing aliases.
+        max_k = int(7600.0 / (self._f0 * 1.2)) if self._f0 > 0 else 0
+        self._table = self._wavetable(amps[:max_k], phases[:max_k])
+        self._cycles = float(rng_clip.uniform(0.0, 1.0))  # oscillator phase, in cycles (kept mod 2)
+        self._cycle_phase = float(rng_clip.uniform(0.0, 1.0))  # working-cycle phase, in cycles
         self._noise = _FirNoise(_shaped_fir(self.sr, sig.noise_fc, sig.noise_oct, 0.02), rng_noise)
         self._bg = _FirNoise(_background_fir(self.sr), rng_bg)
         self._rng_imp = rng_imp
         self._impacts = _EventTrack()
+        self._calibrating = _calibrating
         self._norm = 1.0 if _calibrating else _machine_rms(machine_type, self.machine_id, self.sr)
-        self._with_background = not _calibrating
 
     # -- public -------------------------------------------------------------------------------
 
@@ -531,13 +591,15 @@ class MachineSoundStream:
     ) -> tuple[float, float]:
         """Add an anomaly from ``start_s`` for ``duration_s`` seconds (None: for ever).
 
-        Returns (start_s, end_s) with end_s = inf for an open-ended one. It may start in the
-        past of the stream only from its current position on.
+        Returns the (start_s, end_s) it got (end_s is inf when open-ended); a start in the
+        stream's past is moved to its current position.
         """
         start = max(int(round(start_s * self.sr)), self._pos)
         end = 2**62 if duration_s is None else start + int(round(duration_s * self.sr))
         seed = int(self._anomaly_seeds.spawn(1)[0].generate_state(1)[0])
-        self._anomalies.append(_Anomaly(kind, self.sig, start, end, severity, seed, self.sr))
+        anomaly = _Anomaly(kind, self.sig, start, end, severity, seed, self.sr)
+        anomaly.norm = self._norm
+        self._anomalies.append(anomaly)
         return start / self.sr, (math.inf if duration_s is None else end / self.sr)
 
     def read(self, n_samples: int) -> np.ndarray:
@@ -545,123 +607,111 @@ class MachineSoundStream:
         n = int(n_samples)
         if n <= 0:
             return np.zeros(0, dtype=np.float32)
-        out = self._render(n)
+        out = self._render(self._pos, n)
         self._pos += n
+        self._anomalies = [a for a in self._anomalies if a.until > self._pos]
         return out
 
     # -- internals ----------------------------------------------------------------------------
 
     @staticmethod
     def _wavetable(amps: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """One period of the harmonic hum at unit RMS (plus a guard point for interpolation)."""
         if len(amps) == 0:
-            return np.zeros(_TABLE + 1)
+            return np.zeros(_TABLE + 1, dtype=np.float32)
         x = np.arange(_TABLE) / _TABLE
         k = np.arange(1, len(amps) + 1)[:, None]
         table = np.sum(amps[:, None] * np.sin(2 * np.pi * k * x[None, :] + phases[:, None]), axis=0)
         table /= np.sqrt(np.mean(table**2))
-        return np.append(table, table[0])  # guard point for interpolation
+        return np.append(table, table[0]).astype(np.float32)
 
-    def _render(self, n: int) -> np.ndarray:
+    def _render(self, start: int, n: int) -> np.ndarray:
         sig, sr = self.sig, self.sr
-        idx = np.arange(self._pos, self._pos + n, dtype=np.int64)
-        t = idx / sr
-        active = [a for a in self._anomalies if a.start < self._pos + n and a.end + a.ramp > self._pos]
+        active = [a for a in self._anomalies if a.overlaps(start, n)]
 
-        speed = 1.0 + sig.wobble * np.sum(
-            np.sin(2 * np.pi * self._wobble_rates[:, None] * t[None, :] + self._wobble_phases[:, None]), axis=0
-        ) / 3.0
+        speed = np.ones(n, dtype=np.float64)
+        if sig.wobble:
+            wob = sum(
+                _sine(float(r), start, n, sr, float(p))
+                for r, p in zip(self._wobble_rates, self._wobble_phases, strict=True)
+            )
+            speed += (sig.wobble / 3.0) * wob
         for a in active:
-            factor = a.speed_factor(idx)
+            factor = a.speed_factor(start, n)
             if factor is not None:
-                speed = speed * factor
+                speed *= factor
 
         # Tonal part: a wavetable oscillator whose phase integrates the (varying) speed.
-        cyc = self._cycles + np.cumsum(self._f0 * speed / sr)
+        cyc = self._cycles + np.cumsum(speed * (self._f0 / sr))
         self._cycles = float(cyc[-1] % 2.0)
-        cycles = np.mod(cyc, 2.0)
-        tone = np.zeros(n)
+        machine = np.zeros(n, dtype=np.float32)
         if sig.tone_gain > 0:
-            half_harm = len(sig.harm_amps)
-            max_k = int(7600.0 / (self._f0 * 1.2))
-            if half_harm > max_k:  # keep harmonics below Nyquist (built once per renderer)
-                self._table = self._table_limited(max_k)
-            pos = np.mod(cyc, 1.0) * _TABLE
+            pos = cyc * _TABLE
             i0 = pos.astype(np.int64)
-            frac = pos - i0
-            tone = self._table[i0] * (1.0 - frac) + self._table[i0 + 1] * frac
+            frac = (pos - i0).astype(np.float32)
+            i0 &= _TABLE - 1
+            lo = self._table[i0]
+            machine += sig.tone_gain * (lo + (self._table[i0 + 1] - lo) * frac)
 
-        # Working cycle (stroke, valve opening): gate and impacts follow the cycle phase.
-        gate = np.ones(n)
-        cyc_pos = None
+        am = 1.0 + sig.am_depth * _sine(self._am_rate, start, n, sr, self._am_phase)
+        machine += sig.noise_gain * (self._noise.render(n) * am)
+
+        # Working cycle (stroke, valve opening): a gate, and impacts at fixed cycle phases.
         if self._cycle_hz:
-            cyc_pos = self._cycle_phase + np.cumsum(self._cycle_hz * speed / sr)
+            prev = self._cycle_phase
+            cyc_pos = prev + np.cumsum(speed * (self._cycle_hz / sr))
             self._cycle_phase = float(cyc_pos[-1])
             if sig.duty < 1.0:
-                frac = np.mod(cyc_pos, 1.0)
+                frac_c = cyc_pos - np.floor(cyc_pos)
                 edge = 0.04
-                on = np.clip(frac / edge, 0, 1) * np.clip((sig.duty - frac) / edge, 0, 1)
-                gate = 0.08 + 0.92 * (0.5 - 0.5 * np.cos(np.pi * on))
-            self._schedule_impacts(cyc_pos, idx, active)
-
-        am = 1.0 + sig.am_depth * np.sin(2 * np.pi * self._am_rate * t + self._am_phase)
-        noise = self._noise.render(n) * am
-        machine = gate * (sig.tone_gain * tone + sig.noise_gain * noise)
-        impacts = np.zeros(n)
-        self._impacts.render_into(impacts, self._pos)
-        machine = machine + sig.impact_gain * impacts
-        machine = machine / self._norm
+                on = np.clip(frac_c / edge, 0, 1) * np.clip((sig.duty - frac_c) / edge, 0, 1)
+                machine *= (0.08 + 0.92 * (0.5 - 0.5 * np.cos(np.pi * on))).astype(np.float32)
+            self._schedule_impacts(prev, cyc_pos, start, active)
+        if sig.impacts:
+            impacts = np.zeros(n, dtype=np.float32)
+            self._impacts.render_into(impacts, start)
+            machine += sig.impact_gain * impacts
+        machine /= self._norm
 
         for a in active:
-            gain = a.machine_gain(idx, t)
+            gain = a.machine_gain(start, n)
             if gain is not None:
-                machine = machine * gain
-            extra = a.additive(idx, t, cycles, self._impact_wave)
+                machine *= gain
+            extra = a.additive(start, n, cyc)
             if extra is not None:
-                machine = machine + extra
+                machine += extra
 
-        if not self._with_background:
+        if self._calibrating:
             return machine.astype(np.float32)
-        bg = self._bg.render(n).astype(np.float64)
-        for k, ph in zip((1, 2, 3), self._hum_phases):
-            bg += self._bg_hum * (1.0 / k) * np.sin(2 * np.pi * 50.0 * k * t + ph) * 3.0
-        out = self._level * (machine + bg * 10 ** (-self.snr_db / 20))
+        bg = self._bg.render(n)
+        for k, ph in enumerate(self._hum_phases, start=1):
+            bg += (3.0 * self._bg_hum / k) * _sine(50.0 * k, start, n, sr, float(ph))
+        out = self._level * (machine + bg * np.float32(10 ** (-self.snr_db / 20)))
         return np.clip(out, -1.0, 1.0).astype(np.float32)
-
-    def _table_limited(self, max_k: int) -> np.ndarray:
-        amps = np.array(self.sig.harm_amps[:max_k])
-        phases = np.random.default_rng(_stable_seed("phases", self.seed)).uniform(0, 2 * np.pi, len(amps))
-        # Only rebuilt once: the guard below keeps the limited table from being rebuilt.
-        self.sig = _replace_harmonics(self.sig, tuple(amps))
-        return self._wavetable(amps, phases)
 
     def _impact_wave(self) -> np.ndarray:
         sig = self.sig
         return _resonant_click(self._rng_imp, self.sr, sig.impact_res, sig.impact_decay_s)
 
-    def _schedule_impacts(self, cyc_pos: np.ndarray, idx: np.ndarray, active: list[_Anomaly]) -> None:
+    def _schedule_impacts(self, prev: float, cyc_pos: np.ndarray, start: int, active: list[_Anomaly]) -> None:
         """Place an impact wherever the cycle phase crosses one of the signature's impact points."""
         sig = self.sig
         if not sig.impacts:
             return
-        prev = cyc_pos[0] - (cyc_pos[1] - cyc_pos[0] if len(cyc_pos) > 1 else self._cycle_hz / self.sr)
         points = [p if p >= 0 else sig.duty for p in sig.impacts]
+        # Crossings of k + p (integer k) in (prev, last], in time order so the random draws
+        # happen in the same order whatever the block sizes.
+        crossings = []
         for p in points:
-            # crossings of k + p for integer k in (prev, last]
-            k_lo = math.floor(prev - p) + 1
-            k_hi = math.floor(cyc_pos[-1] - p)
-            for k in range(k_lo, k_hi + 1):
-                j = int(np.searchsorted(cyc_pos, k + p))
-                at = int(idx[min(j, len(idx) - 1)]) + int(self._rng_imp.integers(0, int(0.004 * self.sr)))
-                wave = self._impact_wave() * self._rng_imp.uniform(0.85, 1.15)
-                if any(a.drops_impact(at) for a in active):
-                    continue
-                self._impacts.add(at, wave)
-
-
-def _replace_harmonics(sig: _Signature, amps: tuple[float, ...]) -> _Signature:
-    from dataclasses import replace
-
-    return replace(sig, harm_amps=amps)
+            for k in range(math.floor(prev - p) + 1, math.floor(cyc_pos[-1] - p) + 1):
+                crossings.append(k + p)
+        for c in sorted(crossings):
+            j = min(int(np.searchsorted(cyc_pos, c)), len(cyc_pos) - 1)
+            at = start + j + int(self._rng_imp.integers(0, int(0.004 * self.sr)))
+            wave = self._impact_wave() * self._rng_imp.uniform(0.85, 1.15)
+            if any(a.drops_impact(at) for a in active):
+                continue
+            self._impacts.add(at, wave)
 
 
 @lru_cache(maxsize=256)
@@ -729,7 +779,8 @@ def make_stream_recording(
     return audio, span
 
 
-def _resolve_types(types: int | Sequence[str]) -> list[str]:
+def resolve_types(types: int | Sequence[str]) -> list[str]:
+    """``2`` -> the first two of ``MACHINE_TYPES``; a list of names is checked. SynthError if bad."""
     if isinstance(types, int):
         if not 1 <= types <= len(MACHINE_TYPES):
             raise SynthError(f"--types must be 1..{len(MACHINE_TYPES)}, got {types}")
@@ -742,7 +793,8 @@ def _resolve_types(types: int | Sequence[str]) -> list[str]:
     return names
 
 
-def _resolve_ids(machine_type: str, ids: int | Sequence[int]) -> list[int]:
+def resolve_ids(machine_type: str, ids: int | Sequence[int]) -> list[int]:
+    """``2`` -> the first two of ``DEFAULT_IDS[type]``; a list of IDs is checked. SynthError if bad."""
     available = DEFAULT_IDS[machine_type]
     if isinstance(ids, int):
         if not 1 <= ids <= len(available):
@@ -782,11 +834,11 @@ def make_dataset(
     called after each file. Returns a summary (counts, types, IDs, anomaly kinds).
     """
     out = Path(out_dir)
-    type_list = _resolve_types(types)
+    type_list = resolve_types(types)
     plan: list[tuple[str, int, str, str, int, str | None, float]] = []
     kinds_used: dict[str, int] = {}
     for machine_type in type_list:
-        for machine_id in _resolve_ids(machine_type, ids):
+        for machine_id in resolve_ids(machine_type, ids):
             for i in range(train_clips):
                 plan.append((machine_type, machine_id, "train", "normal", i, None, 0.0))
             for i in range(test_clips):
@@ -812,7 +864,7 @@ def make_dataset(
     summary = {
         "root": str(out),
         "types": type_list,
-        "ids": {t: _resolve_ids(t, ids) for t in type_list},
+        "ids": {t: resolve_ids(t, ids) for t in type_list},
         "train_clips": sum(1 for p in plan if p[2] == "train"),
         "test_normal": sum(1 for p in plan if p[2] == "test" and p[3] == "normal"),
         "test_anomaly": sum(1 for p in plan if p[3] == "anomaly"),
@@ -835,4 +887,6 @@ __all__ = [
     "make_dataset",
     "make_stream_recording",
     "render_clip",
+    "resolve_ids",
+    "resolve_types",
 ]

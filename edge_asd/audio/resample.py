@@ -137,12 +137,30 @@ class StreamingResampler:
             self._hist = buf[buf.shape[0] - (Q - 1) :].copy()
         return out[:, 0] if squeeze else out
 
+    def flush(self) -> np.ndarray:
+        """Emit the outputs still held back by the filter latency, as if the input went on
+        as silence, up to the time of the last input sample. Call once at the end of a
+        finite input (a file); the resampler is finished afterwards."""
+        target = -(-self.consumed * self.up // self.down)
+        if self.passthrough or self.produced >= target:
+            return np.zeros((0, self.channels), dtype=np.float32)
+        pad = np.zeros(((self.taps + 1) * self.up // self.down + self.taps + 1, self.channels), np.float32)
+        want = target - self.produced
+        outs = []
+        got = 0
+        while got < want:
+            y = self.process(pad)
+            outs.append(y)
+            got += y.shape[0]
+        self.produced = target
+        return np.concatenate(outs)[:want]
+
     def _compute(self, buf: np.ndarray, buf_start: int, m0: int, k: int, out: np.ndarray) -> None:
         """Fill ``out[j]`` with y[m0 + j]; outputs are grouped by their polyphase branch.
 
         Outputs ``m`` and ``m + L`` use the same branch and inputs ``M`` apart, so each group
-        is a strided slice: either one gather + dot (few outputs) or a loop over the taps
-        (many outputs, e.g. 48k -> 16k where L = 1), both without Python loops per sample.
+        is a strided slice of a sliding-window view dotted with one branch, in chunks that
+        bound the temporary memory; there is no Python loop per sample or per tap.
         """
         L, M, D, Q = self.up, self.down, self.delay, self.taps
         C = self.channels
@@ -156,15 +174,12 @@ class StreamingResampler:
             first = base - (Q - 1) - buf_start  # buffer offset of its oldest input
             step = M  # inputs between consecutive outputs of this group (m -> m + L)
             dst = out[r::L]
-            if count * C * Q <= _GATHER_LIMIT:
-                if windows is None:
-                    windows = np.lib.stride_tricks.sliding_window_view(buf, Q, axis=0)  # (n-Q+1, C, Q)
-                sel = windows[first : first + (count - 1) * step + 1 : step]
-                dst[:] = sel @ self._branches_rev[phase]
-            else:
-                taps = self._branches_rev[phase]
-                tmp = np.empty((count, C), dtype=np.float32)
-                for q in range(Q):
-                    lo = first + q
-                    np.multiply(buf[lo : lo + (count - 1) * step + 1 : step], taps[q], out=tmp)
-                    dst += tmp
+            if windows is None:
+                windows = np.lib.stride_tricks.sliding_window_view(buf, Q, axis=0)  # (n-Q+1, C, Q)
+            taps = self._branches_rev[phase]
+            # Chunks bound the temporary copy matmul makes of the strided view.
+            chunk = max(1, _GATHER_LIMIT // (C * Q))
+            for lo in range(0, count, chunk):
+                hi = min(count, lo + chunk)
+                a = first + lo * step
+                dst[lo:hi] = windows[a : a + (hi - lo - 1) * step + 1 : step] @ taps

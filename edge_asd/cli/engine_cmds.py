@@ -1,7 +1,165 @@
-"""Commands of this group are registered here (work in progress)."""
+"""``export``, ``build-engine`` and ``score``: from a trained run to verdicts on WAV files.
+
+Heavy modules (torch for the export, TensorRT, onnxruntime) are imported inside the commands
+so ``edge-asd --help`` works on a Jetson without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
 
 import typer
 
+from edge_asd.cli.output import console
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+
+
+def collect_audio(paths: list[Path]) -> list[Path]:
+    """Files as given, directories walked recursively for sound files (sorted, deduplicated)."""
+    from trainer.errors import UserError
+
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"{path} does not exist: give WAV files or directories holding them")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise UserError(f"no sound files ({', '.join(sorted(AUDIO_SUFFIXES))}) found in {', '.join(map(str, paths))}")
+    return unique
+
+
+def score_files(
+    bundle_dir: Path,
+    files: list[Path],
+    class_names: list[str] | None = None,
+    backend: str = "auto",
+    max_batch: int = 8,
+) -> list[dict]:
+    """Score each file (first 10 s) and return one result dict per file."""
+    import numpy as np
+
+    from engines.bundle import load_bundle
+    from engines.runtime import open_runtime
+    from engines.scorer import Scorer, classes_for_file
+    from trainer.audio_io import fit_length, read_audio
+
+    bundle = load_bundle(bundle_dir)
+    scorer = Scorer(bundle)
+    fixed = [bundle.class_index(name) for name in class_names] if class_names else None
+    results: list[dict] = []
+    with open_runtime(bundle, backend=backend, max_batch=max_batch) as runtime:
+        for lo in range(0, len(files), max_batch):
+            chunk = files[lo : lo + max_batch]
+            audio = np.stack([fit_length(read_audio(f), bundle.manifest.window_samples) for f in chunk])
+            rows = [fixed or classes_for_file(f, bundle.classes) for f in chunk]
+            out = runtime.infer(audio)
+            for path, candidates, row in zip(chunk, rows, scorer.score_rows(out, rows)):
+                verdict = "unknown" if row.anomalous is None else ("ANOMALY" if row.anomalous else "normal")
+                results.append(
+                    {
+                        "file": str(path),
+                        "classes": [bundle.classes[c] for c in candidates],
+                        "class": bundle.classes[row.class_index],
+                        "score": row.score,
+                        "threshold": row.threshold,
+                        "verdict": verdict,
+                        "score_mode": scorer.mode,
+                        "backend": runtime.type_key,
+                    }
+                )
+    return results
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    @app.command("export")
+    def export_cmd(
+        run: Path = typer.Argument(..., help="Training run directory (config.json, model_best.pt)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+        precision: str = typer.Option("fp16", "--precision", help="model.onnx backbone precision: fp16 or fp32."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
+        which: str = typer.Option("best", "--checkpoint", help="best or last weights."),
+        score: str | None = typer.Option(None, "--score", help="ce, knn or ensemble (default: thresholds.json's)."),
+    ) -> None:
+        """Export a run to a bundle: model.onnx (TensorRT), model_cpu.onnx (onnxruntime), model.json, embeddings."""
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        from engines.errors import ExportError
+        from engines.export import export_run
+
+        if precision not in ("fp16", "fp32"):
+            raise ExportError(f"--precision must be fp16 or fp32, got {precision!r}")
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("export", total=None)
+            bundle = export_run(
+                run, out, precision=precision, opset=opset, which=which, score=score,  # type: ignore[arg-type]
+                progress=lambda msg: bar.update(task, description=msg),
+            )
+        m = bundle.manifest
+        console.print(f"bundle [bold]{out}[/]: {m.model.num_classes} classes, score {m.score.mode}, {precision} model.onnx")
+        if m.thresholds_note:
+            console.print(f"[yellow]note:[/] {m.thresholds_note}")
+
+    @app.command("build-engine")
+    def build_engine_cmd(
+        bundle: Path = typer.Argument(..., help="Bundle directory (from `edge-asd export`)."),
+        max_batch: int = typer.Option(16, "--max-batch", min=1, help="Largest batch the engine accepts."),
+        workspace_mib: int = typer.Option(1024, "--workspace-mib", min=64, help="TensorRT builder workspace."),
+        no_build: bool = typer.Option(False, "--no-build", help="Only check the existing engine; never build."),
+        force: bool = typer.Option(False, "--force", help="Rebuild even if the engine is current."),
+    ) -> None:
+        """Build (or check) the TensorRT engine of a bundle for this GPU and TensorRT version."""
+        from engines.build import build_engine, read_engine_json
+
+        files = build_engine(
+            bundle,
+            max_batch=max_batch,
+            workspace_mib=workspace_mib,
+            allow_build=not no_build,
+            force=force,
+            progress=lambda msg: console.print(msg),
+        )
+        meta = read_engine_json(files.meta) or {}
+        state = "built" if files.built else "up to date"
+        console.print(
+            f"engine {files.plan} {state}: TensorRT {meta.get('tensorrt_version')}, {meta.get('gpu_name')} "
+            f"sm {meta.get('compute_capability')}, max batch {meta.get('max_batch')}, {meta.get('precision')}"
+        )
+
+    @app.command("score")
+    def score_cmd(
+        bundle: Path = typer.Argument(..., help="Bundle directory."),
+        wavs: list[Path] = typer.Argument(..., help="Sound files or directories (walked recursively)."),
+        class_names: list[str] = typer.Option(
+            None, "--class", help="Class to score against (repeatable; default: from the DCASE file name, else all)."
+        ),
+        backend: str = typer.Option("auto", "--backend", help="auto, tensorrt, onnxruntime or torch."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+        max_batch: int = typer.Option(8, "--max-batch", min=1),
+    ) -> None:
+        """Score sound files with a bundle: per file the score, threshold and verdict (min over classes)."""
+        from rich.table import Table
+
+        files = collect_audio(wavs)
+        results = score_files(bundle, files, class_names or None, backend, max_batch)
+        if as_json:
+            typer.echo(json.dumps({"bundle": str(bundle), "results": results}, indent=2))
+            return
+        table = Table(title=f"{len(results)} files, {results[0]['score_mode']} score, {results[0]['backend']}")
+        for col in ("file", "class", "score", "threshold", "verdict"):
+            table.add_column(col, justify="right" if col in ("score", "threshold") else "left")
+        for r in results:
+            thr = "-" if r["threshold"] is None else f"{r['threshold']:.4g}"
+            style = "bold red" if r["verdict"] == "ANOMALY" else None
+            table.add_row(r["file"], r["class"], f"{r['score']:.4g}", thr, r["verdict"], style=style)
+        console.print(table)
+        if any(r["threshold"] is None for r in results):
+            console.print("[yellow]note:[/] the bundle has no threshold for some classes: verdict 'unknown'")

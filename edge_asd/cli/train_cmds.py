@@ -1,7 +1,163 @@
-"""Commands of this group are registered here (work in progress)."""
+"""``edge-asd train``, ``evaluate`` and ``calibrate-run``: the workstation side of the model.
+
+torch and the trainer modules are imported inside the commands, so ``edge-asd --help`` works
+on a Jetson without PyTorch. Hyperparameter options default to None so that ``--resume``
+can tell "not given" (take the run's saved value) from "given" (override).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
 
 import typer
 
+from edge_asd.cli.output import console
+
+logger = logging.getLogger(__name__)
+
+# The spec's defaults (Noisy-ArcMix released code, spec §5), applied when neither the command
+# line nor a resumed run gives a value.
+DEFAULTS: dict[str, object] = {
+    "loss": "noisy-arcmix",
+    "arch": "tastgram",
+    "epochs": 300,
+    "batch_size": 64,
+    "lr": 1e-4,
+    "min_lr": 1e-5,
+    "alpha": 0.5,
+    "val_fraction": 0.05,
+    "seed": 2023,
+    "layout": "auto",
+    "class_by": "section",
+    "score": "ce",
+    "knn_k": 4,
+    "false_alarm_rate": 1e-3,
+}
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    @app.command("train")
+    def train_cmd(
+        data: list[Path] = typer.Argument(..., help="Data folder(s): DCASE dev_data/eval_data roots, your own recordings, or a manifest."),
+        out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (config, checkpoints, metrics, thresholds)."),
+        loss: str | None = typer.Option(None, help="noisy-arcmix | arcmix | arcface (default: noisy-arcmix)"),
+        arch: str | None = typer.Option(None, help="tastgram | stgram (default: tastgram)"),
+        epochs: int | None = typer.Option(None, help="Epochs (default: 300)"),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size per process (default: 64)"),
+        lr: float | None = typer.Option(None, help="AdamW learning rate (default: 1e-4)"),
+        min_lr: float | None = typer.Option(None, "--min-lr", help="Cosine schedule floor (default: 1e-5)"),
+        alpha: float | None = typer.Option(None, help="Mixup Beta(alpha, alpha) (default: 0.5)"),
+        val_fraction: float | None = typer.Option(
+            None, "--val-fraction", help="Held-out share of each class's training clips (default: 0.05)"
+        ),
+        seed: int | None = typer.Option(None, help="Random seed (default: 2023)"),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        layout: str | None = typer.Option(None, help="auto | dcase2020 | dcase2021 | own | manifest (default: auto)"),
+        class_by: str | None = typer.Option(None, "--class-by", help="section | attribute (default: section)"),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable clips (with a warning) instead of stopping."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished epoch."),
+        score: str | None = typer.Option(None, help="Score the thresholds are calibrated for: ce | knn | ensemble (default: ce)"),
+        knn_k: int | None = typer.Option(None, "--knn-k", help="Neighbours of the knn score (default: 4)"),
+        false_alarm_rate: float | None = typer.Option(
+            None, "--false-alarm-rate", help="Target false-alarm probability per window (default: 1e-3)"
+        ),
+        max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after the epoch that would pass this budget."),
+        threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+        cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the decoded-audio cache lives."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        """Train TASTgram-MFN (Noisy-ArcMix by default); also under torchrun for several GPUs."""
+        from trainer.train import TrainConfig, train
+
+        given = {
+            "loss": loss, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
+            "alpha": alpha, "val_fraction": val_fraction, "seed": seed, "layout": layout, "class_by": class_by,
+            "score": score, "knn_k": knn_k, "false_alarm_rate": false_alarm_rate,
+        }
+        saved: dict = {}
+        cfg_path = out / "config.json"
+        if resume and cfg_path.is_file():
+            cfg = json.loads(cfg_path.read_text())
+            saved = dict(cfg.get("train", {}))
+            saved.setdefault("loss", cfg.get("loss"))
+            saved.setdefault("layout", cfg.get("data", {}).get("layout"))
+            saved.setdefault("class_by", cfg.get("data", {}).get("class_by"))
+        values = {k: (v if v is not None else saved.get(k, DEFAULTS[k])) for k, v in given.items()}
+        config = TrainConfig(
+            data=[str(p) for p in data],
+            out=str(out),
+            device=device,
+            workers=workers,
+            skip_bad=skip_bad,
+            resume=resume,
+            max_minutes=max_minutes,
+            threads=threads,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            progress=progress,
+            **values,
+        )
+        result = train(config)
+        if result.interrupted:
+            raise typer.Exit(130)
+        console.print(
+            f"[green]trained[/] {result.epochs_done}/{config.epochs} epochs; best epoch {result.best_epoch + 1} "
+            f"(val loss {result.best_val_loss:.4f}); run in {result.run_dir}"
+        )
+        if result.stopped_early:
+            console.print("stopped by --max-minutes: continue with the same command plus --resume")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        run: Path = typer.Argument(..., help="Run directory written by `edge-asd train`."),
+        data: list[Path] | None = typer.Argument(None, help="Data folder(s) with test clips (default: the run's)."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Where report.json/report.md/PNGs go (default: RUN)."),
+        compare_paper: bool = typer.Option(False, "--compare-paper", help="Put the paper's TASTgram-MFN numbers beside ours."),
+        score: list[str] | None = typer.Option(None, help="Score(s) to report: ce, knn, ensemble (default: all)."),
+        checkpoint: str = typer.Option("best", help="best | last"),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        plots: bool = typer.Option(True, "--plots/--no-plots", help="Write a PNG per machine type."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Per-ID AUC/pAUC, per-type mean and mAUC, arithmetic and harmonic averages."""
+        from trainer.errors import UserError
+        from trainer.evaluate import SCORE_KINDS, evaluate_run
+
+        kinds = list(score) if score else list(SCORE_KINDS)
+        bad = [k for k in kinds if k not in SCORE_KINDS]
+        if bad:
+            raise UserError(f"--score {bad[0]!r} is unknown: use ce, knn or ensemble")
+        doc = evaluate_run(
+            run, data or None, out, kinds, compare_paper=compare_paper, device=device, progress=progress, plots=plots,
+            which=checkpoint,
+        )
+        console.print(doc["markdown"], markup=False, highlight=False)
+        console.print(f"report: {(out or run) / 'report.json'}")
+
+    @app.command("calibrate-run")
+    def calibrate_cmd(
+        run: Path = typer.Argument(..., help="Run directory."),
+        data: list[Path] | None = typer.Argument(None, help="Data folder(s) the run was trained on (default: the run's)."),
+        score: str | None = typer.Option(None, help="ce | knn | ensemble (default: the run's)"),
+        false_alarm_rate: float | None = typer.Option(None, "--false-alarm-rate", help="[default: the run's]"),
+        knn_k: int | None = typer.Option(None, "--knn-k", help="[default: the run's]"),
+        embeddings: bool = typer.Option(False, "--embeddings", help="Recompute the knn reference embeddings too."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Recompute a run's thresholds.json (and optionally its knn references)."""
+        from trainer.errors import UserError
+        from trainer.evaluate import calibrate_run, write_reference_embeddings
+
+        if score is not None and score not in ("ce", "knn", "ensemble"):
+            raise UserError(f"--score {score!r} is unknown: use ce, knn or ensemble")
+        if embeddings:
+            write_reference_embeddings(run, data or None, device, progress)
+        doc = calibrate_run(run, data or None, score, false_alarm_rate, knn_k, device, progress)
+        console.print(f"thresholds ({doc['score']}, false-alarm rate {doc['false_alarm_rate']:g}) for {len(doc['classes'])} classes:")
+        for name, entry in doc["classes"].items():
+            how = "gamma fit" if entry.get("fit") else "empirical"
+            console.print(f"  {name}: {entry['threshold']:.4g} ({how}, n={entry['n']})")
+        console.print(f"written to {run / 'thresholds.json'}")

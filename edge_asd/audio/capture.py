@@ -1,0 +1,181 @@
+"""Capture = source + ring + worker thread that resamples into one StreamBuffer per channel.
+
+The worker is the only consumer of the ring. Every ``poll_s`` it takes what arrived, feeds
+one streaming resampler for all channels (native rate -> 16 kHz) and appends each channel to
+its ``StreamBuffer``. Gaps travel along: an overflow or restart recorded in the ring, or
+samples the worker lost because it fell a whole ring behind, become a gap interval in the
+16 kHz buffers, widened by the resampler's filter span (the filter smears a splice over
+that many output samples). The counters here feed the stats message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from edge_asd.audio.resample import StreamingResampler
+from edge_asd.audio.ring import CaptureRing
+from edge_asd.audio.sources import AudioSource
+from edge_asd.audio.stream_buffer import StreamBuffer
+from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+
+logger = logging.getLogger(__name__)
+
+
+class Capture:
+    """Glue of one source to its per-channel 16 kHz ``StreamBuffer``s.
+
+    ``channels``: which source channels become streams (default: all), in that order.
+    ``ring_s``: capture ring length at the native rate (about two windows by default, so a
+    worker that is late by seconds loses nothing). ``buffer_s``: history kept per stream.
+    """
+
+    def __init__(
+        self,
+        source: AudioSource,
+        *,
+        channels: list[int] | None = None,
+        target_rate: int = SAMPLE_RATE,
+        ring_s: float = 2.0 * WINDOW_SAMPLES / SAMPLE_RATE,
+        buffer_s: float = 12.0,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.source = source
+        self.channels = list(range(source.channels)) if channels is None else [int(c) for c in channels]
+        for c in self.channels:
+            if not 0 <= c < source.channels:
+                raise ValueError(f"channel {c} out of range for {source.name} ({source.channels} channels)")
+        self.target_rate = int(target_rate)
+        self.ring = CaptureRing(max(1, int(math.ceil(ring_s * source.sample_rate))), source.channels)
+        self.resampler = StreamingResampler(source.sample_rate, self.target_rate, len(self.channels))
+        capacity = int(math.ceil(buffer_s * self.target_rate))
+        self.streams = [StreamBuffer(capacity, self.target_rate) for _ in self.channels]
+        self.poll_s = float(poll_s)
+        self._cursor = 0
+        self._skipped = 0  # ring samples never given to the resampler (overrun)
+        self.lost_samples = 0
+        self.overruns = 0
+        self.gaps = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.finished = threading.Event()
+        """Set when the source finished and everything it delivered was processed."""
+        self.error: BaseException | None = None
+        self.hold_index: int | None = None
+        """Backpressure for non-real-time sources: when set, the worker keeps every stream's
+        samples from this index on (it waits instead of pushing them out of the buffer).
+        ``record`` sets it to the start of the next clip so a fast file replay loses nothing."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the source and the worker (the source's errors, e.g. no device, raise here)."""
+        self.source.start(self.ring)
+        self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.source.stop(timeout)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Capture:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """``online`` | ``offline`` | ``finished`` (from the source)."""
+        return self.source.status
+
+    @property
+    def last_block_monotonic(self) -> float | None:
+        return self.ring.last_write_monotonic
+
+    def stats(self) -> dict:
+        last = self.ring.last_write_monotonic
+        return {
+            "status": self.status,
+            "source": self.source.name,
+            "sample_rate": self.source.sample_rate,
+            "channels": len(self.channels),
+            "samples": self.ring.written,
+            "overflows": self.ring.overflows,
+            "gaps": self.gaps,
+            "overruns": self.overruns,
+            "lost_samples": self.lost_samples,
+            "restarts": self.source.restarts,
+            "gapped_windows": sum(s.gapped_windows for s in self.streams),
+            "last_block_age_s": None if last is None else round(time.monotonic() - last, 3),
+        }
+
+    # -- worker ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self.process_available():
+                    if self.source.finished and self._cursor >= self.ring.written:
+                        self._flush()
+                        self.finished.set()
+                        return
+                    self._stop.wait(self.poll_s)
+        except Exception as err:
+            logger.exception("capture worker of %s failed", self.source.name)
+            self.error = err
+        finally:
+            if self.source.finished and self._cursor >= self.ring.written:
+                self.finished.set()
+
+    def process_available(self, max_frames: int | None = None) -> bool:
+        """Move everything new from the ring into the stream buffers; False if nothing was new.
+
+        Called by the worker thread; public so a test can drive a capture without threads.
+        """
+        cursor = self._cursor
+        if self.hold_index is not None:
+            room_out = self.hold_index + self.streams[0].capacity - self.streams[0].end_index
+            room_in = (room_out - 2) * self.resampler.down // self.resampler.up - self.resampler.taps
+            if room_in <= 0:
+                return False
+            max_frames = room_in if max_frames is None else min(max_frames, room_in)
+        rr = self.ring.read(cursor, max_frames)
+        if rr.lost:
+            self.overruns += 1
+            self.lost_samples += rr.lost
+            self._skipped += rr.lost
+            logger.warning("capture %s: worker fell behind, %d samples lost", self.source.name, rr.lost)
+            self._mark_input_gap(self.resampler.consumed, self.resampler.consumed)
+        if rr.data.shape[0] == 0:
+            self._cursor = rr.start
+            return bool(rr.lost)
+        gaps = [(s, e) for s, e in self.ring.gaps.intervals(since=rr.start) if rr.start <= s < rr.end]
+        y = self.resampler.process(rr.data[:, self.channels] if len(self.channels) != rr.data.shape[1]
+                                   or self.channels != list(range(rr.data.shape[1])) else rr.data)
+        for i, stream in enumerate(self.streams):
+            stream.append(y[:, i])
+        for s, e in gaps:
+            self._mark_input_gap(s - self._skipped, e - self._skipped)
+        self._cursor = rr.end
+        return True
+
+    def _flush(self) -> None:
+        """A finite source ended: let the resampler's held-back tail into the streams."""
+        y = self.resampler.flush()
+        for i, stream in enumerate(self.streams):
+            stream.append(y[:, i])
+
+    def _mark_input_gap(self, start: int, end: int) -> None:
+        """Mark resampler-input span ``[start, end)`` (a splice if empty) in every stream."""
+        self.gaps += 1
+        span = self.resampler.half_span_out
+        lo = int(math.floor(self.resampler.input_to_output(start))) - span
+        hi = int(math.ceil(self.resampler.input_to_output(end))) + span
+        for stream in self.streams:
+            stream.mark_gap(max(0, lo), hi)

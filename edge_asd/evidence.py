@@ -1,0 +1,175 @@
+"""Evidence of each anomaly event: the triggering 10 s window as WAV plus a spectrogram PNG.
+
+Somebody paged at 3 a.m. wants to *hear* what the monitor heard. Evidence lives on the
+device's own storage (often an SD card), so the directory is bounded by both a count and a
+byte budget, oldest events removed first, and every file is written to a temporary name and
+renamed into place so a power cut never leaves half a WAV behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.png import colormap, encode_png
+from trainer.audio_io import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a stream name or event id."""
+    return _SAFE.sub("_", str(text)).strip("._") or "_"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; evidence and clips are for sharing
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit PCM mono WAV of float audio in [-1, 1] (clipped first, NaN as 0)."""
+    x = np.nan_to_num(np.asarray(audio, dtype=np.float64).reshape(-1), nan=0.0, posinf=1.0, neginf=-1.0)
+    pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def write_wav_atomic(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    atomic_write_bytes(path, wav_bytes(audio, sample_rate))
+    return path
+
+
+def log_spectrogram(audio: np.ndarray, n_fft: int = 512, hop: int = 256) -> np.ndarray:
+    """Log-power STFT in dB, shape ``(n_fft // 2 + 1, frames)``, Hann window, numpy only."""
+    x = np.nan_to_num(np.asarray(audio, dtype=np.float64).reshape(-1))
+    if x.size < n_fft:
+        x = np.pad(x, (0, n_fft - x.size))
+    window = np.hanning(n_fft + 1)[:-1]
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    spec = np.fft.rfft(frames * window, axis=1)
+    power = spec.real**2 + spec.imag**2
+    return (10.0 * np.log10(power + 1e-12)).T
+
+
+def spectrogram_png(audio: np.ndarray, dynamic_range_db: float = 80.0, n_fft: int = 512, hop: int = 256) -> bytes:
+    """PNG of the log spectrogram: time to the right, frequency up, top ``dynamic_range_db``."""
+    db = log_spectrogram(audio, n_fft, hop)
+    top = float(db.max())
+    norm = (db - (top - dynamic_range_db)) / dynamic_range_db
+    image = colormap(norm[::-1])  # low frequencies at the bottom
+    return encode_png(image)
+
+
+@dataclass(frozen=True)
+class EvidenceFiles:
+    wav: Path
+    png: Path | None
+
+
+class EvidenceStore:
+    """Bounded folder of evidence: ``root/<stream>/<event id>.wav`` and ``.png``.
+
+    ``max_count`` bounds the number of events (a WAV and its PNG count as one), ``max_bytes``
+    the total size; when either is exceeded after a save, the oldest events (by modification
+    time) are deleted until both hold again, never the one just saved.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        max_count: int = 200,
+        max_bytes: int = 512 * 1024 * 1024,
+        png: bool = True,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        if max_count < 1 or max_bytes < 1:
+            raise ValueError("EvidenceStore needs max_count >= 1 and max_bytes >= 1")
+        self.root = Path(root)
+        self.max_count = int(max_count)
+        self.max_bytes = int(max_bytes)
+        self.png = png
+        self.sample_rate = int(sample_rate)
+        self.removed = 0
+
+    def save(self, stream: str, event_id: str, audio: np.ndarray) -> EvidenceFiles:
+        """Save one event's window; returns the paths (the WAV path goes into the event)."""
+        folder = self.root / safe_name(stream)
+        stem = safe_name(event_id)
+        wav = write_wav_atomic(folder / f"{stem}.wav", audio, self.sample_rate)
+        png_path = None
+        if self.png:
+            png_path = folder / f"{stem}.png"
+            atomic_write_bytes(png_path, spectrogram_png(audio))
+        self.enforce_limits(keep={wav, png_path} - {None})
+        return EvidenceFiles(wav=wav, png=png_path)
+
+    def entries(self) -> list[tuple[float, int, list[Path]]]:
+        """``(mtime, bytes, files)`` per event, oldest first."""
+        groups: dict[Path, list[Path]] = {}
+        if not self.root.is_dir():
+            return []
+        for path in self.root.rglob("*"):
+            if path.is_file() and path.suffix in (".wav", ".png") and not path.name.startswith("."):
+                groups.setdefault(path.with_suffix(""), []).append(path)
+        out = []
+        for files in groups.values():
+            stats = [f.stat() for f in files if f.exists()]
+            if stats:
+                out.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), files))
+        out.sort(key=lambda e: (e[0], str(e[2][0])))
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """(events, bytes) currently stored."""
+        entries = self.entries()
+        return len(entries), sum(e[1] for e in entries)
+
+    def enforce_limits(self, keep: set | None = None) -> int:
+        """Delete the oldest events until the count and byte bounds hold; returns how many."""
+        keep = {p for p in (keep or set()) if p is not None}
+        entries = self.entries()
+        count, total = len(entries), sum(e[1] for e in entries)
+        removed = 0
+        for _mtime, size, files in entries:
+            if count <= self.max_count and total <= self.max_bytes:
+                break
+            if keep.intersection(files):
+                continue
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+            count -= 1
+            total -= size
+            removed += 1
+            logger.debug("evidence: removed %s to stay within bounds", files[0].with_suffix(""))
+        self.removed += removed
+        return removed

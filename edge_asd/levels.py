@@ -1,0 +1,163 @@
+"""Signal levels of each window and the microphone faults they reveal.
+
+A dead, silent or clipping microphone must raise a *stream fault*, not an anomaly: the model
+has never heard digital zeros or a saturated ADC, so it would score them as wildly anomalous
+and page someone about a loose cable as if a bearing were failing. NaN/inf samples (a broken
+driver or a float file) must never reach the model at all. So every window is measured first
+and only ``ok`` windows are scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+LEVEL_STATES = ("ok", "silent", "dead", "clipping")
+_FLOOR_DB = -200.0  # reported instead of -inf for exact zeros, keeps the JSON finite
+
+
+@dataclass(frozen=True)
+class LevelThresholds:
+    """When a window is not ``ok``.
+
+    ``silent_dbfs``: RMS below this is a muted / unplugged analogue input (a running machine
+    is far louder). ``clip_level``: |sample| at or above this counts as clipped.
+    ``clip_fraction``: more than this fraction of clipped samples is ``clipping``.
+    ``dead``: any NaN/inf, or a constant signal (digital zero, a stuck ADC).
+    """
+
+    silent_dbfs: float = -80.0
+    clip_level: float = 0.999
+    clip_fraction: float = 0.001
+
+
+@dataclass(frozen=True)
+class LevelReport:
+    """Levels of one window. ``state`` is one of ``LEVEL_STATES``; anything but ok is a fault."""
+
+    rms_dbfs: float
+    peak_dbfs: float
+    crest_db: float
+    clipped_fraction: float
+    nonfinite: int
+    state: str
+
+    @property
+    def fault(self) -> bool:
+        return self.state != "ok"
+
+    @property
+    def scorable(self) -> bool:
+        """Only ok windows may be given to the model."""
+        return self.state == "ok"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _db(x: float) -> float:
+    return 20.0 * math.log10(x) if x > 0 else _FLOOR_DB
+
+
+def measure(audio: np.ndarray, thresholds: LevelThresholds | None = None) -> LevelReport:
+    """RMS and peak in dBFS (full scale = 1.0), crest factor in dB, and the window's state."""
+    t = thresholds or LevelThresholds()
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if x.size == 0:
+        return LevelReport(_FLOOR_DB, _FLOOR_DB, 0.0, 0.0, 0, "dead")
+    finite = np.isfinite(x)
+    nonfinite = int(x.size - np.count_nonzero(finite))
+    if nonfinite:
+        xf = x[finite]
+    else:
+        xf = x
+    if xf.size:
+        x64 = xf.astype(np.float64)
+        rms = math.sqrt(float(np.dot(x64, x64)) / xf.size)
+        peak = float(np.max(np.abs(xf)))
+        constant = bool(np.max(xf) == np.min(xf))
+        clipped = float(np.count_nonzero(np.abs(xf) >= t.clip_level)) / x.size
+    else:
+        rms = peak = 0.0
+        constant = True
+        clipped = 0.0
+    rms_db, peak_db = _db(rms), _db(peak)
+    crest = peak_db - rms_db if rms > 0 else 0.0
+    if nonfinite or constant:
+        state = "dead"
+    elif clipped > t.clip_fraction:
+        state = "clipping"
+    elif rms_db < t.silent_dbfs:
+        state = "silent"
+    else:
+        state = "ok"
+    return LevelReport(rms_db, peak_db, crest, clipped, nonfinite, state)
+
+
+@dataclass
+class _StreamLevels:
+    last: LevelReport | None = None
+    counts: dict = field(default_factory=lambda: dict.fromkeys(LEVEL_STATES, 0))
+    state: str = "ok"
+    run: int = 0  # consecutive windows in a state different from ``state``
+    candidate: str = "ok"
+
+
+class LevelMonitor:
+    """Per-stream level bookkeeping with a debounced stream state for status messages.
+
+    ``check(stream, audio)`` classifies one window (that verdict alone decides whether the
+    window is scored). The *stream* state changes only after ``debounce`` consecutive windows
+    agree, so one loud bang does not flip the published status to ``clipping`` and back.
+    """
+
+    def __init__(self, thresholds: LevelThresholds | None = None, debounce: int = 3) -> None:
+        self.thresholds = thresholds or LevelThresholds()
+        self.debounce = max(1, int(debounce))
+        self._streams: dict[str, _StreamLevels] = {}
+
+    def check(self, stream: str, audio: np.ndarray) -> LevelReport:
+        report = measure(audio, self.thresholds)
+        s = self._streams.setdefault(stream, _StreamLevels())
+        s.last = report
+        s.counts[report.state] += 1
+        if report.state == s.state:
+            s.run = 0
+        else:
+            if report.state == s.candidate:
+                s.run += 1
+            else:
+                s.candidate, s.run = report.state, 1
+            if s.run >= self.debounce:
+                if report.state != "ok":
+                    logger.warning("stream %s: level state %s -> %s (rms %.1f dBFS, peak %.1f dBFS)",
+                                   stream, s.state, report.state, report.rms_dbfs, report.peak_dbfs)
+                else:
+                    logger.info("stream %s: level state back to ok", stream)
+                s.state, s.run = report.state, 0
+        return report
+
+    def state(self, stream: str) -> str:
+        """Debounced state of ``stream`` (``ok`` before any window)."""
+        s = self._streams.get(stream)
+        return s.state if s else "ok"
+
+    def faulted(self, stream: str) -> bool:
+        return self.state(stream) != "ok"
+
+    def stats(self, stream: str) -> dict:
+        """For the stats message: last levels, debounced state and counts per state."""
+        s = self._streams.get(stream)
+        if s is None:
+            return {"state": "ok", "dbfs": None, "peak_dbfs": None, "counts": dict.fromkeys(LEVEL_STATES, 0)}
+        return {
+            "state": s.state,
+            "dbfs": None if s.last is None else round(s.last.rms_dbfs, 1),
+            "peak_dbfs": None if s.last is None else round(s.last.peak_dbfs, 1),
+            "counts": dict(s.counts),
+        }

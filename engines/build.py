@@ -1,0 +1,375 @@
+"""TensorRT engine builds from a bundle's ``model.onnx``, on the device that will run them.
+
+A TensorRT plan only runs on the TensorRT version and GPU it was built with, so plans live
+under ``BUNDLE/engines/<trt version>_<gpu>_sm<cc>/`` with a sidecar ``engine.json`` (never a
+header inside the plan: ``trtexec --loadEngine`` must still read it). A plan whose TensorRT,
+GPU, compute capability, ONNX sha256 or max batch does not match is rebuilt (or refused with
+the reason when building is not allowed).
+
+Precision comes from the ONNX graph: the network is created ``STRONGLY_TYPED`` (required on
+10.x for that, implied and the flag gone on 11.x), so the float32 front end and head and the
+float16 backbone are built exactly as exported. ``BuilderFlag.FP16`` is only a fallback for a
+10.x without strong typing. TensorRT API: 10.x (JetPack 6 ships 10.3), forward-compatible 11.x.
+
+Builds take minutes on a Jetson: ``progress`` is called during the build (TensorRT's progress
+monitor plus a heartbeat) so the daemon can send systemd ``EXTEND_TIMEOUT_USEC``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.bundle import MODEL_ONNX, Bundle, as_bundle
+from engines.errors import BackendUnavailableError, EngineBuildError
+
+logger = logging.getLogger(__name__)
+
+PLAN_NAME = "model.plan"
+ENGINE_JSON = "engine.json"
+TIMING_CACHE = "timing.cache"
+DEFAULT_MAX_BATCH = 16
+DEFAULT_WORKSPACE_MIB = 1024
+HEARTBEAT_S = 10.0
+TRT_INSTALL_HINT = (
+    "install TensorRT's Python bindings: on a Jetson `sudo apt install python3-libnvinfer` (JetPack) and a venv "
+    "with --system-site-packages; on x86 `pip install tensorrt`"
+)
+PYCUDA_INSTALL_HINT = "install pycuda: `pip install 'edge-asd[jetson]'` (needs nvcc on PATH and the CUDA headers)"
+
+ProgressFn = Callable[[str], None]
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise BackendUnavailableError(f"TensorRT is not importable: {TRT_INSTALL_HINT}") from err
+    return trt
+
+
+def import_pycuda() -> Any:
+    try:
+        import pycuda.driver as cuda
+    except ImportError as err:
+        raise BackendUnavailableError(f"pycuda is not importable: {PYCUDA_INSTALL_HINT}") from err
+    return cuda
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a plan is specific to."""
+
+    trt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7"
+
+    @property
+    def dir_name(self) -> str:
+        return engine_dir_name(self.trt_version, self.gpu_name, self.compute_capability)
+
+
+def sanitise(name: str) -> str:
+    """A GPU name as a directory component: ``NVIDIA Orin (nvgpu)`` -> ``NVIDIA-Orin-nvgpu``."""
+    cleaned = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-.")
+    return cleaned or "gpu"
+
+
+def engine_dir_name(trt_version: str, gpu_name: str, compute_capability: str) -> str:
+    return f"{sanitise(trt_version)}_{sanitise(gpu_name)}_sm{compute_capability.replace('.', '')}"
+
+
+def current_device(device_index: int = 0) -> DeviceInfo:
+    """TensorRT version and the GPU's name and compute capability (initialises CUDA)."""
+    trt = import_tensorrt()
+    cuda = import_pycuda()
+    cuda.init()
+    if cuda.Device.count() <= device_index:
+        raise EngineBuildError(f"no CUDA GPU {device_index} on this machine ({cuda.Device.count()} found)")
+    dev = cuda.Device(device_index)
+    major, minor = dev.compute_capability()
+    return DeviceInfo(trt_version=str(trt.__version__), gpu_name=str(dev.name()), compute_capability=f"{major}.{minor}")
+
+
+def engine_paths(bundle: Bundle, device: DeviceInfo) -> tuple[Path, Path]:
+    folder = bundle.engines_dir / device.dir_name
+    return folder / PLAN_NAME, folder / ENGINE_JSON
+
+
+def stale_reason(meta: dict[str, Any] | None, device: DeviceInfo, onnx_sha256: str, max_batch: int) -> str | None:
+    """Why an existing plan cannot be used here (None when it can). Pure: unit-tested without a GPU."""
+    if meta is None:
+        return "no engine.json next to the plan"
+    checks = (
+        ("TensorRT version", meta.get("tensorrt_version"), device.trt_version),
+        ("GPU", meta.get("gpu_name"), device.gpu_name),
+        ("compute capability", meta.get("compute_capability"), device.compute_capability),
+        ("ONNX sha256", meta.get("onnx_sha256"), onnx_sha256),
+    )
+    for what, built, here in checks:
+        if built != here:
+            return f"plan was built for {what} {built!r}, this is {here!r}"
+    if int(meta.get("max_batch", 0)) < max_batch:
+        return f"plan was built for max batch {meta.get('max_batch')}, {max_batch} requested"
+    return None
+
+
+def read_engine_json(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+class _TrtLogger:
+    """Factory for a ``trt.ILogger`` that forwards to Python logging (parser and builder messages)."""
+
+    @staticmethod
+    def create(trt: Any) -> Any:
+        class Forward(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity: Any, msg: str) -> None:
+                level = {
+                    trt.ILogger.INTERNAL_ERROR: logging.CRITICAL,
+                    trt.ILogger.ERROR: logging.ERROR,
+                    trt.ILogger.WARNING: logging.WARNING,
+                    trt.ILogger.INFO: logging.DEBUG,
+                }.get(severity, logging.DEBUG)
+                logger.log(level, "TensorRT: %s", msg)
+
+        return Forward()
+
+
+def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
+    """A ``trt.IProgressMonitor`` (TensorRT >= 10.0) that reports phases to ``progress``."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            progress(f"TensorRT build: {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            return None
+
+    return Monitor()
+
+
+class _Heartbeat:
+    """Calls ``progress`` every ``period`` seconds while a blocking build runs."""
+
+    def __init__(self, progress: ProgressFn, period: float = HEARTBEAT_S) -> None:
+        self._progress, self._period = progress, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trt-build-heartbeat", daemon=True)
+        self._started = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._progress(f"building TensorRT engine ({time.monotonic() - self._started:.0f} s)")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+def build_plan(
+    onnx_path: Path,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+    window_samples: int = 160000,
+    timing_cache: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """Parse ``onnx_path`` and build a serialized plan; returns (plan bytes, build facts).
+
+    Needs a current CUDA context in the calling thread (the caller pushes one).
+    """
+    trt = import_tensorrt()
+    say = progress or (lambda msg: logger.info("%s", msg))
+    trt_logger = _TrtLogger.create(trt)
+    builder = trt.Builder(trt_logger)
+    flags = 0
+    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt_logger)
+    say(f"parsing {onnx_path}")
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} cannot parse {onnx_path}:\n  " + "\n  ".join(errors or ["(no parser errors given)"])
+            + "\nRe-export the bundle with this edge-asd version (the graph must use only TensorRT 10.3 ops)"
+        )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if not strongly_typed and hasattr(trt.BuilderFlag, "FP16"):
+        # Old 10.x without strong typing: let TensorRT choose fp16 where the graph does not pin types.
+        logger.warning("TensorRT %s has no STRONGLY_TYPED networks: falling back to BuilderFlag.FP16", trt.__version__)
+        config.set_flag(trt.BuilderFlag.FP16)
+    monitor = _progress_monitor(trt, say)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    input_tensor = network.get_input(0)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_tensor.name, (1, window_samples), (1, window_samples), (max_batch, window_samples))
+    config.add_optimization_profile(profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    say(f"building TensorRT {trt.__version__} engine (max batch {max_batch}, workspace {workspace_mib} MiB)")
+    started = time.monotonic()
+    with _Heartbeat(say):
+        plan = builder.build_serialized_network(network, config)
+    seconds = time.monotonic() - started
+    if plan is None:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} (see the TensorRT errors logged "
+            "above); try a larger --workspace-mib or a smaller --max-batch"
+        )
+    if timing_cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    outputs = {network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)}
+    facts = {
+        "strongly_typed": strongly_typed,
+        "build_seconds": round(seconds, 1),
+        "input": {input_tensor.name: [-1, window_samples]},
+        "outputs": outputs,
+    }
+    return bytes(memoryview(plan)), facts
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    plan: Path
+    meta: Path
+    built: bool
+
+
+def ensure_engine(
+    bundle: Bundle | str | Path,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+    allow_build: bool = True,
+    force: bool = False,
+    device: DeviceInfo | None = None,
+    progress: ProgressFn | None = None,
+) -> EngineFiles:
+    """Return a plan that matches this device and the bundle's ONNX, building it when needed.
+
+    Needs a current CUDA context in the calling thread when a build happens.
+    """
+    bundle = as_bundle(bundle)
+    device = device or current_device()
+    plan_path, meta_path = engine_paths(bundle, device)
+    onnx_sha = bundle.sha256(MODEL_ONNX)
+    reason = "--force" if force else None
+    if reason is None:
+        reason = "no plan" if not plan_path.is_file() else stale_reason(read_engine_json(meta_path), device, onnx_sha, max_batch)
+    if reason is None:
+        return EngineFiles(plan_path, meta_path, built=False)
+    if not allow_build:
+        raise EngineBuildError(
+            f"no usable TensorRT engine in {plan_path.parent} ({reason}); build it with `edge-asd build-engine {bundle.path}`"
+        )
+    logger.info("building TensorRT engine for %s: %s", bundle.path, reason)
+    plan, facts = build_plan(
+        bundle.onnx_path,
+        max_batch=max_batch,
+        workspace_mib=workspace_mib,
+        window_samples=bundle.manifest.window_samples,
+        timing_cache=bundle.engines_dir / device.dir_name / TIMING_CACHE,
+        progress=progress,
+    )
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_suffix(".plan.tmp")
+    tmp.write_bytes(plan)
+    tmp.replace(plan_path)
+    meta = {
+        "tensorrt_version": device.trt_version,
+        "gpu_name": device.gpu_name,
+        "compute_capability": device.compute_capability,
+        "onnx_sha256": onnx_sha,
+        "onnx_file": MODEL_ONNX,
+        "precision": bundle.manifest.onnx.precision,
+        "max_batch": int(max_batch),
+        "workspace_mib": int(workspace_mib),
+        "plan_bytes": len(plan),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **facts,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    logger.info("TensorRT engine written to %s in %.1f s", plan_path, facts["build_seconds"])
+    return EngineFiles(plan_path, meta_path, built=True)
+
+
+def build_engine(
+    bundle: Bundle | str | Path,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+    allow_build: bool = True,
+    force: bool = False,
+    device_index: int = 0,
+    progress: ProgressFn | None = None,
+) -> EngineFiles:
+    """``edge-asd build-engine``: ``ensure_engine`` inside a CUDA context pushed for this thread."""
+    cuda = import_pycuda()
+    device = current_device(device_index)
+    ctx = cuda.Device(device_index).retain_primary_context()
+    ctx.push()
+    try:
+        return ensure_engine(
+            bundle,
+            max_batch=max_batch,
+            workspace_mib=workspace_mib,
+            allow_build=allow_build,
+            force=force,
+            device=device,
+            progress=progress,
+        )
+    finally:
+        ctx.pop()
+        ctx.detach()
+
+
+__all__ = [
+    "ENGINE_JSON",
+    "PLAN_NAME",
+    "DeviceInfo",
+    "EngineFiles",
+    "build_engine",
+    "build_plan",
+    "current_device",
+    "engine_dir_name",
+    "ensure_engine",
+    "import_pycuda",
+    "import_tensorrt",
+    "read_engine_json",
+    "sanitise",
+    "stale_reason",
+]

@@ -1,0 +1,115 @@
+"""The one interface every inference backend implements: float32 audio windows in, scores out.
+
+Why a common base: the daemon, the ``score`` command and the benchmarks should not care
+whether TensorRT, onnxruntime or torch computes the numbers. The base validates input once
+(the error names the expected shape instead of failing inside a native library) and splits
+batches larger than the backend's ``max_batch`` into chunks, so backends only implement one
+fixed-size step.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from engines.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SAMPLES = 160000
+EMBEDDING_DIM = 128
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Model outputs for a batch: ``scores`` (B, C) cross-entropy per class, ``embedding`` (B, 128)."""
+
+    scores: np.ndarray
+    embedding: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def validate_audio(audio: object, window_samples: int = WINDOW_SAMPLES) -> np.ndarray:
+    """Return ``audio`` as a C-contiguous float32 (B, window) array or raise ``InputError``."""
+    expected = f"float32 array of shape (batch, {window_samples}) with finite samples in [-1, 1]"
+    if not isinstance(audio, np.ndarray):
+        raise InputError(f"runtime input must be a numpy {expected}, got {type(audio).__name__}")
+    if audio.dtype != np.float32:
+        raise InputError(f"runtime input has dtype {audio.dtype}; expected a {expected} (use .astype(np.float32))")
+    if audio.ndim != 2 or audio.shape[1] != window_samples or audio.shape[0] < 1:
+        raise InputError(
+            f"runtime input has shape {audio.shape}; expected a {expected} "
+            "(one 10 s window at 16 kHz per row: trainer.audio_io.fit_length pads or crops)"
+        )
+    if not np.all(np.isfinite(audio)):
+        raise InputError(f"runtime input contains NaN or infinite samples; expected a {expected}")
+    return np.ascontiguousarray(audio)
+
+
+class Runtime(ABC):
+    """A loaded model that maps (B, 160000) float32 audio to an ``Inference``."""
+
+    type_key: ClassVar[str] = ""
+
+    def __init__(self, classes: list[str], max_batch: int = 16, window_samples: int = WINDOW_SAMPLES) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.classes = list(classes)
+        self.max_batch = int(max_batch)
+        self.window_samples = int(window_samples)
+        self._closed = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def name(self) -> str:
+        return self.type_key
+
+    def describe(self) -> str:
+        """One line for logs and ``/stats``: backend, device and graph."""
+        return self.type_key
+
+    def infer(self, audio: np.ndarray) -> Inference:
+        """Scores and embeddings for every row of ``audio``; batches above ``max_batch`` are chunked."""
+        if self._closed:
+            raise RuntimeError(f"{self.type_key} runtime is closed")
+        audio = validate_audio(audio, self.window_samples)
+        scores, embeddings = [], []
+        for lo in range(0, audio.shape[0], self.max_batch):
+            s, e = self._infer_batch(audio[lo : lo + self.max_batch])
+            scores.append(np.asarray(s, dtype=np.float32))
+            embeddings.append(np.asarray(e, dtype=np.float32))
+        out = Inference(
+            scores=scores[0] if len(scores) == 1 else np.concatenate(scores),
+            embedding=embeddings[0] if len(embeddings) == 1 else np.concatenate(embeddings),
+        )
+        if out.scores.shape != (audio.shape[0], self.num_classes) or out.embedding.shape != (audio.shape[0], EMBEDDING_DIM):
+            raise RuntimeError(
+                f"{self.type_key} returned scores {out.scores.shape} / embedding {out.embedding.shape} for "
+                f"{audio.shape[0]} windows and {self.num_classes} classes"
+            )
+        return out
+
+    @abstractmethod
+    def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run one chunk of at most ``max_batch`` validated rows."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["EMBEDDING_DIM", "WINDOW_SAMPLES", "Inference", "Runtime", "validate_audio"]

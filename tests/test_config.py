@@ -1,0 +1,203 @@
+"""Config loading: messages that name the key path, CLI overrides, masking, `config check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edge_asd.cli import app
+from edge_asd.config import (
+    AppConfig,
+    ConfigError,
+    DeviceSource,
+    FileSource,
+    SynthSource,
+    config_from_cli,
+    effective_config_dict,
+    load_config,
+)
+
+pytestmark = pytest.mark.device
+
+GOOD = """\
+bundle: bundles/fan
+backend: onnxruntime
+hop_s: 0.5
+state_dir: state
+node_id: line1
+mqtt:
+  url: mqtt://edge@broker.local:1884
+  password: hunter2-secret
+sources:
+  - {name: card, type: device, device: "USB Audio", channels: 2}
+  - {name: rec, type: file, path: clips/normal.wav, loop: true}
+  - {name: fake, type: synth, machine_type: pump, anomalies: [{start_s: 60, duration_s: 20}]}
+streams:
+  - name: fan-a
+    source: card
+    channel: 1
+    classes: [fan/id_00, fan/id_02]
+    decision: {patience: 5}
+  - {name: pump, source: fake, classes: [pump/id_00], threshold: 1.5}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "edge.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def errors_of(tmp_path: Path, text: str, overrides: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), overrides)
+    return str(info.value)
+
+
+def test_good_config_with_defaults_and_relative_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert isinstance(cfg, AppConfig)
+    assert cfg.bundle == tmp_path / "bundles" / "fan"
+    assert cfg.state_dir == tmp_path / "state"
+    assert [type(s) for s in cfg.sources] == [DeviceSource, FileSource, SynthSource]
+    assert cfg.sources[1].path == tmp_path / "clips" / "normal.wav"
+    assert cfg.sources[2].anomalies[0].duration_s == 20
+    fan = cfg.streams[0]
+    assert (fan.decision.patience, fan.decision.warmup_windows, fan.decision.off_ratio) == (5, 3, 0.9)
+    assert (fan.decision.max_quiet, fan.decision.cooldown_s) == (3, 30.0)
+    assert (fan.levels.silent_dbfs, fan.levels.clip_dbfs) == (-70.0, -0.1)
+    assert (cfg.evidence.max_files, cfg.evidence.max_mb) == (200, 500.0)
+    assert cfg.mqtt is not None
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username) == ("broker.local", 1884, "edge")
+    assert (cfg.mqtt.prefix, cfg.mqtt.stats_interval_s, cfg.mqtt.discovery.prefix) == ("edge-asd", 60, "homeassistant")
+
+
+def test_mqtts_url_enables_tls_and_default_port(tmp_path: Path) -> None:
+    cfg = load_config(None, {"mqtt": {"url": "mqtts://b.example"}, **_one_stream()})
+    assert cfg.mqtt is not None and cfg.mqtt.tls.enabled and cfg.mqtt.effective_port == 8883
+
+
+def _one_stream() -> dict:
+    return {"sources": [{"name": "s", "type": "synth"}], "streams": [{"name": "x", "source": "s", "classes": ["c"]}]}
+
+
+def test_state_dir_defaults_to_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edge-asd-test:/other")
+    assert load_config(None, _one_stream()).state_dir == Path("/var/lib/edge-asd-test")
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert load_config(None, _one_stream()).state_dir == Path("/var/lib/edge-asd")
+
+
+def test_unknown_key_names_the_key_path_line_and_allowed_keys(tmp_path: Path) -> None:
+    msg = errors_of(tmp_path, GOOD.replace("decision: {patience: 5}", "decision: {patiense: 5}"))
+    assert "streams[0].decision.patiense (line 18)" in msg
+    assert "allowed keys: warmup_windows, patience, off_ratio, max_quiet, cooldown_s" in msg
+    msg = errors_of(tmp_path, GOOD.replace("loop: true", "looping: true"))
+    assert "sources[1].looping" in msg and "allowed keys: name, type, path, realtime, loop" in msg
+
+
+def test_bad_enum_lists_allowed_values(tmp_path: Path) -> None:
+    msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "backend: cuda"))
+    assert "backend (line 2)" in msg and "allowed values: auto, tensorrt, onnxruntime" in msg
+    msg = errors_of(tmp_path, GOOD.replace("type: synth", "type: noise"))
+    assert "sources[2].type" in msg and "allowed values: device, file, synth" in msg
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    msg = errors_of(tmp_path, GOOD.replace("hop_s: 0.5", "hop_s: [0.5"))
+    assert "YAML syntax error" in msg and "line " in msg
+    with pytest.raises(ConfigError, match="line 3"):
+        load_config(write(tmp_path, "a: 1\nb: 2\nc: d: e\n"))
+
+
+def test_cross_field_checks(tmp_path: Path) -> None:
+    msg = errors_of(tmp_path, GOOD.replace("source: fake", "source: nope"))
+    assert "streams[1].source" in msg and "unknown source 'nope'" in msg and "card, rec, fake" in msg
+    msg = errors_of(tmp_path, GOOD.replace("channel: 1", "channel: 2"))
+    assert "streams[0].channel" in msg and "has 2 channel(s)" in msg
+    msg = errors_of(tmp_path, GOOD.replace("name: pump", "name: fan-a"))
+    assert "streams[1].name" in msg and "duplicate" in msg
+    msg = errors_of(tmp_path, GOOD.replace("name: fan-a", "name: fan/a"))
+    assert "streams[0].name" in msg and "MQTT topic level" in msg
+    msg = errors_of(tmp_path, GOOD.replace("classes: [pump/id_00]", "classes: []"))
+    assert "streams[1].classes" in msg
+    assert "no stream configured" in errors_of(tmp_path, "bundle: x\n")
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_nested_and_dotted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), {"hop_s": 2.0, "mqtt.prefix": "plant7", "evidence": {"max_files": 5}})
+    assert cfg.hop_s == 2.0 and cfg.mqtt is not None and cfg.mqtt.prefix == "plant7"
+    assert cfg.evidence.max_files == 5 and cfg.evidence.max_mb == 500.0
+
+
+def test_password_is_masked(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    data = effective_config_dict(cfg)
+    assert data["mqtt"]["password"] == "***"
+    assert "hunter2-secret" not in repr(cfg) and "hunter2-secret" not in yaml.safe_dump(data)
+    cfg = load_config(None, {"mqtt": {"url": "mqtt://u:pw-in-url@h"}, **_one_stream()})
+    data = effective_config_dict(cfg)
+    assert "pw-in-url" not in str(data) and data["mqtt"]["password"] == "***"
+
+
+def test_config_from_cli_builds_a_one_stream_config(tmp_path: Path) -> None:
+    cfg = config_from_cli(
+        source=f"file:{tmp_path / 'a.wav'}", bundle=tmp_path / "b", classes=["fan/id_00"],
+        broker="mqtt://127.0.0.1:1999", hop=0.25, backend="onnxruntime",
+    )
+    assert isinstance(cfg.sources[0], FileSource) and cfg.sources[0].path == tmp_path / "a.wav"
+    assert cfg.streams[0].name == "a" and cfg.streams[0].classes == ["fan/id_00"]
+    assert cfg.mqtt is not None and cfg.mqtt.effective_port == 1999
+    assert (cfg.hop_s, cfg.backend, cfg.bundle) == (0.25, "onnxruntime", tmp_path / "b")
+    cfg = config_from_cli(device="3", classes=["fan/id_00"])
+    assert isinstance(cfg.sources[0], DeviceSource) and cfg.sources[0].device == 3
+    assert cfg.streams[0].name == "mic" and cfg.mqtt is None
+    cfg = config_from_cli(source="synth:pump/id_02", classes=["pump/id_02"])
+    assert isinstance(cfg.sources[0], SynthSource) and cfg.sources[0].machine_id == "id_02"
+    with pytest.raises(ConfigError, match="--class"):
+        config_from_cli(device="0")
+    with pytest.raises(ConfigError, match="either --device or --source"):
+        config_from_cli(device="0", source="synth", classes=["x"])
+    with pytest.raises(ConfigError, match="--source"):
+        config_from_cli(source="http://x", classes=["x"])
+
+
+def test_cli_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    cfg = config_from_cli(path, broker="mqtt://other:1885", hop=2.0, backend="tensorrt")
+    assert cfg.mqtt is not None and (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username) == ("other", 1885, None)
+    assert cfg.mqtt.password is None  # the file's credentials belonged to the file's broker
+    assert (cfg.hop_s, cfg.backend, cfg.node_id) == (2.0, "tensorrt", "line1")
+    assert len(cfg.streams) == 2
+    single = write(tmp_path, GOOD.split("  - {name: pump")[0], "single.yaml")
+    cfg = config_from_cli(single, source="synth", classes=["fan/id_04"])
+    stream = cfg.streams[0]
+    assert stream.name == "fan-a" and stream.classes == ["fan/id_04"] and stream.decision.patience == 5
+    assert stream.source == cfg.sources[0].name and len(cfg.sources) == 1
+    with pytest.raises(ConfigError, match="single stream"):
+        config_from_cli(path, classes=["x"])
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = write(tmp_path, GOOD)
+    result = runner.invoke(app, ["config", "check", str(good)])
+    assert result.exit_code == 0, result.output
+    out = yaml.safe_load(result.stdout)
+    assert out["streams"][0]["decision"]["warmup_windows"] == 3
+    assert out["mqtt"]["password"] == "***"
+    assert "hunter2-secret" not in result.output
+    bad = write(tmp_path, GOOD.replace("patience: 5", "patiense: 5"), "bad.yaml")
+    result = runner.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "streams[0].decision.patiense" in result.output
+    result = runner.invoke(app, ["config", "check", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "not found" in result.output

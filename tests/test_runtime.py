@@ -1,0 +1,170 @@
+"""Runtimes and the scorer on the device path (numpy + onnxruntime, no torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.bundle import ScoreConfig, load_bundle
+from engines.errors import BackendUnavailableError, InputError
+from engines.runtime import (
+    OnnxRuntimeConfig,
+    RuntimeConfig,
+    TensorRTConfig,
+    backend_status,
+    open_runtime,
+    resolve_backend,
+)
+from engines.runtime.base import validate_audio
+from engines.scorer import Scorer, classes_for_file
+from trainer import scoring
+
+pytestmark = pytest.mark.device
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def cached_bundle(artifacts_dir: Path) -> Path:
+    path = artifacts_dir / "bundle-random"
+    if importlib.util.find_spec("torch") is not None:
+        from engines.export import ensure_random_bundle
+
+        return ensure_random_bundle(path)
+    if not (path / "model.json").is_file():
+        pytest.skip(f"no cached bundle at {path}: run the main test suite (with torch) first")
+    return path
+
+
+def _clips(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(160000) / 16000.0
+    freqs = rng.uniform(100, 4000, size=(n, 1))
+    audio = 0.3 * np.sin(2 * np.pi * freqs * t) + rng.normal(0, 0.02, (n, 160000))
+    return audio.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def runtime(cached_bundle: Path):
+    rt = open_runtime(cached_bundle, backend="onnxruntime", max_batch=4)
+    yield rt
+    rt.close()
+
+
+def test_import_needs_neither_torch_nor_gpu() -> None:
+    import subprocess
+
+    code = (
+        "import sys, engines.runtime, engines.scorer, engines.build, engines.bundle;"
+        "assert 'torch' not in sys.modules, 'torch imported';"
+        "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_onnxruntime_infer_and_chunking(runtime, no_torch_guard) -> None:
+    audio = _clips(10, seed=1)  # > max_batch 4: three chunks
+    out = runtime.infer(audio)
+    assert out.scores.shape == (10, runtime.num_classes) and out.embedding.shape == (10, 128)
+    assert out.scores.dtype == np.float32 and np.all(np.isfinite(out.scores))
+    single = np.concatenate([runtime.infer(audio[i : i + 1]).scores for i in range(10)])
+    np.testing.assert_allclose(out.scores, single, rtol=1e-4, atol=1e-4)
+    assert "model_cpu.onnx" in runtime.describe()
+
+
+def test_input_validation_names_the_expected_shape(runtime) -> None:
+    with pytest.raises(InputError, match=r"shape \(2, 16000\); expected a float32 array of shape \(batch, 160000\)"):
+        runtime.infer(np.zeros((2, 16000), np.float32))
+    with pytest.raises(InputError, match="dtype float64"):
+        runtime.infer(np.zeros((1, 160000)))
+    with pytest.raises(InputError, match="shape \\(160000,\\)"):
+        runtime.infer(np.zeros(160000, np.float32))
+    bad = np.zeros((1, 160000), np.float32)
+    bad[0, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        runtime.infer(bad)
+    with pytest.raises(InputError, match="got list"):
+        validate_audio([[0.0] * 160000])
+
+
+def test_missing_backend_says_what_to_install(cached_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    status = backend_status()
+    if status["tensorrt"] is not None:
+        with pytest.raises(BackendUnavailableError, match="python3-libnvinfer"):
+            open_runtime(cached_bundle, backend="tensorrt")
+        assert resolve_backend("auto") == "onnxruntime"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'edge-asd\[onnx\]'"):
+        open_runtime(cached_bundle, backend="onnxruntime")
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'cuda'"):
+        open_runtime(cached_bundle, backend="cuda")
+
+
+def test_torch_backend_without_torch_is_a_clear_error(cached_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(BackendUnavailableError, match="needs PyTorch"):
+        open_runtime(cached_bundle, backend="torch")
+
+
+def test_runtime_config_union(cached_bundle: Path) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter = TypeAdapter(RuntimeConfig)
+    cfg = adapter.validate_python({"type": "onnxruntime", "threads": 1, "max_batch": 2})
+    assert isinstance(cfg, OnnxRuntimeConfig)
+    assert isinstance(adapter.validate_python({"type": "tensorrt"}), TensorRTConfig)
+    with pytest.raises(ValidationError):
+        adapter.validate_python({"type": "tensorrt", "bogus": 1})
+    with open_runtime(cached_bundle, backend=cfg) as rt:
+        assert rt.max_batch == 2 and rt.infer(_clips(3, 2)).scores.shape[0] == 3
+
+
+def _with_mode(cached_bundle: Path, mode: str):
+    bundle = load_bundle(cached_bundle)
+    bundle.manifest = bundle.manifest.model_copy(update={"score": ScoreConfig(mode=mode, knn_k=bundle.manifest.score.knn_k)})
+    return bundle
+
+
+@pytest.mark.parametrize("mode", ["ce", "knn", "ensemble"])
+def test_scorer_modes_take_the_min_over_classes(cached_bundle: Path, runtime, mode: str) -> None:
+    bundle = _with_mode(cached_bundle, mode)
+    scorer = Scorer(bundle)
+    out = runtime.infer(_clips(3, seed=4))
+    rows = [[0], [1, 2], list(range(bundle.num_classes))]
+    result = scorer.score_rows(out, rows)
+    k = bundle.manifest.score.knn_k
+    for row, classes in enumerate(rows):
+        per_class = []
+        for c in classes:
+            ce = float(out.scores[row, c])
+            knn = float(scoring.knn_scores(out.embedding[row : row + 1], bundle.embeddings(c), k)[0])
+            cal = bundle.manifest.thresholds.classes[bundle.classes[c]]
+            ens = float(scoring.ensemble(ce, knn, np.array(cal.reference["ce"]), np.array(cal.reference["knn"])))
+            per_class.append({"ce": ce, "knn": knn, "ensemble": ens}[mode])
+        assert result[row].score == pytest.approx(min(per_class), rel=1e-6, abs=1e-9)
+        assert result[row].class_index == classes[int(np.argmin(per_class))]
+        assert result[row].threshold == scorer.threshold(result[row].class_index)
+    np.testing.assert_allclose(scorer.score(out, rows), [r.score for r in result])
+
+
+def test_scorer_threshold_and_verdict(cached_bundle: Path) -> None:
+    scorer = Scorer(load_bundle(cached_bundle))
+    cal = load_bundle(cached_bundle).manifest.thresholds.classes["fan/section_00"]
+    assert scorer.threshold(2) == pytest.approx(cal.threshold)
+    from engines.errors import BundleError
+
+    with pytest.raises(BundleError):
+        scorer.threshold(42)
+
+
+def test_classes_for_file() -> None:
+    classes = ["ToyCar/id_01", "ToyCar/section_00", "fan/section_00", "fan/id_00", "valve/section_00"]
+    assert classes_for_file("/d/dcase2020/ToyCar/test/normal_id_01_00000001.wav", classes) == [0]
+    assert classes_for_file("/d/ToyCar/train/section_00_source_train_normal_0001_x.wav", classes) == [1]
+    assert classes_for_file("data/fan/test/section_00_target_test_anomaly_0022_m-n_W.wav", classes) == [2]
+    assert classes_for_file("anomaly_id_00_0001.wav", classes) == [3]  # the id names one class only
+    assert classes_for_file("/x/pump/section_00_0001.wav", classes) == list(range(5))  # ambiguous -> all
+    assert classes_for_file("recording.wav", classes) == list(range(5))

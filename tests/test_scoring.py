@@ -1,0 +1,68 @@
+"""knn score, rank normalisation and the ensemble on handmade vectors (numpy only: device)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.device
+
+
+def test_scoring_imports_no_torch(no_torch_guard):
+    import importlib
+
+    import trainer.scoring
+
+    importlib.reload(trainer.scoring)
+
+
+def test_knn_mean_cosine_distance_of_the_k_nearest():
+    from trainer.scoring import knn_scores
+
+    refs = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    # Unnormalised query along x: distances 0, 1, 2, 1 -> nearest two: 0 and 1.
+    d = knn_scores(np.array([[3.0, 0.0]]), refs, k=2)
+    assert d.shape == (1,)
+    assert d[0] == pytest.approx(0.5)
+    assert knn_scores(np.array([3.0, 0.0]), refs, k=1)[0] == pytest.approx(0.0, abs=1e-7)
+    # 45 degrees between x and y: cos = 0.7071 to both -> distance 1 - 0.7071.
+    d45 = knn_scores(np.array([[1.0, 1.0]]), refs, k=2)[0]
+    assert d45 == pytest.approx(1 - np.sqrt(0.5), abs=1e-6)
+    # k larger than the reference set: all references are used.
+    assert knn_scores(np.array([[1.0, 0.0]]), refs, k=10)[0] == pytest.approx(1.0)
+
+
+def test_knn_rejects_bad_shapes():
+    from trainer.scoring import knn_scores
+
+    with pytest.raises(ValueError):
+        knn_scores(np.ones((1, 3)), np.ones((2, 2)))
+    with pytest.raises(ValueError):
+        knn_scores(np.ones((1, 2)), np.zeros((0, 2)))
+
+
+def test_rank_normalise_is_an_interpolated_empirical_cdf():
+    from trainer.scoring import rank_normalise
+
+    ref = np.array([1.0, 2.0, 3.0, 4.0])
+    # Positions (i + 0.5) / n: 0.125, 0.375, 0.625, 0.875.
+    got = rank_normalise(np.array([1.0, 2.5, 4.0]), ref)
+    assert got == pytest.approx([0.125, 0.5, 0.875])
+    # Outside the range: strictly monotone tails inside (0, 1).
+    tails = rank_normalise(np.array([-10.0, 0.0, 5.0, 50.0]), ref)
+    assert 0 < tails[0] < tails[1] < 0.125
+    assert 0.875 < tails[2] < tails[3] < 1.0
+    # Ties share their mean position; unsorted input is sorted.
+    assert rank_normalise(2.0, np.array([2.0, 1.0, 2.0, 3.0])) == pytest.approx(0.5)
+
+
+def test_ensemble_is_the_mean_of_both_ranks():
+    from trainer.scoring import ensemble, rank_normalise
+
+    ref_ce = np.array([0.1, 0.2, 0.3, 0.4])
+    ref_knn = np.array([0.01, 0.02, 0.03, 0.04])
+    got = ensemble(np.array([0.25, 0.4]), np.array([0.01, 0.04]), ref_ce, ref_knn)
+    assert got == pytest.approx([(0.5 + 0.125) / 2, 0.875])
+    assert got == pytest.approx(0.5 * (rank_normalise([0.25, 0.4], ref_ce) + rank_normalise([0.01, 0.04], ref_knn)))
+    # A clip far above both references scores above every normal one.
+    assert ensemble(10.0, 1.0, ref_ce, ref_knn) > ensemble(0.4, 0.04, ref_ce, ref_knn)

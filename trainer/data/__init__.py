@@ -1,0 +1,28 @@
+"""Data sets for training: folder layouts and class maps (``layouts``), the decoded-audio cache
+(``cache``) and the torch ``Dataset`` over it (``dataset``, the only module here that needs torch;
+it is not imported by this ``__init__``).
+"""
+
+from trainer.data.cache import AudioCache, build_cache, cache_key, default_cache_dir, load_audio_cache
+from trainer.data.layouts import (
+    FIXED_41_CLASSES,
+    Clip,
+    DataError,
+    DatasetIndex,
+    build_index,
+    detect_layout,
+)
+
+__all__ = [
+    "FIXED_41_CLASSES",
+    "AudioCache",
+    "Clip",
+    "DataError",
+    "DatasetIndex",
+    "build_cache",
+    "build_index",
+    "cache_key",
+    "default_cache_dir",
+    "load_audio_cache",
+    "detect_layout",
+]
