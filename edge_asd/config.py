@@ -245,6 +245,9 @@ class FileSource(_SourceBase):
 class AnomalyInterval(_Model):
     start_s: float = Field(..., ge=0, title="Start (s)", description="Seconds after start of the anomaly.")
     duration_s: float = Field(..., gt=0, title="Duration (s)", description="How long the anomaly lasts.")
+    kind: str = Field(
+        "rattle", title="Kind", description="Anomaly kind (trainer.synth.ANOMALY_KINDS: rattle, bearing, ...)."
+    )
 
 
 class SynthSource(_SourceBase):

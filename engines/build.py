@@ -262,6 +262,16 @@ def build_plan(
     return bytes(memoryview(plan)), facts
 
 
+def plan_deserializes(plan_path: Path) -> bool:
+    """Whether this TensorRT can load ``plan_path`` (needs a current CUDA context)."""
+    trt = import_tensorrt()
+    runtime = trt.Runtime(_TrtLogger.create(trt))
+    engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+    ok = engine is not None
+    del engine, runtime
+    return ok
+
+
 @dataclass(frozen=True)
 class EngineFiles:
     plan: Path
@@ -278,10 +288,13 @@ def ensure_engine(
     force: bool = False,
     device: DeviceInfo | None = None,
     progress: ProgressFn | None = None,
+    verify: bool = False,
 ) -> EngineFiles:
     """Return a plan that matches this device and the bundle's ONNX, building it when needed.
 
-    Needs a current CUDA context in the calling thread when a build happens.
+    ``verify`` also deserializes a plan whose ``engine.json`` matches (a truncated or corrupt
+    plan is then rebuilt too); the runtime skips it because it deserializes the plan anyway.
+    Needs a current CUDA context in the calling thread when a build or a verification happens.
     """
     bundle = as_bundle(bundle)
     device = device or current_device()
@@ -290,6 +303,8 @@ def ensure_engine(
     reason = "--force" if force else None
     if reason is None:
         reason = "no plan" if not plan_path.is_file() else stale_reason(read_engine_json(meta_path), device, onnx_sha, max_batch)
+    if reason is None and verify and not plan_deserializes(plan_path):
+        reason = "the plan does not deserialize (truncated or corrupt)"
     if reason is None:
         return EngineFiles(plan_path, meta_path, built=False)
     if not allow_build:
@@ -351,6 +366,7 @@ def build_engine(
             force=force,
             device=device,
             progress=progress,
+            verify=True,
         )
     finally:
         ctx.pop()
@@ -369,6 +385,7 @@ __all__ = [
     "ensure_engine",
     "import_pycuda",
     "import_tensorrt",
+    "plan_deserializes",
     "read_engine_json",
     "sanitise",
     "stale_reason",

@@ -56,3 +56,22 @@ def test_sigkill_then_resume(tmp_path, artifacts_dir):
     assert (run / "thresholds.json").is_file() and (run / "embeddings" / "class_000.npy").is_file()
     # No temporary files are left behind.
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp*"))
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, artifacts_dir):
+    data = tiny_synth(artifacts_dir / "tiny-synth")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(data, run, artifacts_dir / "audio-cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "train_state.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("training ended (or stalled) before its first epoch was saved")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C arrived")
+    assert proc.returncode == 130, out + err
+    assert "--resume" in err and "interrupted" in err
+    assert torch.load(run / "train_state.pt", weights_only=True)["epoch"] >= 0

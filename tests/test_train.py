@@ -125,3 +125,23 @@ def test_bad_options_are_user_errors():
     for kwargs in ({"loss": "softmax"}, {"arch": "resnet"}, {"val_fraction": 1.0}, {"score": "gmm"}):
         with pytest.raises(UserError):
             TrainConfig(data=["x"], out="y", **kwargs).validate()
+
+
+def test_cli_calibrate_run_and_evaluate(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edge_asd.cli import app
+
+    run, data, *_ = tiny_run
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate-run", str(run), "--score", "knn", "--false-alarm-rate", "0.01", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((run / "thresholds.json").read_text())
+    assert doc["score"] == "knn" and doc["false_alarm_rate"] == 0.01
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app, ["evaluate", str(run), str(data), "--out", str(out), "--score", "ce", "--no-plots", "--no-progress", "--compare-paper"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "paper AUC" in res.output and "98.32" in res.output
+    assert set(json.loads((out / "report.json").read_text())["scores"]) == {"ce"}

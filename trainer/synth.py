@@ -39,7 +39,7 @@ ANOMALY_KINDS: tuple[str, ...] = (
     "bearing",  # a high tone modulated by the rotation, plus a small speed drop
     "imbalance",  # strong wobble of the loudness at a low rate, plus a half-order hum
     "rattle",  # random metallic clicks
-    "impact_missing",  # impacts skipped (or the motor cutting out on machines without impacts)
+    "impact_missing",  # impacts skipped, a valve or slider that no longer closes, or the motor cutting out
     "impact_extra",  # impacts or knocks at wrong times
     "drift",  # speed (and cycle rate) drifting away from the ID's own
     "squeal",  # a wandering friction squeal in bursts
@@ -57,12 +57,17 @@ DEFAULT_IDS: dict[str, tuple[int, ...]] = {
 }
 """Machine IDs ``make_dataset`` uses per type, in order; they match the fixed 41-class map."""
 
+SYNTH_VERSION = 3
+"""Bumped whenever the generated sound changes: caches of generated data sets key on it."""
+
 DEFAULT_SNR_DB = 6.0
 """Machine-to-background ratio (MIMII was mixed at +6, 0 and -6 dB; +6 keeps it learnable)."""
 
 _N_SLOTS = 8  # distinct signature slots per type (>= the most IDs of any type)
 _TABLE = 2048  # wavetable length of the harmonic oscillator
 _FIR_TAPS = 512
+_PEAK_LO, _PEAK_HI = 900.0, 7200.0  # where the IDs' narrow resonances lie
+_PEAKS_PER_ID = 3
 _RAMP_S = 0.08  # fade in/out of anomalies spliced into a stream
 
 
@@ -159,6 +164,7 @@ class _Signature:
     impact_res: tuple[float, float]
     impact_decay_s: float
     level: float  # RMS of the machine part in a clip
+    peaks: tuple[tuple[float, float], ...] = ()  # narrow resonances (Hz, relative magnitude)
 
 
 def _stable_seed(*parts: object) -> int:
@@ -186,6 +192,8 @@ def _signature(machine_type: str, machine_id: int) -> _Signature:
     spec = _check_type(machine_type)
     type_rng = np.random.default_rng(_stable_seed("type", machine_type))
     perms = [type_rng.permutation(_N_SLOTS) for _ in range(4)]
+    peak_grid = np.geomspace(_PEAK_LO, _PEAK_HI, _N_SLOTS * _PEAKS_PER_ID)
+    peak_perm = type_rng.permutation(len(peak_grid))
     slot = int(machine_id) % _N_SLOTS
     rng = np.random.default_rng(_stable_seed("id", machine_type, machine_id))
 
@@ -222,6 +230,10 @@ def _signature(machine_type: str, machine_id: int) -> _Signature:
         impact_res=(res1, float(res2)),
         impact_decay_s=float(rng.uniform(*spec.impact_decay_ms)) / 1000.0,
         level=float(10 ** (rng.uniform(-27.0, -22.0) / 20)),
+        peaks=tuple(
+            (float(peak_grid[j] * rng.uniform(0.99, 1.01)), float(rng.uniform(0.2, 0.45)))
+            for j in sorted(peak_perm[slot * _PEAKS_PER_ID : (slot + 1) * _PEAKS_PER_ID])
+        ),
     )
 
 
@@ -231,15 +243,26 @@ def _signature(machine_type: str, machine_id: int) -> _Signature:
 
 
 @lru_cache(maxsize=64)
-def _shaped_fir(sr: int, centre: float, octaves: float, floor: float, taps: int = _FIR_TAPS) -> np.ndarray:
-    """Unit-energy linear-phase FIR whose magnitude is a hump in log frequency over a floor.
+def _shaped_fir(
+    sr: int,
+    centre: float,
+    octaves: float,
+    floor: float,
+    peaks: tuple[tuple[float, float], ...] = (),
+    taps: int = _FIR_TAPS,
+) -> np.ndarray:
+    """Unit-energy linear-phase FIR: a hump in log frequency over a floor, plus narrow peaks.
 
     Unit energy makes unit-variance white noise come out at unit variance, so levels are set
-    by gains alone.
+    by gains alone. The peaks are the ID's structural resonances: thin lines spread over
+    1-7 kHz that a classifier of IDs learns to look at all across the spectrum, so a new tone,
+    squeal or rattle anywhere there disturbs what it relies on.
     """
     f = np.fft.rfftfreq(taps, 1.0 / sr)
     lf = np.log2(np.maximum(f, 20.0) / centre)
     mag = np.exp(-0.5 * (lf / (octaves / 2.0)) ** 2) + floor
+    for freq, gain in peaks:
+        mag += gain * np.exp(-0.5 * ((f - freq) / max(25.0, 0.012 * freq)) ** 2)
     mag[f < 25.0] *= 0.05
     h = np.roll(np.fft.irfft(mag, taps), taps // 2) * np.hanning(taps)
     h /= np.sqrt(np.sum(h**2))
@@ -418,12 +441,13 @@ class _Anomaly:
         self.bearing_mod = max(sig.f0, 40.0) / float(rng.uniform(2.5, 4.0))
         self.phase = rng.uniform(0, 2 * np.pi, 4)
         self.imb_rate = float(rng.uniform(2.0, 6.0))
+        self.imb_hum = float(rng.uniform(90.0, 200.0))
         self.squeal_f = float(rng.uniform(1200.0, 3800.0))
         self.squeal_rate = float(rng.uniform(0.6, 1.8))
         self.rattle_res = (float(rng.uniform(1500.0, 3500.0)), float(rng.uniform(3500.0, 6500.0)))
-        self.drift = (0.07 + 0.08 * s) * float(rng.choice([-1.0, 1.0]))
-        self.knock_res = (float(rng.uniform(180.0, 450.0)), float(rng.uniform(600.0, 1200.0)))
-        self.drop_prob = min(0.95, 0.45 + 0.45 * s)
+        self.drift = (0.08 + 0.08 * s) * float(rng.choice([-1.0, 1.0]))
+        self.knock_res = (float(rng.uniform(300.0, 900.0)), float(rng.uniform(1200.0, 2500.0)))
+        self.drop_prob = min(0.97, 0.6 + 0.35 * s)
 
     @property
     def until(self) -> int:
@@ -456,12 +480,24 @@ class _Anomaly:
         if self.kind == "imbalance":
             depth = 0.35 + 0.45 * self.severity
             return 1.0 + depth * _sine(self.imb_rate, start, n, self.sr, self.phase[0]) * self.window(start, n)
-        if self.kind == "impact_missing" and not self.sig.impacts:
+        if self.kind == "impact_missing" and self.sig.duty >= 1.0:  # the motor cuts out
             dips = np.zeros(n, dtype=np.float32)
-            self._schedule(start + n, rate=0.9, maker=self._dropout)
+            self._schedule(start + n, rate=1.5, maker=self._dropout)
             self.track.render_into(dips, start)
             return np.clip(1.0 - dips, 0.03, 1.0)
         return None
+
+    def gate_floor(self) -> float | None:
+        """Level of the machine while its working cycle is "off" (a valve that no longer closes)."""
+        if self.kind == "impact_missing" and self.sig.duty < 1.0:
+            return min(0.9, 0.35 + 0.45 * self.severity)
+        return None
+
+    def resonance_factor(self, at: int) -> float:
+        """Scale of the impact resonances at sample ``at`` (a drifting, loosened part)."""
+        if self.kind != "drift" or not (self.start <= at < self.end):
+            return 1.0
+        return float(self.speed_factor(at, 1)[0])
 
     def drops_impact(self, at: int) -> bool:
         """Whether a machine impact scheduled at sample ``at`` is skipped."""
@@ -477,19 +513,24 @@ class _Anomaly:
             tone = _sine(self.bearing_f, start, n, sr, self.phase[2])
             tone += 0.5 * _sine(self.bearing_f * 2.03, start, n, sr, self.phase[3])
             return (0.45 * s) * self.window(start, n) * am * tone
-        if self.kind == "imbalance" and self.sig.f0 > 0:
-            # half order of the rotation, locked to the machine's own oscillator phase
-            half = np.sin((np.pi * cycles + self.phase[1]).astype(np.float32))
-            return (0.5 * s) * self.window(start, n) * half
+        if self.kind == "imbalance":
+            if self.sig.f0 > 0:  # half order of the rotation, locked to the machine's own phase
+                hum = np.sin((np.pi * cycles + self.phase[1]).astype(np.float32))
+            else:  # a machine without a motor hum: the unbalanced part hums on its own
+                hum = _sine(self.imb_hum, start, n, sr, self.phase[1])
+                hum += 0.5 * _sine(2 * self.imb_hum, start, n, sr, self.phase[2])
+            return (0.7 * s) * self.window(start, n) * hum
         if self.kind == "squeal":
             # frequency wanders +-3 % at 0.7 Hz: the phase is the integral of that frequency
             fm = (-0.03 * self.squeal_f / 0.7) * np.cos(_phase(0.7, start, n, sr, self.phase[1]))
             ph = _phase(self.squeal_f, start, n, sr) + fm
-            bursts = (0.5 + 0.5 * _sine(self.squeal_rate, start, n, sr, self.phase[2])) ** 2
-            return (0.6 * s) * self.window(start, n) * bursts * (np.sin(ph) + 0.3 * np.sin(2 * ph + self.phase[3]))
+            bursts = 0.3 + 0.7 * (0.5 + 0.5 * _sine(self.squeal_rate, start, n, sr, self.phase[2]))
+            return (1.0 * s) * self.window(start, n) * bursts * (np.sin(ph) + 0.4 * np.sin(2 * ph + self.phase[3]))
         if self.kind == "rattle":
             out = np.zeros(n, dtype=np.float32)
-            self._schedule(start + n, rate=6.0 + 8.0 * s, maker=lambda: (2.5 * s) * self._click(self.rattle_res, 0.004, 0.012, 0.6))
+            self._schedule(
+                start + n, rate=8.0 + 8.0 * s, maker=lambda: (5.0 * s) * self._click(self.rattle_res, 0.006, 0.016, 0.6)
+            )
             self.track.render_into(out, start)
             return out
         if self.kind == "impact_extra":
@@ -500,8 +541,8 @@ class _Anomaly:
                     self.rng, sr, self.sig.impact_res, self.sig.impact_decay_s
                 )
             else:
-                maker = lambda: (3.0 * s) * self._click(self.knock_res, 0.015, 0.03, 0.2)  # noqa: E731
-            self._schedule(start + n, rate=1.2 + 1.0 * s, maker=maker)
+                maker = lambda: (7.0 * s) * self._click(self.knock_res, 0.02, 0.04, 0.3)  # noqa: E731
+            self._schedule(start + n, rate=2.0 + 1.5 * s, maker=maker)
             self.track.render_into(out, start)
             return out
         return None
@@ -572,7 +613,7 @@ class MachineSoundStream:
         self._table = self._wavetable(amps[:max_k], phases[:max_k])
         self._cycles = float(rng_clip.uniform(0.0, 1.0))  # oscillator phase, in cycles (kept mod 2)
         self._cycle_phase = float(rng_clip.uniform(0.0, 1.0))  # working-cycle phase, in cycles
-        self._noise = _FirNoise(_shaped_fir(self.sr, sig.noise_fc, sig.noise_oct, 0.02), rng_noise)
+        self._noise = _FirNoise(_shaped_fir(self.sr, sig.noise_fc, sig.noise_oct, 0.02, sig.peaks), rng_noise)
         self._bg = _FirNoise(_background_fir(self.sr), rng_bg)
         self._rng_imp = rng_imp
         self._impacts = _EventTrack()
@@ -665,7 +706,12 @@ class MachineSoundStream:
                 frac_c = cyc_pos - np.floor(cyc_pos)
                 edge = 0.04
                 on = np.clip(frac_c / edge, 0, 1) * np.clip((sig.duty - frac_c) / edge, 0, 1)
-                machine *= (0.08 + 0.92 * (0.5 - 0.5 * np.cos(np.pi * on))).astype(np.float32)
+                floor = np.full(n, 0.08)
+                for a in active:
+                    raised = a.gate_floor()
+                    if raised is not None:
+                        floor = np.maximum(floor, 0.08 + (raised - 0.08) * a.window(start, n))
+                machine *= (floor + (1.0 - floor) * (0.5 - 0.5 * np.cos(np.pi * on))).astype(np.float32)
             self._schedule_impacts(prev, cyc_pos, start, active)
         if sig.impacts:
             impacts = np.zeros(n, dtype=np.float32)
@@ -689,9 +735,10 @@ class MachineSoundStream:
         out = self._level * (machine + bg * np.float32(10 ** (-self.snr_db / 20)))
         return np.clip(out, -1.0, 1.0).astype(np.float32)
 
-    def _impact_wave(self) -> np.ndarray:
+    def _impact_wave(self, scale: float = 1.0) -> np.ndarray:
         sig = self.sig
-        return _resonant_click(self._rng_imp, self.sr, sig.impact_res, sig.impact_decay_s)
+        res = (sig.impact_res[0] * scale, sig.impact_res[1] * scale)
+        return _resonant_click(self._rng_imp, self.sr, res, sig.impact_decay_s)
 
     def _schedule_impacts(self, prev: float, cyc_pos: np.ndarray, start: int, active: list[_Anomaly]) -> None:
         """Place an impact wherever the cycle phase crosses one of the signature's impact points."""
@@ -708,7 +755,8 @@ class MachineSoundStream:
         for c in sorted(crossings):
             j = min(int(np.searchsorted(cyc_pos, c)), len(cyc_pos) - 1)
             at = start + j + int(self._rng_imp.integers(0, int(0.004 * self.sr)))
-            wave = self._impact_wave() * self._rng_imp.uniform(0.85, 1.15)
+            scale = math.prod(a.resonance_factor(at) for a in active)
+            wave = self._impact_wave(scale) * self._rng_imp.uniform(0.85, 1.15)
             if any(a.drops_impact(at) for a in active):
                 continue
             self._impacts.add(at, wave)
@@ -765,9 +813,11 @@ def make_stream_recording(
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Continuous normal audio of ``seconds`` with one anomaly spliced in.
 
-    Returns ``(audio, (start_s, end_s))`` (the span is None when ``anomaly_at_s`` is None). The
-    audio outside the span is exactly what ``MachineSoundStream(type, id, seed)`` produces, so
-    it sounds like that ID's training clips and has no seams.
+    Returns ``(audio, (start_s, end_s))`` (the span is None when ``anomaly_at_s`` is None). Up
+    to the span the audio is exactly what ``MachineSoundStream(type, id, seed)`` produces;
+    after it the machine runs on as before (an anomaly that slowed it leaves its phase
+    shifted). It is rendered as one stream, so it sounds like that ID's training clips and
+    has no seams.
     """
     stream = MachineSoundStream(machine_type, machine_id, seed=seed, sr=sr, snr_db=snr_db)
     span = None
@@ -872,6 +922,7 @@ def make_dataset(
         "anomaly_kinds": kinds_used,
         "seed": seed,
         "snr_db": snr_db,
+        "synth_version": SYNTH_VERSION,
     }
     logger.info("synthetic dataset: %d files under %s", total, out)
     return summary
@@ -882,6 +933,7 @@ __all__ = [
     "DEFAULT_IDS",
     "DEFAULT_SNR_DB",
     "MACHINE_TYPES",
+    "SYNTH_VERSION",
     "MachineSoundStream",
     "SynthError",
     "make_dataset",

@@ -75,6 +75,10 @@ class Capture:
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def stop(self, timeout: float = 2.0) -> None:
         self.source.stop(timeout)
         self._stop.set()
@@ -156,12 +160,13 @@ class Capture:
             self._cursor = rr.start
             return bool(rr.lost)
         gaps = [(s, e) for s, e in self.ring.gaps.intervals(since=rr.start) if rr.start <= s < rr.end]
-        y = self.resampler.process(rr.data[:, self.channels] if len(self.channels) != rr.data.shape[1]
-                                   or self.channels != list(range(rr.data.shape[1])) else rr.data)
-        for i, stream in enumerate(self.streams):
-            stream.append(y[:, i])
+        all_channels = self.channels == list(range(rr.data.shape[1]))
+        y = self.resampler.process(rr.data if all_channels else rr.data[:, self.channels])
+        # Gaps first: a reader must never see the samples of a gap before the gap itself.
         for s, e in gaps:
             self._mark_input_gap(s - self._skipped, e - self._skipped)
+        for i, stream in enumerate(self.streams):
+            stream.append(y[:, i])
         self._cursor = rr.end
         return True
 

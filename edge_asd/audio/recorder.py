@@ -62,7 +62,10 @@ def record_clips(
     stall_timeout_s: float = 60.0,
     poll_s: float = 0.05,
 ) -> RecordResult:
-    """Cut ``n_clips`` consecutive clips from a *started* capture's stream into ``folder``.
+    """Cut ``n_clips`` consecutive clips from a capture's stream into ``folder``.
+
+    Pass the capture *not yet started*: it is started here after setting its backpressure
+    (``hold_index``), so a file replayed as fast as possible loses nothing. The caller stops it.
 
     Returns early when the source finishes (end of a file) or ``stop`` is set. Raises
     ``AudioDeviceError`` if no audio arrives for ``stall_timeout_s``. KeyboardInterrupt is
@@ -72,6 +75,9 @@ def record_clips(
     result = RecordResult(planned=int(n_clips))
     folder.mkdir(parents=True, exist_ok=True)
     next_start = stream.first_index
+    capture.hold_index = next_start
+    if not capture.started:
+        capture.start()
     last_progress = time.monotonic()
     last_end = stream.end_index
     try:

@@ -169,22 +169,21 @@ class CaptureRing:
         """
         w = self.written
         start = max(cursor, w - self.capacity)
-        end = w if max_frames is None else min(w, start + max_frames)
-        if end <= start:
-            return RingRead(start=max(cursor, start), data=np.zeros((0, self.channels), np.float32), lost=max(0, start - cursor))
-        out = np.empty((end - start, self.channels), dtype=np.float32)
-        pos = start % self.capacity
-        first = min(end - start, self.capacity - pos)
-        out[:first] = self._buf[pos : pos + first]
-        if first < end - start:
-            out[first:] = self._buf[: end - start - first]
-        # The writer may have overwritten the head of what we copied while we copied it.
-        w2 = self.written
-        safe = w2 - self.capacity
-        if safe > start:
-            cut = min(safe, end) - start
-            out = out[cut:]
-            start += cut
+        end = w if max_frames is None else min(w, start + max(0, max_frames))
+        n = max(0, end - start)
+        out = np.empty((n, self.channels), dtype=np.float32)
+        if n:
+            pos = start % self.capacity
+            first = min(n, self.capacity - pos)
+            out[:first] = self._buf[pos : pos + first]
+            if first < n:
+                out[first:] = self._buf[: n - first]
+            # The writer may have overwritten the head of what we copied while we copied it.
+            safe = self.written - self.capacity
+            if safe > start:
+                cut = min(safe, end) - start
+                out = out[cut:]
+                start += cut
         self.consumed = start + out.shape[0]
         return RingRead(start=start, data=out, lost=start - cursor)
 

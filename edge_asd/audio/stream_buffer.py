@@ -54,13 +54,6 @@ class StreamBuffer:
         """Index of the oldest sample still held."""
         return max(self._start_index, self._end - self.capacity)
 
-    def reset_index(self, start_index: int) -> None:
-        """Start numbering at ``start_index`` (only valid before anything was appended)."""
-        with self._lock:
-            if self._end != self._start_index:
-                raise RuntimeError("reset_index after samples were appended")
-            self._start_index = self._end = int(start_index)
-
     def append(self, samples: np.ndarray) -> int:
         """Append mono samples; returns the index of the first one."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)

@@ -78,7 +78,6 @@ def register(app: typer.Typer) -> None:
             raise AudioSourceError(f"{src.name} has {src.channels} channel(s); --channel {channel} does not exist")
         folder = clip_folder(out, machine, machine_id)
         capture = Capture(src, channels=[channel])
-        capture.start()
         try:
             with Progress(
                 TextColumn("[bold]recording[/] {task.description}"),

@@ -154,12 +154,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({"bundle": str(bundle), "results": results}, indent=2))
             return
         table = Table(title=f"{len(results)} files, {results[0]['score_mode']} score, {results[0]['backend']}")
-        for col in ("file", "class", "score", "threshold", "verdict"):
-            table.add_column(col, justify="right" if col in ("score", "threshold") else "left")
+        table.add_column("file", overflow="fold")
+        for col in ("class", "score", "threshold", "verdict"):
+            table.add_column(col, justify="right" if col in ("score", "threshold") else "left", no_wrap=True)
         for r in results:
             thr = "-" if r["threshold"] is None else f"{r['threshold']:.4g}"
             style = "bold red" if r["verdict"] == "ANOMALY" else None
-            table.add_row(r["file"], r["class"], f"{r['score']:.4g}", thr, r["verdict"], style=style)
+            short = "/".join(Path(r["file"]).parts[-3:])  # machine/split/name; --json has full paths
+            table.add_row(short, r["class"], f"{r['score']:.4g}", thr, r["verdict"], style=style)
         console.print(table)
         if any(r["threshold"] is None for r in results):
             console.print("[yellow]note:[/] the bundle has no threshold for some classes: verdict 'unknown'")

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, object] = {
     "score": "ce",
     "knn_k": 4,
     "false_alarm_rate": 1e-3,
+    "bn_recalibration_clips": 256,
 }
 
 
@@ -66,6 +67,11 @@ def register(app: typer.Typer) -> None:
         ),
         max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after the epoch that would pass this budget."),
         threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+        bn_recalibration_clips: int | None = typer.Option(
+            None,
+            "--bn-recalibration-clips",
+            help="Clean clips that re-estimate BatchNorm statistics before each validation; 0 = off (default: 256)",
+        ),
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the decoded-audio cache lives."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
@@ -76,6 +82,7 @@ def register(app: typer.Typer) -> None:
             "loss": loss, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
             "alpha": alpha, "val_fraction": val_fraction, "seed": seed, "layout": layout, "class_by": class_by,
             "score": score, "knn_k": knn_k, "false_alarm_rate": false_alarm_rate,
+            "bn_recalibration_clips": bn_recalibration_clips,
         }
         saved: dict = {}
         cfg_path = out / "config.json"
@@ -102,6 +109,8 @@ def register(app: typer.Typer) -> None:
         result = train(config)
         if result.interrupted:
             raise typer.Exit(130)
+        if not result.is_main:  # under torchrun only rank 0 reports
+            return
         console.print(
             f"[green]trained[/] {result.epochs_done}/{config.epochs} epochs; best epoch {result.best_epoch + 1} "
             f"(val loss {result.best_val_loss:.4f}); run in {result.run_dir}"

@@ -81,6 +81,11 @@ class Clip:
     attrs: str | None = None
     section: str | None = None  # "section_XX" (2021+) or "id_XX" (2020)
 
+    @property
+    def machine_id(self) -> str | None:
+        """The machine ID (``id_XX``) or section (``section_XX``) within the type, if known."""
+        return self.section
+
 
 @dataclass
 class DatasetIndex:
@@ -171,7 +176,10 @@ def parse_dcase2020_name(name: str) -> tuple[int | None, int] | None:
 
 
 def _wavs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
+    """WAV files below ``folder``, sorted; hidden ones (macOS ``._x.wav`` forks) are not clips."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() == ".wav" and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def _check_roots(roots: Sequence[str | Path] | str | Path) -> list[Path]:

@@ -1,0 +1,1 @@
+"""The streaming daemon behind ``edge-asd listen``: streams, the scoring pipeline, start-up."""

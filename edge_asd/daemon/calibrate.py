@@ -1,0 +1,168 @@
+"""``edge-asd calibrate``: thresholds from the site's own normal operation.
+
+A bundle's thresholds come from held-out training clips; the site's microphone placement,
+room and background differ. Calibration runs the real pipeline (same windows, same engine,
+same scorer) on N minutes of normal operation, fits a gamma distribution to each stream's
+window scores and sets the threshold at the quantile that gives the target number of windows
+over the threshold per day. It never goes below the highest score seen during calibration:
+a recording of normal operation must not alarm when it is played back. numpy only (device).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from edge_asd.comms.memory import MemoryCommunicator
+from edge_asd.config import AppConfig, ConfigError
+from edge_asd.daemon.listen import build_daemon
+from trainer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+MIN_WINDOWS = 20
+
+
+@dataclass(frozen=True)
+class StreamCalibration:
+    windows: int
+    mean: float
+    std: float
+    max_score: float
+    gamma_threshold: float
+    threshold: float
+    false_alarm_probability: float
+
+
+def normal_ppf(p: float) -> float:
+    """Inverse of the standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError("p must be in (0, 1)")
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+         -3.066479806614716e01, 2.506628277459239e00)
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+         -1.328068155288572e01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+         4.374664141464968e00, 2.938163982698783e00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    low = 0.02425
+    if p < low:
+        q = math.sqrt(-2 * math.log(p))
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    if p > 1 - low:
+        return -normal_ppf(1 - p)
+    q = p - 0.5
+    r = q * q
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
+        ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+def gamma_quantile(scores: np.ndarray, p_exceed: float) -> float:
+    """Upper quantile of a gamma fitted by moments (Wilson-Hilferty cube-root approximation).
+
+    Scores are shifted to start at their minimum so an offset (the embedding distance never
+    reaches 0) does not distort the shape.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    loc = float(x.min()) - 1e-9
+    y = x - loc
+    mean, var = float(y.mean()), float(y.var())
+    if var <= 0 or mean <= 0:
+        return float(x.max())
+    shape, scale = mean * mean / var, var / mean
+    z = normal_ppf(1.0 - p_exceed)
+    cube = 1.0 - 1.0 / (9.0 * shape) + z * math.sqrt(1.0 / (9.0 * shape))
+    return loc + shape * scale * max(cube, 0.0) ** 3
+
+
+def calibrate_streams(
+    cfg: AppConfig, *, minutes: float, false_alarms_per_day: float, progress: Any | None = None
+) -> dict[str, StreamCalibration]:
+    """Score ``minutes`` of audio per stream through the real pipeline and fit thresholds."""
+    windows_wanted = max(MIN_WINDOWS, int(round(minutes * 60.0 / cfg.hop_s)))
+    daemon = build_daemon(cfg, comms=MemoryCommunicator(), require_thresholds=False)
+    pipeline = daemon.pipeline
+    scores: dict[str, list[float]] = {s.name: [] for s in pipeline.streams}
+    seen = {s.name: 0 for s in pipeline.streams}
+    try:
+        daemon.comms.start()
+        for capture in daemon.captures:
+            capture.start()
+        last_report = time.monotonic()
+        while min(len(v) for v in scores.values()) < windows_wanted:
+            scored = pipeline.tick()
+            for stream in pipeline.streams:
+                if stream.counters.windows > seen[stream.name]:
+                    seen[stream.name] = stream.counters.windows
+                    scores[stream.name].append(float(stream.last_score))
+            if pipeline.finished:
+                break
+            if progress is not None and time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                done = min(len(v) for v in scores.values())
+                progress.print(f"calibrating: {done}/{windows_wanted} windows per stream")
+            if scored == 0:
+                time.sleep(0.005 if not pipeline.realtime else 0.05)
+    finally:
+        daemon.close()
+    windows_per_day = 86400.0 / cfg.hop_s
+    p_exceed = min(0.5, false_alarms_per_day / windows_per_day)
+    result = {}
+    for name, values in scores.items():
+        if len(values) < MIN_WINDOWS:
+            raise UserError(
+                f"stream {name}: only {len(values)} windows could be scored (need {MIN_WINDOWS}); "
+                "record longer, or check the input (faults and gaps are not scored)"
+            )
+        arr = np.asarray(values)
+        fitted = gamma_quantile(arr, p_exceed)
+        result[name] = StreamCalibration(
+            windows=len(values), mean=float(arr.mean()), std=float(arr.std()), max_score=float(arr.max()),
+            gamma_threshold=fitted, threshold=max(fitted, float(arr.max())), false_alarm_probability=p_exceed,
+        )
+    return result
+
+
+def write_thresholds(
+    cfg: AppConfig, result: dict[str, StreamCalibration], *, config_path: Path | None, out: Path | None
+) -> Path:
+    """Set ``streams[].threshold`` in the config file (``out``, or ``config_path`` in place).
+
+    Rewriting YAML drops its comments, so an in-place update keeps the original as ``.bak``.
+    """
+    if config_path is not None:
+        try:
+            data = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot re-read {config_path}: {err}") from err
+    else:
+        data = cfg.model_dump(mode="json", exclude_none=True)
+        if data.get("mqtt"):
+            data["mqtt"].pop("password", None)
+    streams = data.get("streams") or []
+    if config_path is not None and len(cfg.streams) == 1 and len(streams) != 1:
+        streams = [cfg.model_dump(mode="json", exclude_none=True)["streams"][0]]
+        data["sources"] = cfg.model_dump(mode="json", exclude_none=True)["sources"]
+    by_name = {s.get("name"): s for s in streams}
+    for name, cal in result.items():
+        entry = by_name.get(name)
+        if entry is None:
+            entry = {"name": name}
+            streams.append(entry)
+        entry["threshold"] = round(cal.threshold, 6)
+    data["streams"] = streams
+    target = Path(out) if out is not None else Path(config_path)  # type: ignore[arg-type]
+    if out is None and config_path is not None:
+        backup = Path(config_path).with_suffix(Path(config_path).suffix + ".bak")
+        backup.write_text(Path(config_path).read_text())
+    header = "# thresholds set by `edge-asd calibrate` on " + time.strftime("%Y-%m-%d %H:%M:%S") + "\n"
+    target.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    return target

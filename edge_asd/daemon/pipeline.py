@@ -1,0 +1,303 @@
+"""The listen loop: due windows of every stream -> one batch -> engine -> decisions -> comms.
+
+One thread runs it. Each tick it asks every enabled stream for its due window (see
+``Stream.due_window``), checks the microphone level of each (a silent, dead or clipping
+microphone is a stream fault, never a machine anomaly), puts the scorable windows through
+the engine in one batch, turns the outputs into one score per stream (``engines.scorer``),
+feeds the per-stream decision state machines and publishes what changed. Nothing here blocks
+on the network: the communicator queues (and, for events, spools to disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from edge_asd import __version__
+from edge_asd.comms.base import Communicator
+from edge_asd.daemon.streams import Stream
+from edge_asd.evidence import EvidenceStore
+from edge_asd.levels import LevelReport
+from edge_asd.sdnotify import SystemdIntegration, format_status
+from engines.runtime.base import Runtime
+from engines.scorer import Scorer
+from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+
+logger = logging.getLogger(__name__)
+
+ONLINE, OFFLINE, FAULT, DISABLED = "online", "offline", "fault", "disabled"
+
+
+FAULT_TEXT = {
+    "silent": "microphone silent (muted or unplugged?)",
+    "dead": "microphone dead (digital zero, constant or NaN samples)",
+    "clipping": "microphone clipping (reduce the input gain)",
+}
+
+
+def fault_message(report: LevelReport) -> str:
+    """What an operator reads on ``<stream>/status/message`` for a level fault."""
+    text = FAULT_TEXT.get(report.state, f"microphone level {report.state}")
+    if np.isfinite(report.rms_dbfs):
+        text += f": RMS {report.rms_dbfs:.0f} dBFS, peak {report.peak_dbfs:.1f} dBFS"
+    return text
+
+
+class Pipeline:
+    """Schedules, scores and decides for a set of streams; ``run`` until stopped or finished."""
+
+    def __init__(
+        self,
+        streams: list[Stream],
+        runtime: Runtime,
+        scorer: Scorer,
+        comms: Communicator,
+        evidence: EvidenceStore | None,
+        *,
+        hop_s: float,
+        stats_interval_s: float = 60.0,
+        systemd: SystemdIntegration | None = None,
+        realtime: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.streams = streams
+        self.by_name = {s.name: s for s in streams}
+        self.runtime = runtime
+        self.scorer = scorer
+        self.comms = comms
+        self.evidence = evidence
+        self.hop_s = float(hop_s)
+        self.stats_interval_s = float(stats_interval_s)
+        self.systemd = systemd
+        self.realtime = realtime
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.started_wall = clock()
+        self.started_mono = time.monotonic()
+        self.ready_sent = False
+        self.batches = 0
+        self._infer_ms: deque[float] = deque(maxlen=256)
+        self._tick_ms: deque[float] = deque(maxlen=256)
+        self._last_stats = time.monotonic()
+        self._captures = {id(s.capture): s.capture for s in streams}
+        self.comms.on_enabled = self._on_enabled
+
+    # -- control ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _on_enabled(self, stream: str, on: bool) -> None:
+        """MQTT ``<stream>/enabled/set`` (called from the network thread: only flip a flag)."""
+        if stream in self.by_name:
+            self.by_name[stream].enabled = bool(on)
+
+    @property
+    def finished(self) -> bool:
+        """True when every source is finite and done and no window is left to score."""
+        for capture in self._captures.values():
+            if not capture.finished.is_set():
+                return False
+        return all(s.buffer.end_index < s.next_end for s in self.streams)
+
+    # -- loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Tick until ``stop()`` or until finite sources are exhausted; then end open events."""
+        poll = min(0.1, self.hop_s / 4) if self.realtime else 0.005
+        try:
+            while not self.stop_event.is_set():
+                scored = self.tick()
+                if self.finished:
+                    logger.info("all sources finished")
+                    break
+                if scored == 0:
+                    self.stop_event.wait(poll)
+        finally:
+            self.close_events()
+
+    def tick(self) -> int:
+        """One pass over the streams; returns the number of windows scored."""
+        t0 = time.monotonic()
+        self._update_capture_status()
+        batch: list[tuple[Stream, np.ndarray, int]] = []
+        for stream in self.streams:
+            if not stream.enabled:
+                self._set_status(stream, DISABLED, "disabled by command")
+                continue
+            due = stream.due_window()
+            if due is None:
+                continue
+            audio, end_index, has_gap = due
+            stream.last_window_end_s = end_index / SAMPLE_RATE
+            if has_gap:
+                stream.counters.gapped += 1
+                continue
+            report = stream.levels.check(stream.name, audio)
+            stream.level = report.to_dict()
+            if not report.scorable:
+                stream.counters.faults += 1
+                self._set_status(stream, FAULT, fault_message(report))
+                self._decide(stream, end_index, None, audio, fault=True)
+                continue
+            if stream.capture.status == ONLINE:
+                self._set_status(stream, ONLINE, "")
+            batch.append((stream, audio, end_index))
+        self._apply_backpressure()
+        if batch:
+            self._score(batch)
+        # Watchdog pings only while windows flow (or every stream was switched off on purpose).
+        if (batch or not any(s.enabled for s in self.streams)) and self.systemd is not None:
+            self.systemd.progress()
+        self._tick_ms.append((time.monotonic() - t0) * 1000.0)
+        if time.monotonic() - self._last_stats >= self.stats_interval_s:
+            self.publish_stats()
+        return len(batch)
+
+    def _score(self, batch: list[tuple[Stream, np.ndarray, int]]) -> None:
+        audio = np.stack([a for _, a, _ in batch]).astype(np.float32, copy=False)
+        t0 = time.monotonic()
+        out = self.runtime.infer(audio)
+        self._infer_ms.append((time.monotonic() - t0) * 1000.0)
+        self.batches += 1
+        rows = self.scorer.score_rows(out, [s.class_indices for s, _, _ in batch])
+        for (stream, window, end_index), row in zip(batch, rows):
+            threshold = stream.threshold_override if stream.threshold_override is not None else row.threshold
+            stream.counters.windows += 1
+            stream.last_score = row.score
+            stream.last_threshold = threshold
+            self.comms.publish_score(stream.name, row.score, threshold)
+            self._decide(stream, end_index, row.score, window, threshold=threshold)
+        if not self.ready_sent:
+            self.ready_sent = True
+            if self.systemd is not None:
+                self.systemd.ready(self.status_line())
+            logger.info("first windows scored: ready")
+        elif self.systemd is not None and self.batches % 10 == 0:
+            self.systemd.status(self.status_line())
+
+    def _decide(
+        self,
+        stream: Stream,
+        end_index: int,
+        score: float | None,
+        window: np.ndarray,
+        *,
+        threshold: float | None = None,
+        fault: bool = False,
+    ) -> None:
+        threshold = stream.last_threshold if threshold is None else threshold
+        if threshold is None:
+            threshold = float("inf")
+        transitions = stream.decisions.update(end_index / SAMPLE_RATE, self.clock(), score, threshold, fault=fault)
+        self._publish_transitions(stream, transitions, window)
+
+    def _publish_transitions(self, stream: Stream, transitions: list, window: np.ndarray | None) -> None:
+        for kind, before, after in transitions:
+            if kind == "new":
+                stream.counters.events += 1
+                if self.evidence is not None and window is not None:
+                    try:
+                        files = self.evidence.save(stream.name, after["id"], window)
+                        stream.decisions.set_evidence(str(files.wav))
+                        after = {**after, "evidence": str(files.wav)}
+                    except OSError as err:  # a full disk must not cost the alert
+                        logger.error("could not save evidence for event %s: %s", after["id"], err)
+                self.comms.publish_anomaly(stream.name, True)
+                logger.warning(
+                    "anomaly on %s: event %s at %.1f s (score %.3f, threshold %.3f)",
+                    stream.name, after["id"], after["start_time"], after["peak_score"], after["threshold"],
+                )
+            elif kind == "end":
+                self.comms.publish_anomaly(stream.name, False)
+                logger.warning("anomaly on %s ended: event %s at %.1f s", stream.name, after["id"], after["end_time"])
+            self.comms.publish_event(kind, before, after)
+
+    def close_events(self) -> None:
+        """End every open event (shutdown or end of input) so subscribers see its end."""
+        for stream in self.streams:
+            if stream.decisions.active:
+                end_s = stream.last_window_end_s or 0.0
+                self._publish_transitions(stream, stream.decisions.close(end_s, self.clock()), None)
+
+    # -- status and stats ------------------------------------------------------------------
+    def _set_status(self, stream: Stream, status: str, message: str) -> None:
+        if stream.published_status != (status, message):
+            stream.published_status = (status, message)
+            self.comms.publish_status(stream.name, status, message)
+            if status in (FAULT, OFFLINE):
+                logger.warning("stream %s is %s: %s", stream.name, status, message)
+
+    def _update_capture_status(self) -> None:
+        for stream in self.streams:
+            if stream.enabled and stream.capture.status == OFFLINE:
+                error = getattr(stream.capture.source, "last_error", None)
+                self._set_status(stream, OFFLINE, f"audio input {stream.capture.source.name} unavailable" + (
+                    f": {error}" if error else ""))
+
+    def _apply_backpressure(self) -> None:
+        """For sources that are not real time, hold the oldest sample a stream still needs."""
+        if self.realtime:
+            return
+        for capture in self._captures.values():
+            holds = [s.hold_index() for s in self.streams if s.capture is capture]
+            capture.hold_index = min(holds) if holds else None
+
+    def status_line(self) -> str:
+        return format_status(
+            {s.name: s.last_score for s in self.streams},
+            thresholds={s.name: s.last_threshold for s in self.streams if s.last_threshold is not None},
+            anomalous={s.name: s.decisions.active for s in self.streams},
+            faults={s.name: s.published_status[1] for s in self.streams if s.published_status and s.published_status[0] == FAULT},
+        )
+
+    def stats(self) -> dict:
+        infer = list(self._infer_ms)
+        ticks = list(self._tick_ms)
+        streams = {}
+        for s in self.streams:
+            cap = s.capture.stats()
+            streams[s.name] = {
+                "status": s.published_status[0] if s.published_status else cap["status"],
+                "enabled": s.enabled,
+                "windows": s.counters.windows,
+                "skipped": s.counters.skipped,
+                "gapped": s.counters.gapped,
+                "faults": s.counters.faults,
+                "events": s.counters.events,
+                "anomaly": s.decisions.active,
+                "score": s.last_score,
+                "threshold": s.last_threshold,
+                "overflows": cap["overflows"],
+                "gaps": cap["gaps"],
+                "restarts": cap["restarts"],
+                "last_window_s": s.last_window_end_s,
+                "queue_s": round(max(0, s.buffer.end_index - s.next_end + s.hop_samples) / SAMPLE_RATE, 3),
+                "dbfs": s.level.get("rms_dbfs"),
+                "peak_dbfs": s.level.get("peak_dbfs"),
+            }
+        return {
+            "service": {
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - self.started_mono, 1),
+                "last_updated": self.clock(),
+            },
+            "detector": {
+                "backend": self.runtime.name,
+                "engine": self.runtime.describe(),
+                "batches": self.batches,
+                "inference_ms": round(float(np.mean(infer)), 2) if infer else None,
+                "inference_ms_max": round(float(np.max(infer)), 2) if infer else None,
+                "tick_ms": round(float(np.mean(ticks)), 2) if ticks else None,
+            },
+            "window_s": WINDOW_SAMPLES / SAMPLE_RATE,
+            "hop_s": self.hop_s,
+            "streams": streams,
+        }
+
+    def publish_stats(self) -> None:
+        self._last_stats = time.monotonic()
+        self.comms.publish_stats(self.stats())

@@ -1,0 +1,82 @@
+"""Level measurement and classification of windows (the stream-fault detector)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edge_asd.levels import LevelMonitor, LevelThresholds, measure
+
+pytestmark = pytest.mark.device
+
+N = 160000
+
+
+def _noise(level: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(N) * level).astype(np.float32)
+
+
+def test_normal_noise_is_ok_with_right_levels() -> None:
+    r = measure(_noise(0.1))
+    assert r.state == "ok" and r.scorable and not r.fault
+    assert abs(r.rms_dbfs - (-20.0)) < 0.1
+    assert r.peak_dbfs > r.rms_dbfs and 10.0 < r.crest_db < 16.0  # gaussian crest ~ 12-14 dB
+
+
+def test_silence_is_silent() -> None:
+    r = measure(_noise(1e-5))
+    assert r.state == "silent" and r.fault and not r.scorable
+    assert r.rms_dbfs < -80.0
+    assert measure(_noise(1e-5), LevelThresholds(silent_dbfs=-120.0)).state == "ok"
+
+
+def test_digital_zero_and_constant_are_dead() -> None:
+    r = measure(np.zeros(N, np.float32))
+    assert r.state == "dead" and math.isfinite(r.rms_dbfs)
+    assert measure(np.full(N, 0.25, np.float32)).state == "dead"  # stuck ADC
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_is_dead_and_never_scorable(bad: float) -> None:
+    x = _noise(0.1)
+    x[1234] = bad
+    r = measure(x)
+    assert r.state == "dead" and r.nonfinite == 1 and not r.scorable
+    assert all(math.isfinite(v) for v in (r.rms_dbfs, r.peak_dbfs, r.crest_db))
+
+
+def test_clipped_sine_is_clipping() -> None:
+    t = np.arange(N) / 16000
+    x = np.clip(1.5 * np.sin(2 * np.pi * 440 * t), -1.0, 1.0).astype(np.float32)
+    r = measure(x)
+    assert r.state == "clipping" and r.clipped_fraction > 0.3
+    clean = (0.9 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    rc = measure(clean)
+    assert rc.state == "ok" and abs(rc.crest_db - 20 * math.log10(math.sqrt(2))) < 0.05
+
+
+def test_monitor_debounces_stream_state() -> None:
+    mon = LevelMonitor(debounce=3)
+    assert mon.check("m", np.zeros(N, np.float32)).state == "dead"
+    assert mon.state("m") == "ok"  # one bad window does not flip the stream
+    mon.check("m", np.zeros(N, np.float32))
+    mon.check("m", np.zeros(N, np.float32))
+    assert mon.state("m") == "dead" and mon.faulted("m")
+    for _ in range(3):
+        mon.check("m", _noise(0.1))
+    assert mon.state("m") == "ok"
+    stats = mon.stats("m")
+    assert stats["counts"]["dead"] == 3 and stats["counts"]["ok"] == 3 and stats["dbfs"] == pytest.approx(-20, abs=0.2)
+
+
+def test_real_dcase_clips_are_ok(shared_data) -> None:
+    from trainer.audio_io import read_audio
+
+    clips = sorted(shared_data.rglob("*.wav"))[:12]
+    if not clips:
+        pytest.skip("no clips in shared data")
+    for clip in clips:
+        r = measure(read_audio(clip)[:N])
+        assert r.state == "ok", (clip, r)

@@ -1,0 +1,399 @@
+"""Sources (file, synthetic, device errors), the Capture glue and `edge-asd record`."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from edge_asd.audio.capture import Capture
+from edge_asd.audio.devices import (
+    AudioDeviceError,
+    InputDevice,
+    import_sounddevice,
+    resolve_device,
+    stable_id,
+)
+from edge_asd.audio.recorder import record_clips
+from edge_asd.audio.ring import CaptureRing
+from edge_asd.audio.sources import AudioSource, AudioSourceError, FileSource, SyntheticSource, open_source
+from trainer.errors import UserError
+
+pytestmark = pytest.mark.device
+
+
+def _wav(path: Path, seconds: float, sr: int = 16000, channels: int = 1, seed: int = 0) -> np.ndarray:
+    x = (np.random.default_rng(seed).standard_normal((int(seconds * sr), channels)) * 0.1).astype(np.float32)
+    sf.write(str(path), x, sr, subtype="FLOAT")
+    return x
+
+
+def _drain(source: AudioSource, timeout: float = 30.0) -> tuple[np.ndarray, float]:
+    cap = Capture(source)
+    t0 = time.monotonic()
+    cap.start()
+    assert cap.finished.wait(timeout)
+    elapsed = time.monotonic() - t0
+    cap.stop()
+    audio = cap.streams[0].get(cap.streams[0].first_index, cap.streams[0].end_index - cap.streams[0].first_index)
+    return audio[0], elapsed
+
+
+def test_file_source_realtime_vs_fast(tmp_path: Path) -> None:
+    x = _wav(tmp_path / "a.wav", 1.0)
+    audio, elapsed = _drain(FileSource(tmp_path / "a.wav", realtime=True))
+    assert elapsed >= 0.9  # paced: one second of audio cannot arrive sooner
+    np.testing.assert_allclose(audio, x[:, 0], atol=1e-6)
+    long = _wav(tmp_path / "b.wav", 8.0)
+    audio, elapsed = _drain(FileSource(tmp_path / "b.wav", realtime=False))
+    assert elapsed < 8.0  # not paced
+    np.testing.assert_allclose(audio, long[:, 0], atol=1e-6)
+
+
+def test_file_source_48k_stereo_resampled_per_channel(tmp_path: Path) -> None:
+    sr = 48000
+    t = np.arange(2 * sr) / sr
+    x = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 1000 * t)], axis=1)
+    sf.write(str(tmp_path / "s.wav"), x.astype(np.float32), sr, subtype="FLOAT")
+    src = FileSource(tmp_path / "s.wav", realtime=False)
+    assert (src.sample_rate, src.channels) == (sr, 2)
+    cap = Capture(src)
+    cap.start()
+    assert cap.finished.wait(20)
+    cap.stop()
+    assert [s.end_index for s in cap.streams] == [32000, 32000]
+    left = cap.streams[0].get(1000, 30000)[0]
+    right = cap.streams[1].get(1000, 30000)[0]
+    assert abs(np.sqrt(2) * left.std() - 0.5) < 1e-3 and abs(np.sqrt(2) * right.std() - 0.25) < 1e-3
+
+
+def test_file_source_loops(tmp_path: Path) -> None:
+    x = _wav(tmp_path / "l.wav", 0.5)
+    src = FileSource(tmp_path / "l.wav", realtime=False, loop=True)
+    cap = Capture(src)
+    cap.hold_index = 0  # backpressure: keep the stream from sample 0 on
+    cap.start()
+    deadline = time.monotonic() + 20
+    while cap.streams[0].end_index < 24000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cap.stop()
+    audio, has_gap = cap.streams[0].get(0, 24000)
+    np.testing.assert_allclose(audio[8000:16000], x[:, 0], atol=1e-6)  # second pass = the file again
+    np.testing.assert_allclose(audio[16000:24000], x[:, 0], atol=1e-6)
+    assert not has_gap and src.status != "finished"
+
+
+def test_truncated_and_corrupt_wav_are_user_errors(tmp_path: Path) -> None:
+    good = tmp_path / "g.wav"
+    with wave.open(str(good), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(16000, "<i2").tobytes())
+    data = good.read_bytes()
+    (tmp_path / "t.wav").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioSourceError, match="truncated"):
+        FileSource(tmp_path / "t.wav")
+    (tmp_path / "c.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with pytest.raises(UserError, match=r"c\.wav"):
+        FileSource(tmp_path / "c.wav")
+    (tmp_path / "n.wav").write_bytes(b"not a sound file at all")
+    with pytest.raises(UserError, match=r"n\.wav"):
+        FileSource(tmp_path / "n.wav")
+    with pytest.raises(UserError, match="does not exist"):
+        open_source(f"file:{tmp_path / 'missing.wav'}")
+
+
+def test_synthetic_source_is_deterministic_and_finite() -> None:
+    a, _ = _drain(SyntheticSource("fan", "id_00", seed=3, realtime=False, duration_s=2.0))
+    b, _ = _drain(SyntheticSource("fan", 0, seed=3, realtime=False, duration_s=2.0))
+    assert a.shape == (32000,) and np.array_equal(a, b) and np.std(a) > 1e-3
+    src = open_source("synth:pump:2", realtime=False, channels=2, synth_seconds=1.0)
+    assert src.channels == 2 and src.name == "synth:pump:2"
+
+
+def test_missing_device_is_a_user_error_listing_inputs() -> None:
+    devs = [InputDevice(3, "usb-path:1-1.2:0", "USB Mic: Audio (hw:2,0)", "ALSA", 1, 48000.0),
+            InputDevice(4, "usb-path:1-1.3:0", "USB Mic: Audio (hw:3,0)", "ALSA", 1, 48000.0)]
+    with pytest.raises(AudioDeviceError, match=r"(?s)no input device matches 'nope'.*usb-path:1-1.2:0"):
+        resolve_device("nope", devs)
+    with pytest.raises(AudioDeviceError, match="ambiguous"):
+        resolve_device("USB Mic", devs)
+    with pytest.raises(AudioDeviceError, match="index 9"):
+        resolve_device("9", devs)
+    assert resolve_device("usb-path:1-1.3:0", devs).index == 4
+    assert resolve_device("4", devs).index == 4
+    assert resolve_device("hw:3", devs).index == 4
+    # the real PortAudio: a name that cannot exist
+    with pytest.raises(AudioDeviceError, match="no input device"):
+        open_source("no-such-device-xyz-123")
+
+
+def test_device_without_requested_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_asd.audio.sources as sources
+
+    dev = InputDevice(0, "jack:system", "system", "JACK Audio Connection Kit", 2, 16000.0)
+    monkeypatch.setattr(sources, "list_inputs", lambda sd=None: [dev])
+    with pytest.raises(AudioDeviceError, match="has 2 channel.*4 requested"):
+        sources.SoundDeviceSource("system", channels=4)
+
+
+def test_missing_portaudio_says_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "sounddevice", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(AudioDeviceError, match="apt-get install libportaudio2"):
+        import_sounddevice()
+
+
+def test_stable_id_from_sysfs(tmp_path: Path) -> None:
+    cards = tmp_path / "cards"
+    cards.write_text(" 0 [tegrahda       ]: tegra-hda - NVIDIA Jetson\n 2 [Device         ]: USB-Audio - USB Mic\n")
+    usbdev = tmp_path / "devices" / "usb1" / "1-1" / "1-1.2"
+    iface = usbdev / "1-1.2:1.0"
+    iface.mkdir(parents=True)
+    (usbdev / "idVendor").write_text("0d8c\n")
+    (usbdev / "idProduct").write_text("0014\n")
+    sys_sound = tmp_path / "sound"
+    (sys_sound / "card2").mkdir(parents=True)
+    (sys_sound / "card2" / "device").symlink_to(iface)
+    assert stable_id("USB Mic: Audio (hw:2,0)", "ALSA", cards, sys_sound) == "usb-path:1-1.2:0"
+    assert stable_id("NVIDIA Jetson: HDA (hw:0,3)", "ALSA", cards, sys_sound) == "alsa:tegrahda:3"
+    assert stable_id("system", "JACK Audio Connection Kit", cards, sys_sound) == "jack:system"
+
+
+class _OverflowingSource(AudioSource):
+    """Writes a fixed script of (block, overflow flag) into the ring from the test thread."""
+
+    def __init__(self, sr: int) -> None:
+        super().__init__()
+        self.sample_rate, self.channels, self.name = sr, 1, "script"
+
+    def start(self, ring: CaptureRing) -> None:
+        self._ring = ring
+        self.status = "online"
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.status = "offline"
+
+
+@pytest.mark.parametrize("sr", [16000, 48000])
+def test_overflow_gap_travels_to_stream_windows(sr: int) -> None:
+    src = _OverflowingSource(sr)
+    cap = Capture(src)
+    src.start(cap.ring)  # drive it without threads
+    rng = np.random.default_rng(0)
+    flags = {}
+    for k in range(30):  # 30 x 1 s, an overflow flagged on the block that starts at t = 12 s
+        cap.ring.write(rng.standard_normal((sr, 1)).astype(np.float32) * 0.1, overflow=(k == 12))
+        cap.process_available()
+        window = cap.streams[0].latest_window()
+        flags[k + 1] = None if window is None else window[2]
+    assert cap.ring.overflows == 1 and cap.stats()["gaps"] == 1
+    assert [flags[s] for s in range(1, 10)] == [None] * 9  # not 10 s yet
+    assert flags[10] is not True and flags[11] is False  # (48 kHz: the filter delays the 10th s)
+    assert all(flags[s] is True for s in range(13, 22))  # every window spanning t = 12 s
+    assert all(flags[s] is False for s in range(24, 31))
+    assert cap.stats()["gapped_windows"] >= 9
+
+
+def test_capture_reader_overrun_counts_lost_and_gaps() -> None:
+    src = _OverflowingSource(16000)
+    cap = Capture(src, ring_s=1.0)
+    src.start(cap.ring)
+    cap.ring.write(np.zeros((8000, 1), np.float32) + 0.1)
+    cap.process_available()
+    cap.ring.write(np.zeros((40000, 1), np.float32) + 0.1)  # 2.5 s into a 1 s ring: reader lapped
+    cap.process_available()
+    stats = cap.stats()
+    assert stats["overruns"] == 1 and stats["lost_samples"] == 24000
+    assert cap.streams[0].has_gap(7000, 9000)
+
+
+def test_record_clips_keeps_finished_clips_on_interrupt(tmp_path: Path) -> None:
+    src = SyntheticSource("fan", 0, realtime=False, duration_s=60.0)
+    cap = Capture(src)
+    calls = {"n": 0}
+
+    def progress(result) -> None:
+        calls["n"] += 1
+        if len(result.saved) == 2:
+            raise KeyboardInterrupt
+
+    try:
+        result = record_clips(cap, tmp_path / "fan", 6, on_progress=progress)
+    finally:
+        cap.stop()
+    assert result.interrupted and len(result.saved) == 2
+    files = sorted((tmp_path / "fan").iterdir())
+    assert files == sorted(result.saved)
+    for f in files:
+        info = sf.info(str(f))
+        assert (info.samplerate, info.frames, info.subtype) == (16000, 160000, "PCM_16")
+
+
+def test_record_cli_from_file_and_synth(tmp_path: Path) -> None:
+    from edge_asd.cli import app
+
+    x = _wav(tmp_path / "in.wav", 25.0, sr=48000)
+    runner = CliRunner()
+    out = tmp_path / "data"
+    res = runner.invoke(app, ["record", "--source", f"file:{tmp_path / 'in.wav'}", "--minutes", "1",
+                              "--out", str(out), "--machine", "press", "--id", "id_01"])
+    assert res.exit_code == 0, res.output
+    clips = sorted((out / "press" / "id_01").glob("*.wav"))
+    assert len(clips) == 2 and "source ended early" in res.output
+    first, _ = sf.read(str(clips[0]), dtype="float32")
+    # white noise at 48 kHz keeps ~1/3 of its power below the new 8 kHz Nyquist
+    assert first.shape == (160000,) and abs(first.std() - float(x.std()) / np.sqrt(3)) < 0.004
+    # a second run never overwrites
+    res = runner.invoke(app, ["record", "--source", "synth:fan:0", "--minutes", "0.3", "--out", str(out),
+                              "--machine", "press", "--id", "id_01"])
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "press" / "id_01").glob("*.wav"))) == 4
+    res = runner.invoke(app, ["record", "--out", str(out), "--machine", "m"])
+    assert res.exit_code != 0 and isinstance(res.exception, UserError)
+
+
+def test_stop_event_ends_recording(tmp_path: Path) -> None:
+    src = SyntheticSource("fan", 0, realtime=True)
+    cap = Capture(src)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    try:
+        result = record_clips(cap, tmp_path / "x", 100, stop=stop)
+    finally:
+        cap.stop()
+    assert result.saved == [] and not result.interrupted
+
+
+class _FakePortAudio:
+    """Just enough of the sounddevice module for SoundDeviceSource: a USB mic that can be
+    unplugged (PortAudio ends the stream), stall (stream stays active, no blocks) and be
+    plugged back in under a new index."""
+
+    class _Flags:
+        input_overflow = False
+
+    def __init__(self) -> None:
+        self.index: int | None = 3
+        self.mode = "ok"  # ok | stall | gone
+        self.opened = 0
+
+    def query_hostapis(self):
+        return [{"name": "ALSA"}]
+
+    def query_devices(self):
+        if self.index is None:
+            return []
+        return [{"name": "USB Mic: Audio (hw:2,0)", "index": self.index, "hostapi": 0,
+                 "max_input_channels": 1, "default_samplerate": 16000.0}]
+
+    def InputStream(self, device, channels, samplerate, callback, finished_callback, **kw):
+        if self.index is None or device != self.index:
+            raise RuntimeError("Error opening InputStream: Invalid device")
+        self.opened += 1
+        return _FakeStream(self, channels, callback, finished_callback)
+
+
+class _FakeStream:
+    def __init__(self, pa: _FakePortAudio, channels: int, callback, finished) -> None:
+        self.pa, self.channels, self.callback, self.finished = pa, channels, callback, finished
+        self.active = False
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.active = True
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        block = np.full((160, self.channels), 0.1, np.float32)
+        while not self._stop.wait(0.01):
+            if self.pa.mode == "gone":
+                self.active = False
+                self.finished()
+                return
+            if self.pa.mode == "ok":
+                self.callback(block, 160, None, _FakePortAudio._Flags())
+
+    def abort(self, ignore_errors: bool = True) -> None:
+        self._stop.set()
+        self.active = False
+
+    def close(self, ignore_errors: bool = True) -> None:
+        self._stop.set()
+
+
+def _wait(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def test_device_watchdog_reopens_after_unplug_and_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_asd.audio.sources as sources
+
+    pa = _FakePortAudio()
+    monkeypatch.setattr(sources, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(sources, "refresh_portaudio", lambda: None)
+    src = sources.SoundDeviceSource("USB Mic", stall_s=0.3, backoff_s=0.1, backoff_max_s=0.2, check_interval_s=0.05)
+    assert src.name.startswith(("usb-", "alsa:"))  # a stable id, not the index
+    cap = Capture(src)
+    cap.start()
+    try:
+        assert _wait(lambda: cap.ring.written > 1600) and src.status == "online"
+        # unplugged: PortAudio finishes the stream -> offline, retries fail while it is gone
+        pa.mode, pa.index = "gone", None
+        assert _wait(lambda: src.status == "offline")
+        time.sleep(0.5)
+        assert src.status == "offline" and src.restarts == 0 and src.last_error
+        # plugged back in under a new index: found again by its stable id
+        pa.mode, pa.index = "ok", 7
+        assert _wait(lambda: src.status == "online" and src.restarts == 1)
+        assert src.device.index == 7 and cap.ring.gaps.count == 1
+        # stalled: active but silent for longer than stall_s -> reopened
+        pa.mode = "stall"
+        assert _wait(lambda: src.status == "offline")
+        pa.mode = "ok"
+        assert _wait(lambda: src.status == "online" and src.restarts == 2)
+        written = cap.ring.written
+        assert _wait(lambda: cap.ring.written > written)
+        assert cap.stats()["restarts"] == 2 and pa.opened == 3
+    finally:
+        cap.stop()
+
+
+def test_real_clip_replayed_through_capture_equals_the_file(shared_data) -> None:
+    from trainer.audio_io import read_audio
+
+    clips = sorted(shared_data.rglob("*.wav"))
+    if not clips:
+        pytest.skip("no clips in shared data")
+    clip = clips[0]
+    cap = Capture(FileSource(clip, realtime=False))
+    cap.hold_index = 0
+    cap.start()
+    assert cap.finished.wait(30)
+    cap.stop()
+    want = read_audio(clip)
+    window = cap.streams[0].latest_window(160000)
+    assert window is not None
+    audio, end, has_gap = window
+    assert not has_gap and end == want.shape[0]
+    np.testing.assert_allclose(audio, want[end - 160000 : end], atol=1e-4)
