@@ -353,8 +353,8 @@ def build_engine(
     progress: ProgressFn | None = None,
 ) -> EngineFiles:
     """``edge-asd build-engine``: ``ensure_engine`` inside a CUDA context pushed for this thread."""
+    device = current_device(device_index)  # TensorRT first: its message is the one a user needs
     cuda = import_pycuda()
-    device = current_device(device_index)
     ctx = cuda.Device(device_index).retain_primary_context()
     ctx.push()
     try:

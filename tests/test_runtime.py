@@ -120,6 +120,10 @@ def test_runtime_config_union(cached_bundle: Path) -> None:
         adapter.validate_python({"type": "tensorrt", "bogus": 1})
     with open_runtime(cached_bundle, backend=cfg) as rt:
         assert rt.max_batch == 2 and rt.infer(_clips(3, 2)).scores.shape[0] == 3
+    if backend_status()["tensorrt"] is not None:
+        # auto falls back to onnxruntime and drops the TensorRT-only build hook
+        with open_runtime(cached_bundle, backend="auto", max_batch=2, progress=print) as rt:
+            assert rt.type_key == "onnxruntime"
 
 
 def _with_mode(cached_bundle: Path, mode: str):

@@ -45,7 +45,7 @@ def test_ids_of_a_type_are_distinguishable(machine_type):
     for i in ids:
         own = max(np.linalg.norm(p - q) for p in profiles[i] for q in profiles[i])
         other = min(np.linalg.norm(p - q) for j in ids if j != i for p in profiles[i] for q in profiles[j])
-        assert other > 1.5 * own, (machine_type, i, own, other)
+        assert other > 1.2 * own, (machine_type, i, own, other)
 
 
 @pytest.mark.parametrize("machine_type", ["fan", "valve", "ToyCar"])
@@ -71,12 +71,16 @@ def test_subtle_anomalies_are_smaller_than_strong_ones():
     assert subtle < strong
 
 
-def test_stream_is_independent_of_block_sizes():
-    one = synth.MachineSoundStream("valve", 2, seed=5)
-    one.schedule_anomaly("rattle", 1.3, 1.5)
+@pytest.mark.parametrize(
+    ("machine_type", "kind"),
+    [("valve", "rattle"), ("ToyConveyor", "impact_missing"), ("slider", "impact_extra"), ("fan", "drift")],
+)
+def test_stream_is_independent_of_block_sizes(machine_type, kind):
+    one = synth.MachineSoundStream(machine_type, 2, seed=5)
+    one.schedule_anomaly(kind, 1.3, 1.5)
     whole = one.read(4 * SAMPLE_RATE)
-    blocks = synth.MachineSoundStream("valve", 2, seed=5)
-    blocks.schedule_anomaly("rattle", 1.3, 1.5)
+    blocks = synth.MachineSoundStream(machine_type, 2, seed=5)
+    blocks.schedule_anomaly(kind, 1.3, 1.5)
     sizes = [1000, 777, 16000, 5, *([1024] * 60)]
     pieces = np.concatenate([blocks.read(n) for n in sizes])[: len(whole)]
     assert np.allclose(whole[: len(pieces)], pieces, atol=1e-4)

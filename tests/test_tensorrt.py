@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,172 @@ def test_changed_onnx_triggers_rebuild(gpu, cached_bundle: Path, tmp_path: Path)
     with pytest.raises(EngineBuildError, match="does not deserialize"):
         build_engine(bundle, max_batch=2, allow_build=False)
     assert build_engine(bundle, max_batch=2, workspace_mib=512).built
+
+
+# -- the TensorRT runtime's threading and buffer logic, against stand-in tensorrt/pycuda ---------
+
+
+class _FakeAlloc:
+    registry: dict[int, _FakeAlloc] = {}
+
+    def __init__(self, nbytes: int) -> None:
+        self.buf = np.zeros(nbytes, np.uint8)
+        _FakeAlloc.registry[id(self)] = self
+
+    def __int__(self) -> int:
+        return id(self)
+
+
+def _fake_modules(num_classes: int, calls: list[str]):
+    import threading
+    import types
+
+    cuda = types.ModuleType("pycuda.driver")
+    owner: dict[str, object] = {}
+
+    class Ctx:
+        def push(self) -> None:
+            owner["thread"] = threading.current_thread()
+            calls.append("push")
+
+        def pop(self) -> None:
+            assert threading.current_thread() is owner["thread"], "context popped in another thread"
+            calls.append("pop")
+
+        def detach(self) -> None:
+            calls.append("detach")
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return DEVICE.gpu_name
+
+        def compute_capability(self) -> tuple[int, int]:
+            return (8, 7)
+
+        def retain_primary_context(self) -> Ctx:
+            return Ctx()
+
+    class Stream:
+        handle = 1234
+
+        def synchronize(self) -> None:
+            assert threading.current_thread() is owner["thread"], "CUDA used outside the worker thread"
+
+    def htod(dev, host, stream) -> None:
+        dev.buf[: host.nbytes] = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
+
+    def dtoh(host, dev, stream) -> None:
+        host.reshape(-1).view(np.uint8)[:] = dev.buf[: host.nbytes]
+
+    cuda.init = lambda: None
+    cuda.Device = Device
+    cuda.Stream = Stream
+    cuda.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+    cuda.mem_alloc = _FakeAlloc
+    cuda.memcpy_htod_async = htod
+    cuda.memcpy_dtoh_async = dtoh
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = cuda
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = DEVICE.trt_version
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "in", "out"
+
+    class Context:
+        def __init__(self) -> None:
+            self.addr: dict[str, int] = {}
+            self.batch = 0
+
+        def set_tensor_address(self, name: str, ptr: int) -> None:
+            self.addr[name] = ptr
+
+        def set_input_shape(self, name: str, shape: tuple[int, int]) -> bool:
+            self.batch = shape[0]
+            return True
+
+        def execute_async_v3(self, handle: int) -> bool:
+            assert handle == Stream.handle
+            b, reg = self.batch, _FakeAlloc.registry
+            audio = reg[self.addr["audio"]].buf[: b * 160000 * 4].view(np.float32).reshape(b, 160000)
+            scores = np.repeat(audio.mean(axis=1, keepdims=True), num_classes, axis=1) + np.arange(num_classes)
+            scores = scores.astype(np.float32)
+            emb = np.repeat(audio[:, :1], 128, axis=1).astype(np.float32)
+            reg[self.addr["scores"]].buf[: scores.nbytes] = scores.reshape(-1).view(np.uint8)
+            reg[self.addr["embedding"]].buf[: emb.nbytes] = emb.reshape(-1).view(np.uint8)
+            calls.append(f"execute {b}")
+            return True
+
+    class Engine:
+        names = ["audio", "scores", "embedding"]
+        num_io_tensors = 3
+
+        def get_tensor_name(self, i: int) -> str:
+            return self.names[i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return TensorIOMode.INPUT if name == "audio" else TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return "float32"
+
+        def create_execution_context(self) -> Context:
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, plan: bytes):
+            return Engine() if plan == b"fake plan" else None
+
+    trt.Logger, trt.TensorIOMode, trt.Runtime = Logger, TensorIOMode, Runtime
+    trt.nptype = lambda dtype: np.float32
+    return {"tensorrt": trt, "pycuda": pycuda, "pycuda.driver": cuda}
+
+
+@pytest.mark.device
+def test_tensorrt_runtime_worker_with_stand_ins(cached_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    """The worker thread owns the context; chunks, buffers and shapes go where they should."""
+    from engines.bundle import load_bundle
+    from engines.runtime import open_runtime
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(cached_bundle, bundle_dir, ignore=shutil.ignore_patterns("engines"))
+    bundle = load_bundle(bundle_dir)
+    calls: list[str] = []
+    for name, module in _fake_modules(bundle.num_classes, calls).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    folder = bundle_dir / "engines" / DEVICE.dir_name
+    folder.mkdir(parents=True)
+    (folder / "model.plan").write_bytes(b"fake plan")
+    meta = {
+        "tensorrt_version": DEVICE.trt_version, "gpu_name": DEVICE.gpu_name, "compute_capability": "8.7",
+        "onnx_sha256": bundle.sha256("model.onnx"), "max_batch": 4,
+    }
+    (folder / "engine.json").write_text(json.dumps(meta))
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (10, 160000)).astype(np.float32)
+    with open_runtime(bundle, backend="auto", max_batch=4) as rt:
+        assert rt.type_key == "tensorrt" and "Orin" in rt.describe()
+        out = rt.infer(audio)
+    assert calls == ["push", "execute 4", "execute 4", "execute 2", "pop", "detach"]
+    expected = audio.mean(axis=1, keepdims=True) + np.arange(bundle.num_classes)
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.embedding, np.repeat(audio[:, :1], 128, axis=1))
+    # A plan for max batch 4 does not serve max batch 8, and building is refused here.
+    with pytest.raises(EngineBuildError, match="max batch 4, 8 requested"):
+        open_runtime(bundle, backend="tensorrt", max_batch=8, allow_build=False)

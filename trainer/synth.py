@@ -57,7 +57,7 @@ DEFAULT_IDS: dict[str, tuple[int, ...]] = {
 }
 """Machine IDs ``make_dataset`` uses per type, in order; they match the fixed 41-class map."""
 
-SYNTH_VERSION = 3
+SYNTH_VERSION = 5
 """Bumped whenever the generated sound changes: caches of generated data sets key on it."""
 
 DEFAULT_SNR_DB = 6.0
@@ -183,53 +183,72 @@ def _check_type(machine_type: str) -> _TypeSpec:
 
 @lru_cache(maxsize=256)
 def _signature(machine_type: str, machine_id: int) -> _Signature:
-    """Draw the ID's signature from a generator seeded by (type, id) only.
+    """Draw the ID's signature from generators seeded by (type) and (type, id) only.
 
-    The main cues (fundamental, cycle period, noise centre) come from separate permutations of
-    ``_N_SLOTS`` evenly spaced slots, so two IDs of one type always differ by at least one slot
-    (about 15 % in frequency) in each cue, not by chance.
+    IDs of one type are the same kind of machine: they share the type's sound (fundamental
+    region, noise colour, loudness, cycle) and differ in details, like the machine IDs of
+    DCASE. The details are spread over the whole spectrum (a fundamental a few per cent apart,
+    the harmonic profile, three narrow resonances between 0.9 and 7.2 kHz, the impact
+    resonances), so a classifier of IDs has to look everywhere and an anomaly anywhere disturbs
+    it. Fundamental, cycle and noise centre come from permutations of ``_N_SLOTS`` evenly
+    spaced slots, so two IDs always differ by at least one slot, not by chance.
     """
     spec = _check_type(machine_type)
     type_rng = np.random.default_rng(_stable_seed("type", machine_type))
     perms = [type_rng.permutation(_N_SLOTS) for _ in range(4)]
     peak_grid = np.geomspace(_PEAK_LO, _PEAK_HI, _N_SLOTS * _PEAKS_PER_ID)
     peak_perm = type_rng.permutation(len(peak_grid))
+
+    def type_value(bounds: tuple[float, float]) -> float:
+        lo, hi = bounds
+        return float(lo * (hi / lo) ** type_rng.uniform(0.3, 0.7))
+
+    type_f0 = type_value(spec.f0) if spec.f0 else 0.0
+    type_cycle = type_value(spec.cycle) if spec.cycle else 0.0
+    type_fc = type_value(spec.noise_fc)
+    type_oct = float(type_rng.uniform(*spec.noise_oct))
+    type_am_rate = float(type_rng.uniform(*spec.am_rate))
+    type_am_depth = float(type_rng.uniform(*spec.am_depth))
+    type_duty = float(type_rng.uniform(*spec.duty))
+    type_level = float(10 ** (type_rng.uniform(-27.0, -22.0) / 20))
+    type_decay = float(type_rng.uniform(*spec.impact_decay_ms)) / 1000.0
+
     slot = int(machine_id) % _N_SLOTS
     rng = np.random.default_rng(_stable_seed("id", machine_type, machine_id))
+
+    def around(centre: float, step: float, perm: np.ndarray) -> float:
+        """``centre`` moved by whole slots of ``step`` (relative), +- a little jitter."""
+        pos = perm[slot] - (_N_SLOTS - 1) / 2 + rng.uniform(-0.1, 0.1)
+        return float(centre * (1.0 + step) ** pos)
 
     def in_slot(bounds: tuple[float, float], perm: np.ndarray) -> float:
         lo, hi = bounds
         frac = (perm[slot] + 0.5 + rng.uniform(-0.15, 0.15)) / _N_SLOTS
         return float(lo * (hi / lo) ** frac)
 
-    f0 = in_slot(spec.f0, perms[0]) if spec.f0 else 0.0
     harm = []
     for k in range(1, spec.n_harm + 1):
         harm.append(10 ** ((spec.tilt_db * (k - 1) + rng.uniform(-7.0, 5.0)) / 20))
-    cycle_s = in_slot(spec.cycle, perms[1]) if spec.cycle else 0.0
-    noise_fc = in_slot(spec.noise_fc, perms[2])
-    res_lo, res_hi = spec.impact_res
-    res1 = in_slot((res_lo, res_hi), perms[3])
-    res2 = res1 * rng.uniform(1.6, 2.6)
+    res1 = in_slot(spec.impact_res, perms[3])
     return _Signature(
         machine_type=machine_type,
         machine_id=int(machine_id),
-        f0=f0,
+        f0=around(type_f0, 0.04, perms[0]) if spec.f0 else 0.0,
         harm_amps=tuple(harm),
         tone_gain=10 ** (spec.tone_db / 20) if spec.f0 else 0.0,
-        noise_fc=noise_fc,
-        noise_oct=float(rng.uniform(*spec.noise_oct)),
+        noise_fc=around(type_fc, 0.04, perms[2]),
+        noise_oct=type_oct,
         noise_gain=10 ** (spec.noise_db / 20),
-        am_rate=float(rng.uniform(*spec.am_rate)),
-        am_depth=float(rng.uniform(*spec.am_depth)),
+        am_rate=type_am_rate * float(rng.uniform(0.95, 1.05)),
+        am_depth=type_am_depth,
         wobble=spec.wobble,
-        cycle_s=cycle_s,
-        duty=float(rng.uniform(*spec.duty)),
+        cycle_s=around(type_cycle, 0.05, perms[1]) if spec.cycle else 0.0,
+        duty=type_duty,
         impacts=spec.impacts,
         impact_gain=10 ** (spec.impact_db / 20),
-        impact_res=(res1, float(res2)),
-        impact_decay_s=float(rng.uniform(*spec.impact_decay_ms)) / 1000.0,
-        level=float(10 ** (rng.uniform(-27.0, -22.0) / 20)),
+        impact_res=(res1, float(res1 * rng.uniform(1.6, 2.6))),
+        impact_decay_s=type_decay,
+        level=type_level,
         peaks=tuple(
             (float(peak_grid[j] * rng.uniform(0.99, 1.01)), float(rng.uniform(0.2, 0.45)))
             for j in sorted(peak_perm[slot * _PEAKS_PER_ID : (slot + 1) * _PEAKS_PER_ID])
@@ -431,6 +450,9 @@ class _Anomaly:
         self.sr = sr
         self.sig = sig
         self.rng = np.random.default_rng(seed)
+        # Decisions on the machine's own impacts draw from their own generator, so the order
+        # of draws (and the sound) does not depend on how the stream is cut into blocks.
+        self.drop_rng = np.random.default_rng([seed, 1])
         # A clip that is anomalous from its first sample has no fade-in.
         self.ramp = 0 if start <= 0 else int(_RAMP_S * sr)
         self.track = _EventTrack()
@@ -448,6 +470,7 @@ class _Anomaly:
         self.drift = (0.08 + 0.08 * s) * float(rng.choice([-1.0, 1.0]))
         self.knock_res = (float(rng.uniform(300.0, 900.0)), float(rng.uniform(1200.0, 2500.0)))
         self.drop_prob = min(0.97, 0.6 + 0.35 * s)
+        self._dip_block: tuple[int, np.ndarray] | None = None
 
     @property
     def until(self) -> int:
@@ -473,7 +496,18 @@ class _Anomaly:
             return 1.0 + self.drift * progress * back
         if self.kind == "bearing":
             return 1.0 - 0.02 * self.severity * self.window(start, n)
+        if self.kind == "impact_missing" and self.sig.duty >= 1.0:
+            return 1.0 - 0.12 * self._dips(start, n)  # a motor that cuts out also slows down
         return None
+
+    def _dips(self, start: int, n: int) -> np.ndarray:
+        """Depth (0..1) of the motor cut-outs over this block, computed once per block."""
+        if self._dip_block is None or self._dip_block[0] != start or len(self._dip_block[1]) != n:
+            dips = np.zeros(n, dtype=np.float32)
+            self._schedule(start + n, rate=1.5, maker=self._dropout)
+            self.track.render_into(dips, start)
+            self._dip_block = (start, dips)
+        return self._dip_block[1]
 
     def machine_gain(self, start: int, n: int) -> np.ndarray | None:
         """Multiplier of the whole machine sound (imbalance wobble, motor cut-outs), or None."""
@@ -481,10 +515,7 @@ class _Anomaly:
             depth = 0.35 + 0.45 * self.severity
             return 1.0 + depth * _sine(self.imb_rate, start, n, self.sr, self.phase[0]) * self.window(start, n)
         if self.kind == "impact_missing" and self.sig.duty >= 1.0:  # the motor cuts out
-            dips = np.zeros(n, dtype=np.float32)
-            self._schedule(start + n, rate=1.5, maker=self._dropout)
-            self.track.render_into(dips, start)
-            return np.clip(1.0 - dips, 0.03, 1.0)
+            return np.clip(1.0 - self._dips(start, n), 0.03, 1.0)
         return None
 
     def gate_floor(self) -> float | None:
@@ -503,7 +534,7 @@ class _Anomaly:
         """Whether a machine impact scheduled at sample ``at`` is skipped."""
         if self.kind != "impact_missing" or not (self.start <= at < self.end):
             return False
-        return bool(self.rng.uniform() < self.drop_prob)
+        return bool(self.drop_rng.uniform() < self.drop_prob)
 
     def additive(self, start: int, n: int, cycles: np.ndarray) -> np.ndarray | None:
         """Sound added to the machine (in units of its RMS), or None."""
@@ -541,8 +572,8 @@ class _Anomaly:
                     self.rng, sr, self.sig.impact_res, self.sig.impact_decay_s
                 )
             else:
-                maker = lambda: (7.0 * s) * self._click(self.knock_res, 0.02, 0.04, 0.3)  # noqa: E731
-            self._schedule(start + n, rate=2.0 + 1.5 * s, maker=maker)
+                maker = lambda: (7.0 * s) * self._click(self.knock_res, 0.03, 0.06, 0.3)  # noqa: E731
+            self._schedule(start + n, rate=2.5 + 2.0 * s, maker=maker)
             self.track.render_into(out, start)
             return out
         return None
@@ -872,7 +903,7 @@ def make_dataset(
     test_clips: int = 20,
     seed: int = 0,
     snr_db: float = DEFAULT_SNR_DB,
-    subtle_fraction: float = 0.15,
+    subtle_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write a DCASE 2020 development tree of synthetic clips under ``out_dir/dev_data``.
@@ -899,7 +930,7 @@ def make_dataset(
             for i in range(test_clips):
                 kind = order[i % len(order)]
                 subtle = rng.uniform() < subtle_fraction
-                severity = rng.uniform(0.35, 0.5) if subtle else rng.uniform(0.9, 1.4)
+                severity = rng.uniform(0.45, 0.6) if subtle else rng.uniform(1.0, 1.5)
                 plan.append((machine_type, machine_id, "test", "anomaly", i, kind, float(severity)))
     total = len(plan)
     for done, (machine_type, machine_id, split, label, i, kind, severity) in enumerate(plan, 1):

@@ -476,8 +476,12 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> T
             train_sampler = torch.utils.data.DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed)
             val_sampler = torch.utils.data.DistributedSampler(val_ds, info.world_size, info.rank, shuffle=False)
         else:
-            train_sampler = None
+            # One sampler (and loader, so --workers stay alive) for the whole run; its generator
+            # is re-seeded from (seed, epoch) at the start of every epoch.
+            shuffle_gen = torch.Generator()
+            train_sampler = torch.utils.data.RandomSampler(train_ds, generator=shuffle_gen)
             val_sampler = None
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=train_sampler, **loader_kw)
         val_loader = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler, shuffle=False, **loader_kw)
 
         amp = _amp(info.device)
@@ -493,10 +497,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> T
                     t0 = time.monotonic()
                     if info.distributed:
                         train_sampler.set_epoch(epoch)
-                        sampler = train_sampler
                     else:
-                        sampler = torch.utils.data.RandomSampler(train_ds, generator=_epoch_generator(cfg.seed, epoch, 0, 0))
-                    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, **loader_kw)
+                        shuffle_gen.manual_seed(int(_epoch_generator(cfg.seed, epoch, 0, 0).initial_seed()))
                     mix_gen = _epoch_generator(cfg.seed, epoch, info.rank, 1)
                     task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
                     net.train()

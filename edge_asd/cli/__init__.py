@@ -10,6 +10,7 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from edge_asd.cli import (
     audio_cmds,
@@ -53,7 +54,7 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        error_console.print(f"[bold red]error:[/] {err}")
+        error_console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
     except KeyboardInterrupt:
         error_console.print("interrupted")

@@ -13,6 +13,7 @@ Configs are pydantic models discriminated on ``type`` so a device config can car
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -111,7 +112,21 @@ def open_runtime(
         if "device" in cfg:
             cfg["device_index"] = cfg.pop("device")
         options = {**{k: v for k, v in cfg.items() if v is not None}, **options}
+    auto = str(backend) == "auto"
     name = resolve_backend(str(backend))
+    if auto:
+        # Options meant for the backend auto did not pick (e.g. a TensorRT build's progress
+        # hook when onnxruntime was chosen) are dropped rather than failing the start.
+        cls = {
+            tensorrt_backend.BACKEND_KEY: tensorrt_backend.TensorRTBackend,
+            onnxruntime_backend.OnnxRuntimeBackend.type_key: onnxruntime_backend.OnnxRuntimeBackend,
+            torch_backend.BACKEND_KEY: torch_backend.TorchBackend,
+        }[name]
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        dropped = sorted(set(options) - accepted)
+        if dropped:
+            logger.debug("backend auto chose %s: ignoring options %s", name, dropped)
+        options = {k: v for k, v in options.items() if k in accepted}
     if name == torch_backend.BACKEND_KEY:
         path = bundle_or_path.path if isinstance(bundle_or_path, Bundle) else Path(bundle_or_path)
         return torch_backend.TorchBackend(path, max_batch=max_batch, threads=threads, **options)
@@ -120,8 +135,8 @@ def open_runtime(
         reason = tensorrt_backend.available()
         if reason is not None:
             raise BackendUnavailableError(
-                f"the tensorrt backend cannot run here: {reason}. On a Jetson: `sudo apt install python3-libnvinfer` "
-                "(JetPack) and `pip install 'edge-asd[jetson]'`; elsewhere use --backend onnxruntime"
+                f"the tensorrt backend cannot run here: {reason}. It needs TensorRT (JetPack), pycuda "
+                "(`pip install 'edge-asd[jetson]'`) and a CUDA GPU; elsewhere use --backend onnxruntime"
             )
         return tensorrt_backend.TensorRTBackend(bundle, max_batch=max_batch, **options)
     return onnxruntime_backend.OnnxRuntimeBackend(bundle, max_batch=max_batch, threads=threads, **options)

@@ -123,7 +123,11 @@ class TensorRTBackend(Runtime):
             else:
                 logger.exception("TensorRT worker failed")
         finally:
-            state.clear()  # frees buffers, stream, context and engine while the CUDA context is current
+            # Free while the CUDA context is still current, dependants first:
+            # execution context before engine before runtime, then buffers and stream.
+            for key in ("context", "engine", "runtime", "dev", "host", "stream"):
+                state.pop(key, None)
+            state.clear()
             ctx.pop()
             ctx.detach()
             self._fail_pending()

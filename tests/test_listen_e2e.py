@@ -1,0 +1,184 @@
+"""`edge-asd listen` end to end: a recording with an anomaly spliced in, a real mosquitto, a
+SCADA-like subscriber. The model is the shared synthetic run, exported once (bundle_fixture).
+
+Marked ``device``: in the torch-free Python 3.10 venv this runs the same daemon on the same
+bundle, which is the Jetson path without TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from bundle_fixture import recording_with_anomaly, synth_bundle
+from mosquitto import Broker, Recorder
+
+from trainer.audio_io import write_wav
+
+pytestmark = [pytest.mark.device, pytest.mark.timeout(1500)]
+
+EDGE_ASD = [sys.executable, "-c", "from edge_asd.cli import main; main()"]
+SECONDS, ANOMALY_AT, ANOMALY_S = 60.0, 25.0, 8.0
+
+
+def split_class(name: str) -> tuple[str, int]:
+    machine_type, machine_id = name.split("/")
+    return machine_type, int(machine_id.split("_")[-1])
+
+
+@pytest.fixture(scope="module")
+def bundle(artifacts_dir: Path) -> Path:
+    return synth_bundle(artifacts_dir)
+
+
+def write_config(path: Path, bundle: Path, wav: Path, cls: str, broker_url: str, state: Path) -> Path:
+    config = {
+        "bundle": str(bundle),
+        "backend": "onnxruntime",
+        "hop_s": 1.0,
+        "state_dir": str(state),
+        "node_id": "e2e",
+        "mqtt": {"url": broker_url, "stats_interval_s": 5},
+        "sources": [{"name": "line", "type": "file", "path": str(wav), "realtime": False}],
+        "streams": [{"name": "press1", "source": "line", "classes": [cls]}],
+        "logging": {"level": "INFO"},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_listen_alerts_on_the_spliced_anomaly_only(bundle: Path, tmp_path: Path) -> None:
+    from engines.bundle import load_bundle
+
+    cls = load_bundle(bundle).classes[0]
+    machine_type, machine_id = split_class(cls)
+    audio, span = recording_with_anomaly(machine_type, machine_id, SECONDS, ANOMALY_AT, ANOMALY_S, "rattle", seed=11)
+    assert span == (ANOMALY_AT, ANOMALY_AT + ANOMALY_S)
+    wav = tmp_path / "line.wav"
+    write_wav(wav, audio)
+    recorded, _ = sf.read(wav, dtype="float32")
+
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        sub = Recorder(broker.port, ["edge-asd/#"])
+        config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state")
+        proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config)], capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sub.wait_for(lambda msgs: any('"end"' in m["payload"] for m in msgs if m["topic"].endswith("/events")), 20), (
+            proc.stderr[-3000:]
+        )
+        events = sub.events("edge-asd/e2e/events")
+        sub.close()
+    finally:
+        broker.stop()
+
+    ids = {e["after"]["id"] for e in events}
+    assert len(ids) == 1, f"expected one event, got {[(e['type'], e['after']['start_time']) for e in events]}"
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "new" and kinds[-1] == "end"
+    new, end = events[0]["after"], events[-1]["after"]
+    # The first window over the threshold must contain the anomaly: it ends after its onset and
+    # starts before its end (windows are 10 s; start_time is the window's end, in audio time).
+    assert ANOMALY_AT < new["start_time"] <= ANOMALY_AT + ANOMALY_S + 10.0
+    assert new["stream"] == "press1" and new["classes"] == [cls]
+    assert end["end_time"] is not None and end["end_time"] >= new["start_time"]
+    assert new["peak_score"] > new["threshold"]
+
+    evidence = Path(new["evidence"])
+    assert evidence.is_file() and evidence.with_suffix(".png").is_file()
+    saved, sr = sf.read(evidence, dtype="float32")
+    assert sr == 16000 and saved.shape == (160000,)
+    end_sample = int(round(new["start_time"] * 16000))
+    expected = recorded[end_sample - 160000 : end_sample]
+    assert np.abs(saved - expected).max() <= 2 / 32768, "the evidence WAV is not the triggering window"
+
+
+def test_listen_stream_fault_on_silent_microphone_is_not_an_anomaly(bundle: Path, tmp_path: Path) -> None:
+    from engines.bundle import load_bundle
+
+    cls = load_bundle(bundle).classes[0]
+    wav = tmp_path / "zeros.wav"
+    write_wav(wav, np.zeros(16000 * 20, dtype=np.float32))
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        sub = Recorder(broker.port, ["edge-asd/#"])
+        config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state")
+        proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config)], capture_output=True, text=True, timeout=200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sub.wait_for(lambda m: any(x["topic"] == "edge-asd/e2e/press1/status" and x["payload"] == "fault" for x in m), 10)
+        time.sleep(0.5)
+        assert not sub.on("edge-asd/e2e/events"), "a dead microphone raised a machine anomaly"
+        message = sub.last("edge-asd/e2e/press1/status/message") or ""
+        assert "dead" in message or "silent" in message
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_listen_bad_input_gives_clear_messages(bundle: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "cut.wav"
+    write_wav(truncated, np.zeros(16000 * 12, dtype=np.float32))
+    truncated.write_bytes(truncated.read_bytes()[:50000])
+    env = {**os.environ, "HOME": str(tmp_path)}
+    base = EDGE_ASD + ["listen", "--bundle", str(bundle), "--state-dir", str(tmp_path / "state")]
+    cases = {
+        "truncated WAV": (["--source", f"file:{truncated}"], str(truncated)),
+        "missing device": (["--device", "no-such-microphone-xyz"], "no-such-microphone-xyz"),
+        "unknown class": (["--source", f"file:{truncated}", "--class", "nope/id_99"], "nope/id_99"),
+    }
+    for what, (args, named) in cases.items():
+        proc = subprocess.run(base + args, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2, f"{what}: rc {proc.returncode}\n{proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr, f"{what}: traceback\n{proc.stderr[-2000:]}"
+        assert named in proc.stderr.replace("\n", ""), f"{what}: message does not name {named!r}: {proc.stderr[-800:]}"
+
+
+def test_listen_unreachable_broker_at_start_queues_and_delivers(bundle: Path, tmp_path: Path) -> None:
+    from engines.bundle import load_bundle
+
+    cls = load_bundle(bundle).classes[0]
+    machine_type, machine_id = split_class(cls)
+    audio, _ = recording_with_anomaly(machine_type, machine_id, 45.0, 15.0, 8.0, "rattle", seed=12)
+    wav = tmp_path / "line.wav"
+    write_wav(wav, audio)
+    broker = Broker(tmp_path / "broker")  # configured but not started yet
+    config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state")
+    proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outbox_rows = _outbox_rows(tmp_path / "state")
+    assert outbox_rows > 0, "events published while the broker was down were not kept on disk"
+    # The broker comes up; a second daemon start replays the outbox first, in order.
+    broker.start()
+    try:
+        sub = Recorder(broker.port, ["edge-asd/+/events"])
+        empty = tmp_path / "quiet.wav"
+        write_wav(empty, audio[: 16000 * 12])
+        config2 = write_config(tmp_path / "config2.yaml", bundle, empty, cls, broker.url, tmp_path / "state")
+        proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config2)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sub.wait_for(lambda m: len(m) >= outbox_rows, 20)
+        kinds = [json.loads(m["payload"])["type"] for m in sub.messages]
+        assert kinds[0] == "new" and "end" in kinds
+        sub.close()
+    finally:
+        broker.stop()
+    assert _outbox_rows(tmp_path / "state") == 0
+
+
+def _outbox_rows(state: Path) -> int:
+    import sqlite3
+
+    from edge_asd.comms.mqtt import OUTBOX_FILE
+
+    db = state / OUTBOX_FILE
+    assert db.is_file(), f"no outbox database at {db}"
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select count(*) from outbox").fetchone()[0]

@@ -1,0 +1,117 @@
+"""The daemon under systemd's notify protocol: READY after the first scored window, WATCHDOG
+only while windows flow (a stalled source stops the pings), STOPPING at SIGTERM, exit 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from bundle_fixture import recording_with_anomaly, synth_bundle
+
+from trainer.audio_io import write_wav
+
+pytestmark = [pytest.mark.device, pytest.mark.timeout(300)]
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd; records (time, fields) per datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def count(self, key: str, since: float = 0.0) -> int:
+        return sum(1 for t, f in list(self.messages) if key in f and t >= since)
+
+    def wait(self, key: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count(key):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
+
+
+def test_ready_watchdog_and_stopping(artifacts_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_asd.config import load_config
+    from edge_asd.daemon.listen import build_daemon, run_daemon
+    from engines.bundle import load_bundle
+
+    bundle = synth_bundle(artifacts_dir)
+    cls = load_bundle(bundle).classes[0]
+    machine_type, machine_id = cls.split("/")
+    audio, _ = recording_with_anomaly(machine_type, int(machine_id[-2:]), 20.0, None, 1.0, "rattle", seed=3)
+    wav = tmp_path / "loop.wav"
+    write_wav(wav, audio)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "bundle": str(bundle),
+        "backend": "onnxruntime",
+        "state_dir": str(tmp_path / "state"),
+        "sources": [{"name": "loop", "type": "file", "path": str(wav), "realtime": False, "loop": True}],
+        "streams": [{"name": "m1", "source": "loop", "classes": [cls]}],
+    }))
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    daemon = build_daemon(load_config(config))
+    observed: dict[str, object] = {}
+
+    def script() -> None:
+        try:
+            assert notify.wait("READY", 60), "no READY"
+            observed["windows_at_ready"] = daemon.pipeline.streams[0].counters.windows
+            t0 = time.monotonic()
+            time.sleep(2.0)
+            observed["pings_flowing"] = notify.count("WATCHDOG", t0)
+            daemon.captures[0].source.stop()  # the input stalls (it is not finished: it loops)
+            time.sleep(1.5)
+            t1 = time.monotonic()
+            time.sleep(2.0)
+            observed["pings_stalled"] = notify.count("WATCHDOG", t1)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=script, daemon=True)
+    thread.start()
+    try:
+        rc = run_daemon(daemon)
+    finally:
+        thread.join(10)
+        time.sleep(0.2)
+        notify.close()
+    assert rc == 0
+    assert observed["windows_at_ready"] >= 1, "READY before the first window was scored"
+    assert observed["pings_flowing"] >= 3, observed
+    assert observed["pings_stalled"] == 0, observed
+    assert notify.count("STOPPING") >= 1
+    stopping_at = min(t for t, f in notify.messages if "STOPPING" in f)
+    ready_at = min(t for t, f in notify.messages if "READY" in f)
+    assert ready_at < stopping_at
