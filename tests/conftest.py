@@ -48,3 +48,19 @@ def no_torch_guard():
     yield
     if not before and "torch" in sys.modules:
         pytest.fail("device-side code imported torch")
+
+
+@pytest.fixture(scope="session")
+def cached_bundle(artifacts_dir: Path) -> Path:
+    """A bundle of a randomly initialised model (engines tests): exported once when torch is
+    here, reused from the artifacts folder by the torch-free Python 3.10 run."""
+    import importlib.util
+
+    path = artifacts_dir / "bundle-random"
+    if importlib.util.find_spec("torch") is not None:
+        from engines.export import ensure_random_bundle
+
+        return ensure_random_bundle(path)
+    if not (path / "model.json").is_file():
+        pytest.skip(f"no cached bundle at {path}: run the main test suite (with torch) first")
+    return path

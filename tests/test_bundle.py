@@ -6,7 +6,6 @@ importable, reused from the main run's cache in the torch-free venv, else the te
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,18 +17,6 @@ from engines.bundle import BundleManifest, load_bundle, read_manifest
 from engines.errors import BundleError
 
 pytestmark = pytest.mark.device
-
-
-@pytest.fixture(scope="module")
-def cached_bundle(artifacts_dir: Path) -> Path:
-    path = artifacts_dir / "bundle-random"
-    if importlib.util.find_spec("torch") is not None:
-        from engines.export import ensure_random_bundle
-
-        return ensure_random_bundle(path)
-    if not (path / "model.json").is_file():
-        pytest.skip(f"no cached bundle at {path}: run the main test suite (with torch) first")
-    return path
 
 
 @pytest.fixture

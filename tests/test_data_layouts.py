@@ -30,18 +30,18 @@ def test_generated_2020_tree_is_detected_with_its_class_map(synth_tree):
     assert detect_layout([synth_tree]) == "dcase2020"
     index = build_index([synth_tree])
     assert index.layout == "dcase2020"
-    assert index.class_names == ["fan/id_00", "fan/id_02", "pump/id_00", "pump/id_02"]
+    assert index.class_names == ["ToyCar/id_01", "ToyCar/id_02", "fan/id_00", "fan/id_02"]
     assert index.classes == index.class_names
     assert len(index.train) == 8 and all(c.label == 0 for c in index.train)
     labels = sorted((c.class_name, c.label) for c in index.test)
     assert labels == [(n, lab) for n in index.class_names for lab in (0, 1)]
-    clip = next(c for c in index.test if c.label == 1 and c.class_name == "pump/id_02")
+    clip = next(c for c in index.test if c.label == 1 and c.class_name == "fan/id_02")
     assert index.class_index(clip) == 3 and index.score_classes(clip) == [3]
-    assert clip.machine_type == "pump" and clip.machine_id == "id_02"
+    assert clip.machine_type == "fan" and clip.machine_id == "id_02"
 
 
 def test_the_same_tree_from_dev_data_or_a_type_folder(synth_tree):
-    assert build_index([synth_tree / "dev_data"]).class_names == ["fan/id_00", "fan/id_02", "pump/id_00", "pump/id_02"]
+    assert build_index([synth_tree / "dev_data"]).class_names == ["ToyCar/id_01", "ToyCar/id_02", "fan/id_00", "fan/id_02"]
     single = build_index([synth_tree / "dev_data" / "fan"])
     assert single.class_names == ["fan/id_00", "fan/id_02"]
 

@@ -39,7 +39,9 @@ def bundle(artifacts_dir: Path) -> Path:
     return synth_bundle(artifacts_dir)
 
 
-def write_config(path: Path, bundle: Path, wav: Path, cls: str, broker_url: str, state: Path) -> Path:
+def write_config(
+    path: Path, bundle: Path, wav: Path, cls: str, broker_url: str | None, state: Path, threshold: float | None = None
+) -> Path:
     config = {
         "bundle": str(bundle),
         "backend": "onnxruntime",
@@ -51,8 +53,31 @@ def write_config(path: Path, bundle: Path, wav: Path, cls: str, broker_url: str,
         "streams": [{"name": "press1", "source": "line", "classes": [cls]}],
         "logging": {"level": "INFO"},
     }
+    if broker_url is None:
+        del config["mqtt"]
+    if threshold is not None:
+        config["streams"][0]["threshold"] = threshold
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def site_threshold(bundle: Path, cls: str, tmp_path: Path) -> float:
+    """`edge-asd calibrate` on a minute of the machine's normal sound (another day, another seed):
+    the on-site step that turns a bundle's training calibration into this microphone's threshold."""
+    machine_type, machine_id = split_class(cls)
+    normal, _ = recording_with_anomaly(machine_type, machine_id, 75.0, None, 1.0, "rattle", seed=21)
+    wav = tmp_path / "normal.wav"
+    write_wav(wav, normal)
+    config = write_config(tmp_path / "calibrate.yaml", bundle, wav, cls, None, tmp_path / "cal-state")
+    out = tmp_path / "calibrated.yaml"
+    proc = subprocess.run(
+        EDGE_ASD + ["calibrate", "--config", str(config), "--minutes", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    threshold = yaml.safe_load(out.read_text())["streams"][0]["threshold"]
+    assert threshold > 0
+    return float(threshold)
 
 
 def test_listen_alerts_on_the_spliced_anomaly_only(bundle: Path, tmp_path: Path) -> None:
@@ -60,16 +85,17 @@ def test_listen_alerts_on_the_spliced_anomaly_only(bundle: Path, tmp_path: Path)
 
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = split_class(cls)
-    audio, span = recording_with_anomaly(machine_type, machine_id, SECONDS, ANOMALY_AT, ANOMALY_S, "rattle", seed=11)
+    audio, span = recording_with_anomaly(machine_type, machine_id, SECONDS, ANOMALY_AT, ANOMALY_S, "imbalance", seed=11)
     assert span == (ANOMALY_AT, ANOMALY_AT + ANOMALY_S)
     wav = tmp_path / "line.wav"
     write_wav(wav, audio)
     recorded, _ = sf.read(wav, dtype="float32")
+    threshold = site_threshold(bundle, cls, tmp_path)
 
     broker = Broker(tmp_path / "broker").start()
     try:
         sub = Recorder(broker.port, ["edge-asd/#"])
-        config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state")
+        config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state", threshold)
         proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config)], capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert sub.wait_for(lambda msgs: any('"end"' in m["payload"] for m in msgs if m["topic"].endswith("/events")), 20), (
@@ -124,15 +150,16 @@ def test_listen_stream_fault_on_silent_microphone_is_not_an_anomaly(bundle: Path
 
 
 def test_listen_bad_input_gives_clear_messages(bundle: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.wav"
+    write_wav(good, 0.1 * np.random.default_rng(0).standard_normal(16000 * 12).astype(np.float32))
     truncated = tmp_path / "cut.wav"
-    write_wav(truncated, np.zeros(16000 * 12, dtype=np.float32))
-    truncated.write_bytes(truncated.read_bytes()[:50000])
+    truncated.write_bytes(good.read_bytes()[:50000])
     env = {**os.environ, "HOME": str(tmp_path)}
     base = EDGE_ASD + ["listen", "--bundle", str(bundle), "--state-dir", str(tmp_path / "state")]
     cases = {
         "truncated WAV": (["--source", f"file:{truncated}"], str(truncated)),
         "missing device": (["--device", "no-such-microphone-xyz"], "no-such-microphone-xyz"),
-        "unknown class": (["--source", f"file:{truncated}", "--class", "nope/id_99"], "nope/id_99"),
+        "unknown class": (["--source", f"file:{good}", "--class", "nope/id_99"], "nope/id_99"),
     }
     for what, (args, named) in cases.items():
         proc = subprocess.run(base + args, capture_output=True, text=True, timeout=120, env=env)
@@ -146,11 +173,11 @@ def test_listen_unreachable_broker_at_start_queues_and_delivers(bundle: Path, tm
 
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = split_class(cls)
-    audio, _ = recording_with_anomaly(machine_type, machine_id, 45.0, 15.0, 8.0, "rattle", seed=12)
+    audio, _ = recording_with_anomaly(machine_type, machine_id, 45.0, 15.0, 8.0, "imbalance", seed=12)
     wav = tmp_path / "line.wav"
     write_wav(wav, audio)
     broker = Broker(tmp_path / "broker")  # configured but not started yet
-    config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state")
+    config = write_config(tmp_path / "config.yaml", bundle, wav, cls, broker.url, tmp_path / "state", 1e-6)
     proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     outbox_rows = _outbox_rows(tmp_path / "state")
@@ -161,7 +188,7 @@ def test_listen_unreachable_broker_at_start_queues_and_delivers(bundle: Path, tm
         sub = Recorder(broker.port, ["edge-asd/+/events"])
         empty = tmp_path / "quiet.wav"
         write_wav(empty, audio[: 16000 * 12])
-        config2 = write_config(tmp_path / "config2.yaml", bundle, empty, cls, broker.url, tmp_path / "state")
+        config2 = write_config(tmp_path / "config2.yaml", bundle, empty, cls, broker.url, tmp_path / "state", 1e9)
         proc = subprocess.run(EDGE_ASD + ["listen", "--config", str(config2)], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert sub.wait_for(lambda m: len(m) >= outbox_rows, 20)

@@ -92,7 +92,14 @@ def test_ready_watchdog_and_stopping(artifacts_dir: Path, tmp_path: Path, monkey
             time.sleep(2.0)
             observed["pings_flowing"] = notify.count("WATCHDOG", t0)
             daemon.captures[0].source.stop()  # the input stalls (it is not finished: it loops)
-            time.sleep(1.5)
+            # the audio already captured is still scored; wait until the windows stop
+            stream = daemon.pipeline.streams[0]
+            last, quiet_since = stream.counters.windows, time.monotonic()
+            while time.monotonic() - quiet_since < 1.0:
+                time.sleep(0.05)
+                if stream.counters.windows != last:
+                    last, quiet_since = stream.counters.windows, time.monotonic()
+            time.sleep(0.7)  # the watchdog notices the stall after one interval (0.6 s)
             t1 = time.monotonic()
             time.sleep(2.0)
             observed["pings_stalled"] = notify.count("WATCHDOG", t1)

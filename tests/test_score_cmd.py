@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,18 +19,6 @@ from trainer.errors import UserError
 
 pytestmark = pytest.mark.device
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def cached_bundle(artifacts_dir: Path) -> Path:
-    path = artifacts_dir / "bundle-random"
-    if importlib.util.find_spec("torch") is not None:
-        from engines.export import ensure_random_bundle
-
-        return ensure_random_bundle(path)
-    if not (path / "model.json").is_file():
-        pytest.skip(f"no cached bundle at {path}: run the main test suite (with torch) first")
-    return path
 
 
 @pytest.fixture

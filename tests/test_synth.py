@@ -104,9 +104,7 @@ def test_stream_recording_has_anomaly_only_in_its_span(kind):
     after = slice(19 * SAMPLE_RATE, None)
     assert np.allclose(audio[before], normal[before], atol=1e-4)
     assert not np.allclose(audio[inside], normal[inside], atol=1e-3)
-    if kind == "rattle":  # no change of speed: afterwards the very same samples
-        assert np.allclose(audio[after], normal[after], atol=1e-4)
-    # afterwards the machine sounds as before (a slowdown leaves only its phase shifted)
+    # afterwards the machine sounds as before (the fault's slowdown leaves its phase shifted)
     ref = _profile(normal[after])
     assert np.linalg.norm(_profile(audio[after]) - ref) < np.linalg.norm(_profile(audio[inside]) - _profile(normal[inside]))
 

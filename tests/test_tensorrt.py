@@ -6,7 +6,6 @@ bookkeeping (directory naming, when a plan is stale) is pure Python and runs eve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -18,18 +17,6 @@ import pytest
 from engines.build import DeviceInfo, engine_dir_name, sanitise, stale_reason
 from engines.errors import EngineBuildError
 from engines.runtime.tensorrt_backend import available
-
-
-@pytest.fixture(scope="module")
-def cached_bundle(artifacts_dir: Path) -> Path:
-    path = artifacts_dir / "bundle-random"
-    if importlib.util.find_spec("torch") is not None:
-        from engines.export import ensure_random_bundle
-
-        return ensure_random_bundle(path)
-    if not (path / "model.json").is_file():
-        pytest.skip(f"no cached bundle at {path}: run the main test suite (with torch) first")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -145,3 +145,19 @@ def test_cli_calibrate_run_and_evaluate(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert "paper AUC" in res.output and "98.32" in res.output
     assert set(json.loads((out / "report.json").read_text())["scores"]) == {"ce"}
+
+
+def test_max_minutes_stops_after_an_epoch_and_still_finalises(tmp_path, artifacts_dir):
+    from trainer.train import TrainConfig, train
+
+    data = tiny_synth(artifacts_dir / "tiny-synth")
+    run = tmp_path / "run"
+    result = train(
+        TrainConfig(
+            data=[str(data)], out=str(run), epochs=3, batch_size=4, val_fraction=0.34, device="cpu", threads=2,
+            progress=False, cache_dir=str(artifacts_dir / "audio-cache"), max_minutes=1e-4, bn_recalibration_clips=0,
+        )
+    )
+    assert result.stopped_early and result.epochs_done == 1
+    assert torch.load(run / "train_state.pt", weights_only=True)["epoch"] == 0
+    assert (run / "thresholds.json").is_file()

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     def synth(
         out: Path = typer.Argument(..., help="Folder to write OUT/dev_data/<type>/{train,test}/*.wav into."),
         types: str = typer.Option(
-            "2", "--types", help="How many machine types (fan, pump, slider, valve, ToyCar, ToyConveyor, in this order), or a comma list of names."
+            "2", "--types", help="How many machine types (fan, ToyCar, slider, valve, pump, ToyConveyor, in this order), or a comma list of names."
         ),
         ids: int = typer.Option(2, "--ids", help="Machine IDs per type (DCASE dev IDs first)."),
         train_clips: int = typer.Option(50, "--train-clips", help="Normal training clips per machine ID."),
