@@ -137,7 +137,7 @@ class Subscriber:
             after = event["after"]
             self.console.print(
                 f"[bold red]MQTT {msg.topic}[/] {event['type']:>6}: stream {after['stream']} event {after['id']} "
-                f"score {after['peak_score']:.2f} > {after['threshold']:.2f}",
+                f"score {after['peak_score']:.4g} > {after['threshold']:.4g}",
                 highlight=False,
             )
             if event["type"] == "end":
@@ -169,7 +169,7 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
     from engines.export import export_run
     from trainer.audio_io import write_wav
     from trainer.evaluate import evaluate_run
-    from trainer.synth import make_dataset, make_stream_recording
+    from trainer.synth import MachineSoundStream, make_dataset
     from trainer.train import TrainConfig, train
 
     console = console or Console()
@@ -240,12 +240,11 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
                 data["mqtt"] = {"url": broker, "prefix": prefix}
             return validate_config(data, where="demo config")
 
+        # One machine heard continuously: a calibration period, then the monitored minute.
+        machine = MachineSoundStream(machine_type, int(machine_id.split("_")[-1]), seed=99)
         _step(console, 5, f"calibrate on site: {CALIBRATION_S:.0f} s of {cls} running normally")
-        normal, _ = make_stream_recording(
-            machine_type, int(machine_id.split("_")[-1]), CALIBRATION_S, None, seed=98
-        )
         normal_wav = out / "normal.wav"
-        write_wav(normal_wav, np.asarray(normal))
+        write_wav(normal_wav, machine.read(int(CALIBRATION_S * 16000)))
         calibration = calibrate_streams(config(normal_wav, None, False), minutes=1.0, false_alarms_per_day=1.0)["press1"]
         console.print(
             f"{calibration.windows} windows: threshold {calibration.threshold:.4f} "
@@ -253,10 +252,10 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
             highlight=False,
         )
 
-        _step(console, 6, f"a {RECORDING_S:.0f} s recording of {cls} with a {ANOMALY_KIND} at {ANOMALY_AT_S:.0f} s")
-        audio, span = make_stream_recording(
-            machine_type, int(machine_id.split("_")[-1]), RECORDING_S, ANOMALY_AT_S, ANOMALY_S, ANOMALY_KIND, seed=99
-        )
+        _step(console, 6, f"the next {RECORDING_S:.0f} s of {cls}, with an anomaly ({ANOMALY_KIND}) at {ANOMALY_AT_S:.0f} s")
+        start, end = machine.schedule_anomaly(ANOMALY_KIND, CALIBRATION_S + ANOMALY_AT_S, ANOMALY_S)
+        audio = machine.read(int(RECORDING_S * 16000))
+        span = (round(start - CALIBRATION_S, 3), round(end - CALIBRATION_S, 3))
         result.anomaly_span = span
         wav = out / "recording.wav"
         write_wav(wav, np.asarray(audio))
@@ -280,7 +279,7 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
             console.print(
                 f"[bold red]ALERT[/] {after['stream']} ({', '.join(after['classes'])}): anomaly in the window "
                 f"{end_s - after['window_s']:.1f}-{end_s:.1f} s of the recording (injected at {span[0]:.1f} s); "
-                f"score {after['peak_score']:.2f} > threshold {after['threshold']:.2f}; evidence {after['evidence']}",
+                f"score {after['peak_score']:.4g} > threshold {after['threshold']:.4g}; evidence {after['evidence']}",
                 highlight=False,
             )
         console.print(f"demo finished in {time.monotonic() - t_start:.0f} s; everything is under {out}")

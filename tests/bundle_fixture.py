@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.synth import make_stream_recording
+from trainer.synth import MachineSoundStream, make_stream_recording
 
 BUNDLE_NAME = "synth-bundle"
 
@@ -48,3 +48,17 @@ def recording_with_anomaly(
 ):
     """Continuous normal audio of one machine with one anomaly spliced in, and its span."""
     return make_stream_recording(machine_type, machine_id, seconds, anomaly_at_s, anomaly_s, kind, seed=seed)
+
+
+def calibration_then_monitoring(
+    machine_type: str, machine_id: int, seed: int, calibration_s: float, monitor_s: float,
+    anomaly_at_s: float, anomaly_s: float, kind: str,
+):
+    """One machine heard continuously: ``calibration_s`` of normal running (what `edge-asd
+    calibrate` records on site), then ``monitor_s`` with an anomaly at ``anomaly_at_s`` into the
+    monitored part. Returns ``(calibration_audio, monitored_audio, span_in_monitored)``."""
+    stream = MachineSoundStream(machine_type, machine_id, seed=seed)
+    calibration = stream.read(int(calibration_s * 16000))
+    start, end = stream.schedule_anomaly(kind, calibration_s + anomaly_at_s, anomaly_s)
+    monitored = stream.read(int(monitor_s * 16000))
+    return calibration, monitored, (start - calibration_s, end - calibration_s)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from bundle_fixture import recording_with_anomaly, synth_bundle
+from bundle_fixture import calibration_then_monitoring, recording_with_anomaly, synth_bundle
 from mosquitto import Broker, Recorder
 
 from trainer.audio_io import write_wav
@@ -61,11 +61,9 @@ def write_config(
     return path
 
 
-def site_threshold(bundle: Path, cls: str, tmp_path: Path) -> float:
-    """`edge-asd calibrate` on a minute of the machine's normal sound (another day, another seed):
-    the on-site step that turns a bundle's training calibration into this microphone's threshold."""
-    machine_type, machine_id = split_class(cls)
-    normal, _ = recording_with_anomaly(machine_type, machine_id, 75.0, None, 1.0, "rattle", seed=21)
+def site_threshold(bundle: Path, cls: str, normal, tmp_path: Path) -> float:
+    """`edge-asd calibrate` on the machine's normal sound heard before the monitored part: the
+    on-site step that turns the bundle's training calibration into this microphone's threshold."""
     wav = tmp_path / "normal.wav"
     write_wav(wav, normal)
     config = write_config(tmp_path / "calibrate.yaml", bundle, wav, cls, None, tmp_path / "cal-state")
@@ -85,12 +83,14 @@ def test_listen_alerts_on_the_spliced_anomaly_only(bundle: Path, tmp_path: Path)
 
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = split_class(cls)
-    audio, span = recording_with_anomaly(machine_type, machine_id, SECONDS, ANOMALY_AT, ANOMALY_S, "imbalance", seed=11)
-    assert span == (ANOMALY_AT, ANOMALY_AT + ANOMALY_S)
+    normal, audio, span = calibration_then_monitoring(
+        machine_type, machine_id, 11, 75.0, SECONDS, ANOMALY_AT, ANOMALY_S, "imbalance"
+    )
+    assert span == pytest.approx((ANOMALY_AT, ANOMALY_AT + ANOMALY_S))
     wav = tmp_path / "line.wav"
     write_wav(wav, audio)
     recorded, _ = sf.read(wav, dtype="float32")
-    threshold = site_threshold(bundle, cls, tmp_path)
+    threshold = site_threshold(bundle, cls, normal, tmp_path)
 
     broker = Broker(tmp_path / "broker").start()
     try:
@@ -122,7 +122,8 @@ def test_listen_alerts_on_the_spliced_anomaly_only(bundle: Path, tmp_path: Path)
     assert evidence.is_file() and evidence.with_suffix(".png").is_file()
     saved, sr = sf.read(evidence, dtype="float32")
     assert sr == 16000 and saved.shape == (160000,)
-    end_sample = int(round(new["start_time"] * 16000))
+    # the window that opened the event: `windows` windows after the first one over the threshold
+    end_sample = int(round((new["start_time"] + (new["windows"] - 1) * new["hop_s"]) * 16000))
     expected = recorded[end_sample - 160000 : end_sample]
     assert np.abs(saved - expected).max() <= 2 / 32768, "the evidence WAV is not the triggering window"
 

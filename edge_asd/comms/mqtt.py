@@ -175,6 +175,9 @@ class MqttCommunicator(Communicator):
                 info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as err:
                 logger.debug("offline not confirmed: %s", err)
+        # paho's network thread logs "Client is not connected" at ERROR while it winds down
+        # after a deliberate disconnect; that is not an error of ours.
+        client.disable_logger()
         client.disconnect()
         client.loop_stop()
         self._connected.clear()

@@ -90,6 +90,8 @@ def calibrate_streams(
     windows_wanted = max(MIN_WINDOWS, int(round(minutes * 60.0 / cfg.hop_s)))
     daemon = build_daemon(cfg, comms=MemoryCommunicator(), require_thresholds=False)
     pipeline = daemon.pipeline
+    for stream in pipeline.streams:  # scores only: no events while the thresholds are being set
+        stream.threshold_override = float("inf")
     scores: dict[str, list[float]] = {s.name: [] for s in pipeline.streams}
     seen = {s.name: 0 for s in pipeline.streams}
     try:

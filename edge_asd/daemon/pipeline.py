@@ -83,6 +83,8 @@ class Pipeline:
         self.batches = 0
         self._infer_ms: deque[float] = deque(maxlen=256)
         self._tick_ms: deque[float] = deque(maxlen=256)
+        self.busy_s = 0.0  # time spent in ticks that scored windows
+        self.engine_s = 0.0  # of which inside the engine
         self._last_stats = time.monotonic()
         self._captures = {id(s.capture): s.capture for s in streams}
         self.comms.on_enabled = self._on_enabled
@@ -152,7 +154,10 @@ class Pipeline:
         # Watchdog pings only while windows flow (or every stream was switched off on purpose).
         if (batch or not any(s.enabled for s in self.streams)) and self.systemd is not None:
             self.systemd.progress()
-        self._tick_ms.append((time.monotonic() - t0) * 1000.0)
+        elapsed = time.monotonic() - t0
+        self._tick_ms.append(elapsed * 1000.0)
+        if batch:
+            self.busy_s += elapsed
         if time.monotonic() - self._last_stats >= self.stats_interval_s:
             self.publish_stats()
         return len(batch)
@@ -162,6 +167,7 @@ class Pipeline:
         t0 = time.monotonic()
         out = self.runtime.infer(audio)
         self._infer_ms.append((time.monotonic() - t0) * 1000.0)
+        self.engine_s += time.monotonic() - t0
         self.batches += 1
         rows = self.scorer.score_rows(out, [s.class_indices for s, _, _ in batch])
         for (stream, window, end_index), row in zip(batch, rows):
@@ -292,6 +298,8 @@ class Pipeline:
                 "inference_ms": round(float(np.mean(infer)), 2) if infer else None,
                 "inference_ms_max": round(float(np.max(infer)), 2) if infer else None,
                 "tick_ms": round(float(np.mean(ticks)), 2) if ticks else None,
+                # share of the scoring ticks spent outside the engine (windows, levels, decisions, comms)
+                "overhead_percent": round(100.0 * (1.0 - self.engine_s / self.busy_s), 1) if self.busy_s else None,
             },
             "window_s": WINDOW_SAMPLES / SAMPLE_RATE,
             "hop_s": self.hop_s,
