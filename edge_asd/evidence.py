@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import tempfile
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asd.png import colormap, encode_png
+from trainer.atomic import atomic_write_bytes
 from trainer.audio_io import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -31,23 +30,6 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_name(text: str) -> str:
     """A file-name-safe version of a stream name or event id."""
     return _SAFE.sub("_", str(text)).strip("._") or "_"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; evidence and clips are for sharing
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

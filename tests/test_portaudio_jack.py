@@ -117,3 +117,43 @@ def test_sounddevice_source_streams_at_real_time_pace(jack: dict) -> None:
     finally:
         cap.stop()
     assert src.status == "offline"
+
+
+def test_listen_opens_the_jack_device_and_scores_windows(jack: dict, cached_bundle, tmp_path) -> None:
+    """`edge-asd listen --device jack:system` on real PortAudio. The dummy backend captures
+    silence (a dead microphone, which is never scored), so a JACK metronome client is wired
+    into PortAudio's input ports to give it sound to score."""
+    from engines.bundle import load_bundle
+
+    metro_exe, connect, lsp = shutil.which("jack_metro"), shutil.which("jack_connect"), shutil.which("jack_lsp")
+    if not (metro_exe and connect and lsp):
+        pytest.skip("jack_metro/jack_connect/jack_lsp not installed (jackd2 example clients)")
+    env = dict(os.environ)
+    metro = subprocess.Popen([metro_exe, "-n", "metro", "-b", "300", "-f", "700", "-A", "0.3", "-D", "80"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cls = load_bundle(cached_bundle).classes[0]
+    listen = subprocess.Popen(
+        [sys.executable, "-c", "from edge_asd.cli import main; main()", "listen", "--device", "jack:system",
+         "--bundle", str(cached_bundle), "--class", cls, "--state-dir", str(tmp_path / "state")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline, wired = time.monotonic() + 20, False
+        while time.monotonic() < deadline and not wired:
+            ports = subprocess.run([lsp], capture_output=True, text=True, env=env).stdout.split("\n")
+            metro_out = [p for p in ports if p.startswith("metro:")]
+            pa_in = [p for p in ports if p.startswith("PortAudio") and "in" in p.split(":")[-1]]
+            if metro_out and pa_in:
+                for port in pa_in:
+                    subprocess.run([connect, metro_out[0], port], env=env, capture_output=True)
+                wired = True
+            time.sleep(0.3)
+        assert wired, f"PortAudio's JACK ports never appeared: {ports}"
+        time.sleep(14.0)  # the first 10 s window, then a few hops
+    finally:
+        listen.terminate()
+        out, _ = listen.communicate(timeout=30)
+        _stop(metro)
+    assert listen.returncode == 0, out[-3000:]
+    assert "first windows scored" in out, out[-3000:]
+    assert "Traceback" not in out

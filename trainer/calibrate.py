@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.atomic import atomic_write_text
 from trainer.scoring import DEFAULT_KNN_K, ensemble
 
 logger = logging.getLogger(__name__)
@@ -159,10 +159,7 @@ def calibrate(
 def write_thresholds(run_dir: str | Path, doc: Mapping[str, Any]) -> Path:
     """Write ``RUN/thresholds.json`` atomically (tmp + replace): a reader never sees half a file."""
     path = Path(run_dir) / "thresholds.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=1))
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from trainer.atomic import atomic_write_bytes
 from trainer.errors import UserError
 from trainer.model import ModelConfig, TASTgramMFN
 
@@ -34,21 +35,6 @@ def _edge_asd_version() -> str:
         return version("edge-asd")
     except Exception:  # not installed: a source checkout
         return "0.0.0+unknown"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file and ``os.replace`` so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -17,9 +17,9 @@ ensemble are computed by ``trainer.scoring``, the same code the device runs.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from trainer import scoring
+from trainer.atomic import atomic_write_bytes
 from trainer.audio_io import AudioFileError, fit_length, read_audio
 from trainer.errors import UserError
 
@@ -251,10 +252,9 @@ def write_reference_embeddings(
             logger.warning("class %s has no training clips: no knn references", config["classes"][c])
         arr = scoring.l2_normalise(rows) if rows.shape[0] else np.zeros((0, 128), np.float32)
         path = out_dir / f"class_{c:03d}.npy"
-        tmp = out_dir / f".class_{c:03d}.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr.astype(np.float32))
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.save(buffer, arr.astype(np.float32))
+        atomic_write_bytes(path, buffer.getvalue())
         counts[c] = int(arr.shape[0])
     return counts
 

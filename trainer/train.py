@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from trainer import distributed as D
+from trainer.atomic import atomic_write_text
+from trainer.checkpoint import atomic_torch_save
 from trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -195,13 +196,6 @@ def _epoch_generator(seed: int, epoch: int, rank: int, stream: int) -> torch.Gen
     g = torch.Generator()
     g.manual_seed(int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0]))
     return g
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path.tmp`` then rename: a crash never leaves a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -373,9 +367,7 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,9 +634,9 @@ def _load_or_make_split(run_dir: Path, clips: Sequence[Any], labels: Sequence[in
     split = stratified_split(labels, cfg.val_fraction, cfg.seed)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction, "val": [paths[i] for i in split.val]}, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(
+            path, json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction, "val": [paths[i] for i in split.val]}, indent=1)
+        )
     return split
 
 
