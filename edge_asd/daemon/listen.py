@@ -29,7 +29,7 @@ from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelMonitor, LevelThresholds
 from edge_asd.sdnotify import SystemdIntegration
 from engines.bundle import Bundle, load_bundle
-from engines.runtime import open_runtime
+from engines.runtime import open_runtime, resolve_backend
 from engines.runtime.base import Runtime
 from engines.scorer import Scorer
 from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
@@ -157,8 +157,13 @@ def build_daemon(
         )
 
     if runtime is None:
+        # All due windows go through the engine together, in chunks of at most max_batch: on a
+        # CPU batch 8 is the fastest (docs/performance.md) and larger batches only cost memory;
+        # a TensorRT engine is built for 1..16.
+        backend = resolve_backend(cfg.backend)
+        limit = 16 if backend == "tensorrt" else 8
         with systemd.extending_timeout(status="loading the inference engine"):
-            runtime = open_runtime(bundle, backend=cfg.backend, max_batch=max(1, len(streams)))
+            runtime = open_runtime(bundle, backend=backend, max_batch=max(1, min(limit, len(streams))))
     comms = comms or create_communicator(cfg, model=f"{model['name']}@{model['sha']}")
     evidence = None
     if cfg.evidence.enabled:
