@@ -61,12 +61,14 @@ def test_discovery_is_retained_republished_on_ha_birth_and_stale_entities_remove
         comm.announce([StreamInfo("a"), StreamInfo("b")])
         assert comm.wait_connected(10)
         anomaly_a = "homeassistant/binary_sensor/edge_asd_n1_a_anomaly/config"
+        anomaly_b = "homeassistant/binary_sensor/edge_asd_n1_b_anomaly/config"
         deadline = time.monotonic() + 10
         snap: dict[str, str] = {}
-        while anomaly_a not in snap and time.monotonic() < deadline:
+        # the configs are published one by one: wait for both rather than the first
+        while not (anomaly_a in snap and anomaly_b in snap) and time.monotonic() < deadline:
             snap = retained_snapshot(broker.port, "homeassistant/#", 0.3)
         assert json.loads(snap[anomaly_a])["device_class"] == "problem"
-        assert "homeassistant/binary_sensor/edge_asd_n1_b_anomaly/config" in snap
+        assert anomaly_b in snap
 
         rec = Recorder(broker.port, [anomaly_a])
         assert rec.wait_for(lambda m: len(m) == 1)  # the retained copy
