@@ -86,9 +86,9 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
     comms = TimedCommunicator()
     daemon = build_daemon(cfg, comms=comms)
     pipeline = daemon.pipeline
+    t_start_wall = time.time()  # stream 0's source starts first: its audio clock starts here
     for capture in daemon.captures:
         capture.start()
-    t_start_wall = time.time()
     rss0, cpu0, t0 = rss_mib(), cpu_seconds(), time.monotonic()
     stop = threading.Timer(seconds, pipeline.stop)
     stop.start()

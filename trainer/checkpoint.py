@@ -120,3 +120,22 @@ def save_run(run_dir: Path, model: TASTgramMFN, classes: list[str], extra: dict 
     save_weights(run_dir, model, "best")
     save_weights(run_dir, model, "last")
     return run_dir
+
+
+class NumpyPredictor:
+    """A model as numpy in, numpy out: ``audio (B, 160000) -> (scores, embedding)``.
+
+    The ``torch`` runtime backend of ``engines`` calls this, so that torch stays behind the
+    trainer and the engines package never imports it.
+    """
+
+    def __init__(self, model: TASTgramMFN, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model = model.float().eval()
+        self.torch_version = torch.__version__
+
+    def __call__(self, audio: Any) -> tuple[Any, Any]:
+        with torch.inference_mode():
+            scores, embedding = self.model(torch.from_numpy(audio))
+        return scores.numpy(), embedding.float().numpy()

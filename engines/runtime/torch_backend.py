@@ -59,33 +59,28 @@ class TorchBackend(Runtime):
         model: Any = None,
         classes: list[str] | None = None,
     ) -> None:
-        try:
-            import torch
+        try:  # torch stays behind the trainer: this package never imports it itself
+            from trainer.checkpoint import NumpyPredictor, load_model
         except ImportError as err:
             raise BackendUnavailableError(f"the torch backend needs PyTorch: {INSTALL_HINT}") from err
         if model is None:
-            from trainer.checkpoint import load_model
-
             run_dir = resolve_run_dir(Path(run_dir))
             model, run_config = load_model(run_dir, which=which)
             classes = list(run_config.get("classes", []))
         super().__init__(list(classes or []), max_batch, WINDOW_SAMPLES)
-        if threads:
-            torch.set_num_threads(int(threads))
-        self._torch = torch
-        self.model = model.float().eval()
+        self._predict = NumpyPredictor(model, threads)
+        self.model = self._predict.model
         if lowering is not None:
             self.model.frontend.lowering = lowering
         self.run_dir = Path(run_dir)
 
     def describe(self) -> str:
-        return f"torch {self._torch.__version__} eager ({self.model.frontend.lowering} front end) from {self.run_dir}"
+        return (
+            f"torch {self._predict.torch_version} eager ({self.model.frontend.lowering} front end) from {self.run_dir}"
+        )
 
     def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        torch = self._torch
-        with torch.inference_mode():
-            scores, embedding = self.model(torch.from_numpy(audio))
-        return scores.numpy(), embedding.float().numpy()
+        return self._predict(audio)
 
 
 __all__ = ["BACKEND_KEY", "TorchBackend", "available", "resolve_run_dir"]
