@@ -63,8 +63,10 @@ sysdeps:
 	else echo "not root: make sure these are installed: $(SYSPKGS)"; fi
 
 bench: venv
-	$(VPY) bench/engine_throughput.py
-	$(VPY) bench/train_throughput.py
+	mkdir -p bench/results
+	$(VPY) bench/engine_throughput.py --out bench/results/engine_cpu.json
+	$(VPY) bench/train_throughput.py --clips 64 --batch-size 16 --steps 6 --passes 2 --json bench/results/train_cpu.json
+	$(VPY) bench/listen_scale.py --streams 8 16 32 40 --seconds 60 --out bench/results/listen_cpu.json
 
 clean:
 	rm -rf $(VENV) $(VENV310) .cache build *.egg-info

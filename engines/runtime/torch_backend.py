@@ -59,10 +59,12 @@ class TorchBackend(Runtime):
         model: Any = None,
         classes: list[str] | None = None,
     ) -> None:
-        try:  # torch stays behind the trainer: this package never imports it itself
-            from trainer.checkpoint import NumpyPredictor, load_model
-        except ImportError as err:
-            raise BackendUnavailableError(f"the torch backend needs PyTorch: {INSTALL_HINT}") from err
+        reason = available()
+        if reason is not None:
+            raise BackendUnavailableError(reason)
+        # torch stays behind the trainer: this package never imports it itself
+        from trainer.checkpoint import NumpyPredictor, load_model
+
         if model is None:
             run_dir = resolve_run_dir(Path(run_dir))
             model, run_config = load_model(run_dir, which=which)
