@@ -548,21 +548,24 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     return data, root
 
 
+def _read_config_file(
+    path: Path | str | None, no_file: str, suffix: str
+) -> tuple[dict[str, Any], yaml.Node | None, Path | None, str]:
+    """``(data, yaml root, folder for relative paths, description)`` of an optional config file."""
+    if path is None:
+        return {}, None, None, no_file
+    path = Path(path).expanduser()
+    data, root = _read_yaml(path)
+    return data, root, path.resolve().parent, f"config {path}{suffix}"
+
+
 def load_config(path: Path | str | None, overrides: Mapping[str, Any] | None = None) -> AppConfig:
     """Load a YAML config (or nothing) and overlay ``overrides`` (nested or dotted keys).
 
     Override values are taken as given (paths in them should already be absolute); paths in
     the file are relative to the file's folder.
     """
-    data: dict[str, Any] = {}
-    root = None
-    base_dir = None
-    where = "config"
-    if path is not None:
-        path = Path(path).expanduser()
-        data, root = _read_yaml(path)
-        base_dir = path.resolve().parent
-        where = f"config {path}"
+    data, root, base_dir, where = _read_config_file(path, "config", "")
     replaced: frozenset[str] = frozenset()
     if overrides:
         expanded = _expand_dotted(overrides)
@@ -634,16 +637,8 @@ def config_from_cli(
     """
     if device is not None and source is not None:
         raise ConfigError("give either --device or --source, not both")
-    data: dict[str, Any] = {}
-    root = None
-    base_dir = None
-    where = "command line flags"
-    if config_path is not None:
-        path = Path(config_path).expanduser()
-        data, root = _read_yaml(path)
-        base_dir = path.resolve().parent
-        where = f"config {path} with command line flags"
-        # file paths must be anchored before CLI paths (already absolute) are merged in
+    # file paths are anchored to the file's folder before CLI paths (already absolute) merge in
+    data, root, base_dir, where = _read_config_file(config_path, "command line flags", " with command line flags")
     original = dict(data)
     streams = list(data.get("streams") or [])
     if device is not None or source is not None:

@@ -21,7 +21,7 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +182,16 @@ def _wavs(folder: Path) -> list[Path]:
     )
 
 
+def _split_wavs(type_dirs: Sequence[Path]) -> Iterator[tuple[str, str, Path]]:
+    """``(machine type, "train"|"test", wav)`` for every clip of ``<type>/{train,test}/``."""
+    for type_dir in type_dirs:
+        for split in ("train", "test"):
+            folder = type_dir / split
+            if folder.is_dir():
+                for wav in _wavs(folder):
+                    yield type_dir.name, split, wav
+
+
 def _check_roots(roots: Sequence[str | Path] | str | Path) -> list[Path]:
     if isinstance(roots, (str, Path)):
         roots = [roots]
@@ -247,24 +257,18 @@ def _index_dcase2020(roots: list[Path]) -> tuple[list[Clip], list[str]]:
                 f"no DCASE 2020 machine folders under {root}: expected dev_data/<type>/train, "
                 "<type>/train or train/ and test/ folders"
             )
-        for type_dir in type_dirs:
-            machine_type = type_dir.name
-            for split in ("train", "test"):
-                folder = type_dir / split
-                if not folder.is_dir():
-                    continue
-                for wav in _wavs(folder):
-                    parsed = parse_dcase2020_name(wav.name)
-                    if parsed is None:
-                        skipped += 1
-                        logger.warning("skipping %s: not a DCASE 2020 file name", wav)
-                        continue
-                    label, mid = parsed
-                    if split == "train":
-                        label = 0
-                    clips.append(
-                        Clip(wav, f"{machine_type}/id_{mid:02d}", split, label, machine_type, section=f"id_{mid:02d}")
-                    )
+        for machine_type, split, wav in _split_wavs(type_dirs):
+            parsed = parse_dcase2020_name(wav.name)
+            if parsed is None:
+                skipped += 1
+                logger.warning("skipping %s: not a DCASE 2020 file name", wav)
+                continue
+            label, mid = parsed
+            if split == "train":
+                label = 0
+            clips.append(
+                Clip(wav, f"{machine_type}/id_{mid:02d}", split, label, machine_type, section=f"id_{mid:02d}")
+            )
     if not clips:
         raise DataError(
             f"no DCASE 2020 clips (normal_id_XX_*.wav, anomaly_id_XX_*.wav, id_XX_*.wav) under "
@@ -300,18 +304,12 @@ def _index_dcase2021(roots: list[Path], class_by: str) -> tuple[list[Clip], list
             for raw in (root / "dev_data" / "raw", root / "eval_data" / "raw"):
                 if raw.is_dir():
                     type_dirs += [d for d in sorted(raw.iterdir()) if d.is_dir()]
-        for type_dir in type_dirs:
-            machine_type = type_dir.name
-            for split in ("train", "test"):
-                folder = type_dir / split
-                if not folder.is_dir():
-                    continue
-                for wav in _wavs(folder):
-                    clip = _parse_2021(wav, machine_type, split, class_by)
-                    if clip is None:
-                        logger.warning("skipping %s: not a DCASE 2021+ file name", wav)
-                        continue
-                    clips.append(clip)
+        for machine_type, split, wav in _split_wavs(type_dirs):
+            clip = _parse_2021(wav, machine_type, split, class_by)
+            if clip is None:
+                logger.warning("skipping %s: not a DCASE 2021+ file name", wav)
+                continue
+            clips.append(clip)
     if not clips:
         raise DataError(
             f"no DCASE 2021+ clips (section_XX_source_train_normal_NNNN*.wav) under "
