@@ -21,12 +21,16 @@ import logging
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+# The random bundle that the tests use lives with the test fixtures (not product code).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 logger = logging.getLogger("bench.engine_throughput")
 
@@ -125,9 +129,10 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from engines.export import RANDOM_CLASSES, export_run, make_random_run
+    from engines.export import export_run
     from engines.runtime import open_runtime
     from engines.runtime.tensorrt_backend import available as trt_available
+    from tests.fixtures.random_bundle import RANDOM_CLASSES, make_random_run
     from trainer.checkpoint import load_model
 
     threads = args.threads or os.cpu_count() or 1

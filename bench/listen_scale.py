@@ -19,12 +19,16 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+# The random bundle that the tests use lives with the test fixtures (not product code).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def rss_mib() -> float:
@@ -44,7 +48,7 @@ def default_bundle() -> Path:
     trained = artifacts / "synth-bundle"
     if (trained / "model.json").is_file():
         return trained
-    from engines.export import ensure_random_bundle
+    from tests.fixtures.random_bundle import ensure_random_bundle
 
     return ensure_random_bundle(artifacts / "bundle-random")
 
@@ -52,10 +56,10 @@ def default_bundle() -> Path:
 def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: float, workdir: Path) -> dict:
     from edge_asd.comms.memory import MemoryCommunicator
     from edge_asd.config import validate_config
+    from edge_asd.core.audio_io import write_wav
+    from edge_asd.core.synth import make_stream_recording
     from edge_asd.daemon.listen import build_daemon
     from engines.bundle import load_bundle
-    from trainer.audio_io import write_wav
-    from trainer.synth import make_stream_recording
 
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = cls.split("/")

@@ -106,8 +106,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from edge_asd.core.synth import make_dataset
     from trainer.data import build_index, load_audio_cache
-    from trainer.synth import make_dataset
     from trainer.train import WaveDataset
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class AnomalyInterval(_Model):
     start_s: float = Field(..., ge=0, title="Start (s)", description="Seconds after start of the anomaly.")
     duration_s: float = Field(..., gt=0, title="Duration (s)", description="How long the anomaly lasts.")
     kind: str = Field(
-        "rattle", title="Kind", description="Anomaly kind (trainer.synth.ANOMALY_KINDS: rattle, bearing, ...)."
+        "rattle", title="Kind", description="Anomaly kind (edge_asd.core.synth.ANOMALY_KINDS: rattle, bearing, ...)."
     )
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +163,13 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
     import numpy as np
 
     from edge_asd.config import AppConfig, validate_config
+    from edge_asd.core.audio_io import write_wav
+    from edge_asd.core.synth import MachineSoundStream, make_dataset
     from edge_asd.daemon.calibrate import calibrate_streams
     from edge_asd.daemon.listen import build_daemon, run_daemon
     from engines.bundle import load_bundle
     from engines.export import export_run
-    from trainer.audio_io import write_wav
     from trainer.evaluate import evaluate_run
-    from trainer.synth import MachineSoundStream, make_dataset
     from trainer.train import TrainConfig, train
 
     console = console or Console()

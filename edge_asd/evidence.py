@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.core.atomic import atomic_write_bytes
+from edge_asd.core.constants import SAMPLE_RATE
 from edge_asd.png import colormap, encode_png
-from trainer.atomic import atomic_write_bytes
-from trainer.audio_io import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

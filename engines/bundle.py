@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_asd.core.constants import EMBEDDING_DIM
 from engines.errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ MODEL_ONNX = "model.onnx"
 MODEL_CPU_ONNX = "model_cpu.onnx"
 EMBEDDINGS_DIR = "embeddings"
 ENGINES_DIR = "engines"
-EMBEDDING_DIM = 128
 
 ScoreMode = Literal["ce", "knn", "ensemble"]
 _EMBEDDING_NAME = re.compile(r"^embeddings/class_(\d{3,})\.npy$")

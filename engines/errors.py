@@ -7,7 +7,7 @@ the daemon print one sentence that names the thing and the fix instead of a trac
 
 from __future__ import annotations
 
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 
 class BundleError(UserError):

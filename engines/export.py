@@ -430,8 +430,8 @@ def export_run(
     The bundle is assembled in a temporary sibling directory and moved into place at the end,
     so an interrupted export never leaves a directory that looks like a bundle.
     """
+    from edge_asd.core.scoring import DEFAULT_KNN_K
     from trainer.checkpoint import load_model
-    from trainer.scoring import DEFAULT_KNN_K
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     say = progress or (lambda msg: logger.info("%s", msg))
@@ -465,7 +465,7 @@ def export_run(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+        from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 
         say(f"exporting {MODEL_ONNX} ({precision}, DFT-as-conv front end, opset {opset})")
         export_onnx(model, staging / MODEL_ONNX, precision=precision, lowering="conv", opset=opset)
@@ -516,116 +516,8 @@ def export_run(
     return load_bundle(out_dir)
 
 
-def synthetic_clips(n: int, seed: int, window_samples: int = 160000) -> np.ndarray:
-    """``n`` deterministic float32 test windows: a tone (frequency set by ``seed``), noise, silence gaps."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(window_samples, dtype=np.float64) / 16000.0
-    clips = np.empty((n, window_samples), dtype=np.float32)
-    for i in range(n):
-        freq = 200.0 + 150.0 * (seed % 17) + rng.uniform(-20, 20)
-        tone = rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
-        noise = rng.normal(0.0, rng.uniform(0.001, 0.1), window_samples)
-        clip = tone + noise
-        gap = rng.integers(0, window_samples // 2)
-        clip[gap : gap + rng.integers(0, 16000)] = 0.0  # exact silence exercises the log floor
-        clips[i] = np.clip(clip, -1.0, 1.0)
-    return clips
-
-
-def make_random_run(
-    run_dir: str | Path,
-    classes: list[str],
-    *,
-    seed: int = 0,
-    arch: str = "tastgram",
-    n_train: int = 6,
-    n_heldout: int = 6,
-    score: str = "ensemble",
-) -> Path:
-    """A complete run directory from a randomly initialised model (tests, benchmarks, demos).
-
-    Writes what ``edge-asd train`` + ``calibrate-run`` write (config, weights, embeddings,
-    thresholds.json, metrics.jsonl), with synthetic clips standing in for data, so the export
-    and the device code can be exercised without training.
-    """
-    import torch
-
-    from trainer.calibrate import calibrate, write_thresholds
-    from trainer.checkpoint import save_run
-    from trainer.model import TASTgramMFN
-    from trainer.scoring import DEFAULT_KNN_K, knn_scores, l2_normalise
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = TASTgramMFN(len(classes), arch=arch).eval()  # type: ignore[arg-type]
-    save_run(run_dir, model, classes, {"loss": "noisy-arcmix", "train": {"random_init": True, "seed": seed}})
-    ce_scores: dict[int, np.ndarray] = {}
-    kn_scores: dict[int, np.ndarray] = {}
-    (run_dir / EMBEDDINGS_DIR).mkdir(exist_ok=True)
-    with torch.inference_mode():
-        for idx in range(len(classes)):
-            clips = torch.from_numpy(synthetic_clips(n_train + n_heldout, seed * 1000 + idx))
-            scores, emb = model(clips)
-            train_emb = l2_normalise(emb[:n_train].numpy())
-            np.save(run_dir / embeddings_name(idx), train_emb, allow_pickle=False)
-            ce_scores[idx] = scores[n_train:, idx].numpy()
-            kn_scores[idx] = knn_scores(emb[n_train:].numpy(), train_emb, DEFAULT_KNN_K)
-    write_thresholds(run_dir, calibrate(classes, ce_scores, kn_scores, score=score, false_alarm_rate=0.01))
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"epoch": 1, "train_loss": 3.0, "val_loss": 2.5}) + "\n")
-        fh.write(json.dumps({"epoch": 2, "train_loss": 2.0, "val_loss": 2.7}) + "\n")
-    return run_dir
-
-
-RANDOM_CLASSES = ["ToyCar/id_01", "ToyCar/section_00", "fan/section_00", "valve/section_00", "bearing/section_00"]
-
-
-def _source_fingerprint() -> str:
-    """sha256 over the sources that shape an exported bundle (a cached test bundle is rebuilt when they change)."""
-    import hashlib
-
-    import engines.bundle
-    import trainer.frontend
-    import trainer.model
-
-    digest = hashlib.sha256()
-    for module in (engines.bundle, trainer.frontend, trainer.model):
-        digest.update(Path(str(module.__file__)).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()
-
-
-def ensure_random_bundle(bundle_dir: str | Path, precision: Precision = "fp16", seed: int = 0) -> Path:
-    """A bundle exported from a random-initialised run, cached across test runs and venvs.
-
-    The run lives next to the bundle (``<bundle>-run``); both are rebuilt when the export,
-    model or front-end sources changed since the cache was written.
-    """
-    bundle_dir = Path(bundle_dir)
-    stamp = bundle_dir.with_name(bundle_dir.name + ".fingerprint")
-    fingerprint = f"{_source_fingerprint()}:{precision}:{seed}"
-    if (bundle_dir / MODEL_JSON).is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
-        try:
-            load_bundle(bundle_dir)
-            return bundle_dir
-        except Exception as err:  # a damaged cache is rebuilt below
-            logger.warning("cached bundle %s is unusable (%s): exporting again", bundle_dir, err)
-    run_dir = bundle_dir.with_name(bundle_dir.name + "-run")
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    make_random_run(run_dir, RANDOM_CLASSES, seed=seed)
-    export_run(run_dir, bundle_dir, precision=precision)
-    stamp.write_text(fingerprint)
-    return bundle_dir
-
-
 __all__ = [
     "DEFAULT_OPSET",
-    "RANDOM_CLASSES",
-    "ensure_random_bundle",
-    "make_random_run",
-    "synthetic_clips",
     "build_export_module",
     "export_onnx",
     "export_run",

@@ -4,7 +4,7 @@ A stream may be allowed several classes (a microphone next to two fans): its sco
 minimum over those classes, because the window is normal if it sounds like *any* of them.
 The three modes (``ce``: the network's cross-entropy output; ``knn``: cosine distance to the
 class's training-normal embeddings; ``ensemble``: rank-normalised mean of both) use
-``trainer.scoring``, the same numpy code ``evaluate`` uses, so device and report agree.
+``edge_asd.core.scoring``, the same numpy code ``evaluate`` uses, so device and report agree.
 
 numpy only (device side).
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_asd.core import scoring
 from engines.bundle import Bundle, as_bundle
 from engines.errors import BundleError
 from engines.runtime.base import Inference
-from trainer import scoring
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures live in tests/fixtures/ and are loaded here, in one place, for every test folder.
+pytest_plugins = ["tests.fixtures.mosquitto", "tests.fixtures.bundles"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -58,7 +61,7 @@ def cached_bundle(artifacts_dir: Path) -> Path:
 
     path = artifacts_dir / "bundle-random"
     if importlib.util.find_spec("torch") is not None:
-        from engines.export import ensure_random_bundle
+        from tests.fixtures.random_bundle import ensure_random_bundle
 
         return ensure_random_bundle(path)
     if not (path / "model.json").is_file():

@@ -1,6 +1,7 @@
 """Decision thresholds from held-out normal scores: a gamma fit per class.
 
-Training-only (scipy). A threshold is needed per class because the score scale differs per
+The fit itself is ``edge_asd.core.thresholds`` (numpy, shared with the device); this module
+builds the run's ``thresholds.json`` from it. A threshold is needed per class because the score scale differs per
 machine: a noisy pump's normal clips score higher than a quiet valve's. The held-out normal
 clips of each class are too few to read a 1e-3 quantile off directly (50 clips tell you
 nothing beyond the 98th percentile), so their scores are fitted with a gamma distribution,
@@ -18,92 +19,26 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer.atomic import atomic_write_text
-from trainer.scoring import DEFAULT_KNN_K, ensemble
+from edge_asd.core.atomic import atomic_write_text
+from edge_asd.core.scoring import DEFAULT_KNN_K, ensemble
+from edge_asd.core.thresholds import (
+    MIN_FIT_CLIPS,
+    QUANTILES,
+    empirical_quantiles,
+    fit_gamma,
+    gamma_threshold,
+    threshold_for,
+)
 
 logger = logging.getLogger(__name__)
 
-MIN_FIT_CLIPS = 8
-"""Fewer held-out normal clips than this: no gamma fit, empirical quantile instead."""
-
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
-"""Empirical quantiles stored beside the fit, so a user can see what the tail was fitted to."""
-
 SCORE_KINDS = ("ce", "knn", "ensemble")
-
-
-def fit_gamma(scores: Sequence[float] | np.ndarray) -> dict[str, Any] | None:
-    """Gamma fit of ``scores`` with loc fixed just below their minimum; None if impossible.
-
-    Returns ``{"dist": "gamma", "shape": a, "loc": l, "scale": s}``. The offset below the
-    minimum (5 % of the spread) keeps the smallest score inside the support, where the
-    gamma log-likelihood is finite for any shape.
-    """
-    from scipy import stats
-
-    x = np.asarray(scores, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    if x.size < MIN_FIT_CLIPS:
-        return None
-    spread = float(np.ptp(x))
-    if spread <= 0:
-        return None
-    loc = float(x.min()) - 0.05 * spread
-    if float(x.min()) > 0:
-        loc = max(loc, 0.0)  # scores are non-negative: never put support below 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            a, loc_fit, scale = stats.gamma.fit(x, floc=loc)
-    except (ValueError, RuntimeError, FloatingPointError) as err:
-        logger.warning("gamma fit failed (%s)", err)
-        return None
-    if not (np.isfinite(a) and np.isfinite(scale) and a > 0 and scale > 0):
-        return None
-    return {"dist": "gamma", "shape": float(a), "loc": float(loc_fit), "scale": float(scale)}
-
-
-def gamma_threshold(fit: Mapping[str, Any], false_alarm_rate: float) -> float:
-    """The score exceeded by a normal window with probability ``false_alarm_rate``."""
-    from scipy import stats
-
-    return float(stats.gamma.ppf(1.0 - false_alarm_rate, fit["shape"], loc=fit["loc"], scale=fit["scale"]))
-
-
-def empirical_quantiles(scores: np.ndarray) -> dict[str, float]:
-    x = np.asarray(scores, dtype=np.float64)
-    return {str(q): float(np.quantile(x, q)) for q in QUANTILES}
-
-
-def threshold_for(scores: np.ndarray, false_alarm_rate: float, what: str = "") -> tuple[float, dict | None]:
-    """Threshold and fit for one class's held-out normal scores.
-
-    Falls back (with a warning) to the empirical ``1 - p`` quantile, which for few clips is
-    close to their maximum: an optimistic threshold that will raise more false alarms than
-    asked for, hence the warning that says to hold out more clips.
-    """
-    x = np.asarray(scores, dtype=np.float64)
-    fit = fit_gamma(x)
-    if fit is not None:
-        thr = gamma_threshold(fit, false_alarm_rate)
-        if math.isfinite(thr):
-            return thr, fit
-    logger.warning(
-        "%s: only %d held-out normal clips (or a degenerate score spread): threshold is the empirical "
-        "%.4g quantile instead of a gamma fit; hold out more clips (--val-fraction) for a reliable one",
-        what or "class",
-        x.size,
-        1 - false_alarm_rate,
-    )
-    return float(np.quantile(x, 1.0 - false_alarm_rate)), None
 
 
 def calibrate(

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from trainer.atomic import atomic_write_bytes
-from trainer.errors import UserError
+from edge_asd.core.atomic import atomic_write_bytes
+from edge_asd.core.errors import UserError
 from trainer.model import ModelConfig, TASTgramMFN
 
 RUN_FORMAT = "edge-asd-run"

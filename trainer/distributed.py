@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ embedding of each clip):
 A clip's score is the minimum over its candidate classes: its own class when the file name
 says which machine it is (DCASE dev data), else every class of its machine type (DCASE eval
 data, or a stream that may come from any of several machines). The knn score and the
-ensemble are computed by ``trainer.scoring``, the same code the device runs.
+ensemble are computed by ``edge_asd.core.scoring``, the same code the device runs.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import scoring
-from trainer.atomic import atomic_write_bytes
-from trainer.audio_io import AudioFileError, fit_length, read_audio
-from trainer.errors import UserError
+from edge_asd.core import scoring
+from edge_asd.core.atomic import atomic_write_bytes
+from edge_asd.core.audio_io import AudioFileError, fit_length, read_audio
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-SAMPLE_RATE = 16000
+from edge_asd.core.constants import SAMPLE_RATE
+
 N_FFT = 2048
 HOP = 512
 N_MELS = 128

@@ -3,7 +3,7 @@
 numpy only. The AUC and the partial AUC follow scikit-learn's ``roc_auc_score`` (and
 ``max_fpr=0.1``, McClish-standardised) step by step, so the numbers equal those of the official
 DCASE 2020 evaluator; ``tests/test_metrics.py`` checks them against sklearn. Keeping sklearn
-out makes the module importable wherever ``trainer.scoring`` is.
+out makes the module importable wherever ``edge_asd.core.scoring`` is.
 
 Aggregation (spec §7.2): AUC and pAUC per machine ID; per machine type the arithmetic mean
 over its IDs and mAUC = the minimum AUC over its IDs; then two "average" rows over types: the

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_asd.core.atomic import atomic_write_text
+from edge_asd.core.errors import UserError
 from trainer import distributed as D
-from trainer.atomic import atomic_write_text
 from trainer.checkpoint import atomic_torch_save
-from trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import math
 import threading
 import time
 
-from edge_asd.audio.resample import StreamingResampler
 from edge_asd.audio.ring import CaptureRing
 from edge_asd.audio.sources import AudioSource
 from edge_asd.audio.stream_buffer import StreamBuffer
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.resample import StreamingResampler
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from edge_asd.audio.capture import Capture
 from edge_asd.audio.devices import AudioDeviceError
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.evidence import safe_name, write_wav_atomic
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from edge_asd.audio.devices import (
     resolve_device,
 )
 from edge_asd.audio.ring import CaptureRing
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class FileSource(_ThreadSource):
 
 
 class SyntheticSource(_ThreadSource):
-    """Endless synthetic machine sound (``trainer.synth.MachineSoundStream``), one per channel.
+    """Endless synthetic machine sound (``edge_asd.core.synth.MachineSoundStream``), one per channel.
 
     Channel ``c`` uses seed ``seed + c`` so channels differ like separate machines would.
     ``duration_s`` makes it finite (for ``record`` and tests). ``generators[c]`` is the
@@ -235,7 +235,7 @@ class SyntheticSource(_ThreadSource):
         duration_s: float | None = None,
         block_s: float = 0.1,
     ) -> None:
-        from trainer.synth import MachineSoundStream
+        from edge_asd.core.synth import MachineSoundStream
 
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)

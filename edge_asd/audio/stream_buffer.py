@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from edge_asd.audio.ring import GapLog
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from edge_asd.cli import (
     watch_cmd,
 )
 from edge_asd.cli.output import console, error_console
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 app = typer.Typer(
     name="edge-asd",

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from edge_asd.audio.capture import Capture
         from edge_asd.audio.recorder import clip_folder, record_clips
         from edge_asd.audio.sources import AudioSourceError, open_source
-        from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+        from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 
         if (device is None) == (source is None):
             raise AudioSourceError("give exactly one of --device DEV or --source file:PATH|synth")

@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Table
 
-        from trainer import synth as synth_mod
-        from trainer.errors import UserError
+        from edge_asd.core import synth as synth_mod
+        from edge_asd.core.errors import UserError
 
         if train_clips < 0 or test_clips < 0 or train_clips + test_clips == 0:
             raise UserError("--train-clips and --test-clips must be >= 0 and not both 0")

@@ -21,7 +21,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 
 def collect_audio(paths: list[Path]) -> list[Path]:
     """Files as given, directories walked recursively for sound files (sorted, deduplicated)."""
-    from trainer.errors import UserError
+    from edge_asd.core.errors import UserError
 
     found: list[Path] = []
     for path in paths:
@@ -47,10 +47,10 @@ def score_files(
     """Score each file (first 10 s) and return one result dict per file."""
     import numpy as np
 
+    from edge_asd.core.audio_io import fit_length, read_audio
     from engines.bundle import load_bundle
     from engines.runtime import open_runtime
     from engines.scorer import Scorer, classes_for_file
-    from trainer.audio_io import fit_length, read_audio
 
     bundle = load_bundle(bundle_dir)
     scorer = Scorer(bundle)

@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Per-ID AUC/pAUC, per-type mean and mAUC, arithmetic and harmonic averages."""
-        from trainer.errors import UserError
+        from edge_asd.core.errors import UserError
         from trainer.evaluate import SCORE_KINDS, evaluate_run
 
         kinds = list(score) if score else list(SCORE_KINDS)
@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Recompute a run's thresholds.json (and optionally its knn references)."""
-        from trainer.errors import UserError
+        from edge_asd.core.errors import UserError
         from trainer.evaluate import calibrate_run, write_reference_embeddings
 
         if score is not None and score not in ("ce", "knn", "ensemble"):

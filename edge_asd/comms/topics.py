@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_asd.config import sanitize_id
+from edge_asd.core.constants import STREAM_STATES
 
-STATUSES = ("online", "offline", "fault", "disabled")
+STATUSES = STREAM_STATES
 EVENT_KINDS = ("new", "update", "end")
 
 

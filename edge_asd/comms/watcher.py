@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_asd.comms.credentials import check_tls_files, resolve_password
 from edge_asd.config import MqttConfig
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -3,15 +3,14 @@
 A bundle's thresholds come from held-out training clips; the site's microphone placement,
 room and background differ. Calibration runs the real pipeline (same windows, same engine,
 same scorer) on N minutes of normal operation, fits a gamma distribution to each stream's
-window scores and sets the threshold at the quantile that gives the target number of windows
-over the threshold per day. It never goes below the highest score seen during calibration:
+window scores (``edge_asd.core.thresholds``, the same fit as the trainer's) and sets the
+threshold at the quantile that gives the target number of windows over the threshold per day. It never goes below the highest score seen during calibration:
 a recording of normal operation must not alarm when it is played back. numpy only (device).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ import yaml
 
 from edge_asd.comms.memory import MemoryCommunicator
 from edge_asd.config import AppConfig, ConfigError
+from edge_asd.core.errors import UserError
+from edge_asd.core.thresholds import threshold_for
 from edge_asd.daemon.listen import build_daemon
-from trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -39,48 +39,6 @@ class StreamCalibration:
     gamma_threshold: float
     threshold: float
     false_alarm_probability: float
-
-
-def normal_ppf(p: float) -> float:
-    """Inverse of the standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError("p must be in (0, 1)")
-    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
-         -3.066479806614716e01, 2.506628277459239e00)
-    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
-         -1.328068155288572e01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
-         4.374664141464968e00, 2.938163982698783e00)
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-    low = 0.02425
-    if p < low:
-        q = math.sqrt(-2 * math.log(p))
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
-    if p > 1 - low:
-        return -normal_ppf(1 - p)
-    q = p - 0.5
-    r = q * q
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
-        ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
-
-
-def gamma_quantile(scores: np.ndarray, p_exceed: float) -> float:
-    """Upper quantile of a gamma fitted by moments (Wilson-Hilferty cube-root approximation).
-
-    Scores are shifted to start at their minimum so an offset (the embedding distance never
-    reaches 0) does not distort the shape.
-    """
-    x = np.asarray(scores, dtype=np.float64)
-    loc = float(x.min()) - 1e-9
-    y = x - loc
-    mean, var = float(y.mean()), float(y.var())
-    if var <= 0 or mean <= 0:
-        return float(x.max())
-    shape, scale = mean * mean / var, var / mean
-    z = normal_ppf(1.0 - p_exceed)
-    cube = 1.0 - 1.0 / (9.0 * shape) + z * math.sqrt(1.0 / (9.0 * shape))
-    return loc + shape * scale * max(cube, 0.0) ** 3
 
 
 def calibrate_streams(
@@ -125,7 +83,7 @@ def calibrate_streams(
                 "record longer, or check the input (faults and gaps are not scored)"
             )
         arr = np.asarray(values)
-        fitted = gamma_quantile(arr, p_exceed)
+        fitted, _ = threshold_for(arr, p_exceed, f"stream {name}")
         result[name] = StreamCalibration(
             windows=len(values), mean=float(arr.mean()), std=float(arr.std()), max_score=float(arr.max()),
             gamma_threshold=fitted, threshold=max(fitted, float(arr.max())), false_alarm_probability=p_exceed,

@@ -22,6 +22,7 @@ from edge_asd.audio.sources import AudioSource, FileSource, SoundDeviceSource, S
 from edge_asd.comms.base import Communicator, StreamInfo
 from edge_asd.comms.factory import create_communicator
 from edge_asd.config import AppConfig, ConfigError, SourceConfig
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.daemon.pipeline import Pipeline
 from edge_asd.daemon.streams import Stream
 from edge_asd.decisions import DecisionConfig, DecisionEngine
@@ -32,7 +33,6 @@ from engines.bundle import Bundle, load_bundle
 from engines.runtime import open_runtime, resolve_backend
 from engines.runtime.base import Runtime
 from engines.scorer import Scorer
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
 
 logger = logging.getLogger(__name__)
 

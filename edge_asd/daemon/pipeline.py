@@ -20,17 +20,16 @@ import numpy as np
 
 from edge_asd import __version__
 from edge_asd.comms.base import Communicator
+from edge_asd.core.constants import DISABLED, FAULT, OFFLINE, ONLINE, SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.daemon.streams import Stream
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelReport
 from edge_asd.sdnotify import SystemdIntegration, format_status
 from engines.runtime.base import Runtime
 from engines.scorer import Scorer
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
 
 logger = logging.getLogger(__name__)
 
-ONLINE, OFFLINE, FAULT, DISABLED = "online", "offline", "fault", "disabled"
 
 
 FAULT_TEXT = {

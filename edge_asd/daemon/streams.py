@@ -16,9 +16,9 @@ import numpy as np
 
 from edge_asd.audio.capture import Capture
 from edge_asd.audio.stream_buffer import StreamBuffer
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.decisions import DecisionEngine
 from edge_asd.levels import LevelMonitor
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
 
 logger = logging.getLogger(__name__)
 

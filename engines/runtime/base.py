@@ -16,12 +16,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from edge_asd.core.constants import EMBEDDING_DIM, WINDOW_SAMPLES
 from engines.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-WINDOW_SAMPLES = 160000
-EMBEDDING_DIM = 128
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ def validate_audio(audio: object, window_samples: int = WINDOW_SAMPLES) -> np.nd
     if audio.ndim != 2 or audio.shape[1] != window_samples or audio.shape[0] < 1:
         raise InputError(
             f"runtime input has shape {audio.shape}; expected a {expected} "
-            "(one 10 s window at 16 kHz per row: trainer.audio_io.fit_length pads or crops)"
+            "(one 10 s window at 16 kHz per row: edge_asd.core.audio_io.fit_length pads or crops)"
         )
     if not np.all(np.isfinite(audio)):
         raise InputError(f"runtime input contains NaN or infinite samples; expected a {expected}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_asd.core.constants import EMBEDDING_DIM
 from engines.build import (
     DEFAULT_WORKSPACE_MIB,
     ProgressFn,
@@ -32,7 +33,7 @@ from engines.build import (
 )
 from engines.bundle import Bundle
 from engines.errors import BackendUnavailableError, EngineBuildError
-from engines.runtime.base import EMBEDDING_DIM, Runtime
+from engines.runtime.base import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_asd.core.constants import WINDOW_SAMPLES
 from engines.errors import BackendUnavailableError, BundleError
-from engines.runtime.base import WINDOW_SAMPLES, Runtime
+from engines.runtime.base import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.audio_io import WINDOW_SAMPLES, AudioFileError, fit_length, read_audio
+from edge_asd.core.audio_io import AudioFileError, fit_length, read_audio
+from edge_asd.core.constants import WINDOW_SAMPLES
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

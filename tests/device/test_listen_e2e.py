@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from bundle_fixture import calibration_then_monitoring, recording_with_anomaly, synth_bundle
-from mosquitto import Broker, Recorder
 
-from trainer.audio_io import write_wav
+from edge_asd.core.audio_io import write_wav
+from tests.fixtures.bundles import calibration_then_monitoring, recording_with_anomaly, synth_bundle
+from tests.fixtures.mosquitto import Broker, Recorder
 
 pytestmark = [pytest.mark.device, pytest.mark.timeout(1500)]
 

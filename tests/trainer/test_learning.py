@@ -21,7 +21,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.train_fixture import RECIPE, trained_run
+from tests.fixtures.training import RECIPE, trained_run
 
 pytestmark = pytest.mark.slow
 

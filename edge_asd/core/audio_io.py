@@ -10,31 +10,16 @@ naming the path instead of a soundfile traceback.
 from __future__ import annotations
 
 import logging
-import math
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from trainer.errors import UserError
+from edge_asd.core.constants import MAX_AUDIO_RATE, MIN_AUDIO_RATE, SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.errors import UserError
+from edge_asd.core.resample import StreamingResampler
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-"""The model's sample rate: every clip is resampled to it on load."""
-
-WINDOW_SAMPLES = 160000
-"""One model input: 10 s at 16 kHz (the TgramNet LayerNorm(313) fixes this length)."""
-
-# Windowed-sinc resampler design. 24 zero crossings each side and a Kaiser beta of 9 give a
-# stop band below about -85 dB, far under int16 noise; the pass band ends at 94 % of the lower
-# Nyquist so a 7.5 kHz component of a 48 kHz file survives while its aliases do not.
-_ZERO_CROSSINGS = 24
-_KAISER_BETA = 9.0
-_ROLLOFF = 0.94
-_MAX_PHASES = 16384
-_CHUNK = 4096
 
 
 class AudioFileError(UserError):
@@ -58,6 +43,11 @@ def read_audio(path: str | Path, target_sr: int = SAMPLE_RATE) -> np.ndarray:
             f"cannot read audio file {path}: {err}. Replace or delete the file "
             "(it must be a WAV/FLAC/OGG sound file)"
         ) from err
+    if not MIN_AUDIO_RATE <= sr <= MAX_AUDIO_RATE:
+        raise AudioFileError(
+            f"audio file {path} has a sample rate of {sr} Hz, outside what audio hardware records "
+            f"({MIN_AUDIO_RATE}-{MAX_AUDIO_RATE} Hz): the header is probably corrupt; re-record or convert it"
+        )
     if data.shape[0] == 0:
         raise AudioFileError(f"audio file {path} holds no samples: delete it or record it again")
     if data.shape[1] > 1:
@@ -100,60 +90,19 @@ def write_wav(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Pat
 
 
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample a 1-D signal by the rational factor ``target_sr / orig_sr``.
+    """Resample a whole 1-D signal by ``target_sr / orig_sr`` with the streaming resampler.
 
-    Polyphase windowed-sinc: every output sample is a Kaiser-windowed sinc interpolation of the
-    input at its exact (rational) position; the ``L`` distinct fractional offsets are tabulated
-    once, so the cost is ``len(out) * taps``. The cutoff sits below the lower of the two Nyquist
-    frequencies so that downsampling does not alias. Each phase is normalised to unit DC gain.
+    The same filter as the live path (``edge_asd.core.resample``), run once over the clip and
+    flushed, so a 48 kHz file scored with ``edge-asd score`` gives the samples that
+    ``listen --source file:`` gives. The output has ``ceil(len(x) * target / orig)`` samples.
     """
     x = np.asarray(x, dtype=np.float32)
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
     if orig_sr == target_sr or x.size == 0:
         return x.copy()
-    g = math.gcd(orig_sr, target_sr)
-    up, down = target_sr // g, orig_sr // g
-    table, half = _polyphase_table(up, down)
-    n_out = int(math.ceil(x.size * up / down))
-    n = np.arange(n_out, dtype=np.int64)
-    pos = n * down  # position in units of 1/up input samples
-    base = pos // up
-    phase = pos % up
-    taps = table.shape[1]
-    # Zero-pad so every tap index is valid: input sample i sits at xp[i + taps].
-    xp = np.concatenate([np.zeros(taps, np.float32), x, np.zeros(taps, np.float32)])
-    start = base - half + 1 + taps
-    offsets = np.arange(taps, dtype=np.int64)
-    y = np.empty(n_out, dtype=np.float32)
-    # Chunks bound the (chunk, taps) gathers to a few MB whatever the file length.
-    for lo in range(0, n_out, _CHUNK):
-        hi = min(lo + _CHUNK, n_out)
-        frames = xp[start[lo:hi, None] + offsets[None, :]]
-        y[lo:hi] = np.einsum("ij,ij->i", frames, table[phase[lo:hi]], optimize=False)
-    return y
-
-
-@lru_cache(maxsize=16)
-def _polyphase_table(up: int, down: int) -> tuple[np.ndarray, int]:
-    """Kernel values for each of the ``up`` fractional offsets, shape (up, 2*half).
-
-    Row ``p`` holds the weights of input samples ``base-half+1 .. base+half`` for an output
-    whose exact input position is ``base + p/up``.
-    """
-    if up > _MAX_PHASES:
-        raise ValueError(f"resampling ratio {up}/{down} needs too many phases ({up} > {_MAX_PHASES})")
-    # Cutoff in cycles per input sample.
-    fc = 0.5 * min(1.0, up / down) * _ROLLOFF
-    half = int(math.ceil(_ZERO_CROSSINGS / (2.0 * fc)))
-    frac = np.arange(up, dtype=np.float64)[:, None] / up
-    k = np.arange(-half + 1, half + 1, dtype=np.float64)[None, :]
-    t = frac - k  # distance from each input sample to the output position (input samples)
-    kernel = 2.0 * fc * np.sinc(2.0 * fc * t)
-    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, 1.0))) / np.i0(_KAISER_BETA)
-    kernel *= window
-    kernel /= kernel.sum(axis=1, keepdims=True)
-    return kernel.astype(np.float32), half
+    rs = StreamingResampler(int(orig_sr), int(target_sr), channels=1)
+    return np.concatenate([rs.process(x), rs.flush()[:, 0]]).astype(np.float32, copy=False)
 
 
 __all__ = [

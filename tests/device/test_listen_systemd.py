@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bundle_fixture import recording_with_anomaly, synth_bundle
 
-from trainer.audio_io import write_wav
+from edge_asd.core.audio_io import write_wav
+from tests.fixtures.bundles import recording_with_anomaly, synth_bundle
 
 pytestmark = [pytest.mark.device, pytest.mark.timeout(300)]
 

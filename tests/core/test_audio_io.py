@@ -1,4 +1,4 @@
-"""trainer.audio_io: loading any sound file as 16 kHz mono float32, and the errors users see."""
+"""edge_asd.core.audio_io: loading any sound file as 16 kHz mono float32, and the errors users see."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from trainer.audio_io import (
+from edge_asd.core.audio_io import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
     AudioFileError,
@@ -17,7 +17,7 @@ from trainer.audio_io import (
     resample,
     write_wav,
 )
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 pytestmark = pytest.mark.device
 
@@ -71,7 +71,7 @@ def test_stereo_file_uses_channel_0_with_warning(tmp_path, caplog):
     right = 0.3 * np.sin(2 * np.pi * 3000 * t)
     path = tmp_path / "stereo.wav"
     sf.write(path, np.stack([left, right], axis=1), sr, subtype="PCM_16")
-    with caplog.at_level(logging.WARNING, logger="trainer.audio_io"):
+    with caplog.at_level(logging.WARNING, logger="edge_asd.core.audio_io"):
         x = read_audio(path)
     assert _peak_hz(x, sr) == pytest.approx(440, abs=1)
     assert any("channel 0" in r.getMessage() and "stereo.wav" in r.getMessage() for r in caplog.records)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.audio_io import SAMPLE_RATE, write_wav
-from trainer.errors import UserError
+from edge_asd.core.audio_io import write_wav
+from edge_asd.core.constants import SAMPLE_RATE
+from edge_asd.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""trainer.synth: deterministic, distinct machine IDs, visible anomalies, seamless streams."""
+"""edge_asd.core.synth: deterministic, distinct machine IDs, visible anomalies, seamless streams."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from trainer import synth
-from trainer.audio_io import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core import synth
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 
 pytestmark = pytest.mark.device
 

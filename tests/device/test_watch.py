@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from mosquitto import Broker, broker_fixture  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from edge_asd.cli import app
@@ -15,6 +14,7 @@ from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.mqtt import MqttCommunicator
 from edge_asd.comms.watcher import Message, WatchState
 from edge_asd.config import MqttConfig
+from tests.fixtures.mosquitto import Broker
 
 pytestmark = pytest.mark.device
 
@@ -60,9 +60,8 @@ def test_watch_once_prints_the_table(broker: Broker, live_node: MqttCommunicator
 
 
 def test_watch_unreachable_broker_is_a_user_error(tmp_path: Path) -> None:
-    from mosquitto import free_port
-
-    from trainer.errors import UserError
+    from edge_asd.core.errors import UserError
+    from tests.fixtures.mosquitto import free_port
 
     result = CliRunner().invoke(app, ["watch", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--once"])
     assert isinstance(result.exception, UserError) and "cannot reach MQTT broker" in str(result.exception)
@@ -89,7 +88,8 @@ def test_watch_live_view_runs_for_a_duration(broker: Broker, live_node: MqttComm
 
 def test_numpy_values_in_events_are_plain_numbers(broker: Broker, live_node: MqttCommunicator) -> None:
     import numpy as np
-    from mosquitto import Recorder
+
+    from tests.fixtures.mosquitto import Recorder
 
     rec = Recorder(broker.port, ["edge-asd/n1/events"])
     live_node.publish_event("new", None, {"id": "np", "peak_score": np.float32(1.5), "n": np.int64(3)})

@@ -72,7 +72,7 @@ def test_monitor_debounces_stream_state() -> None:
 
 
 def test_real_dcase_clips_are_ok(shared_data) -> None:
-    from trainer.audio_io import read_audio
+    from edge_asd.core.audio_io import read_audio
 
     clips = sorted(shared_data.rglob("*.wav"))[:12]
     if not clips:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_asd.core import scoring
 from engines.bundle import ScoreConfig, load_bundle
 from engines.errors import BackendUnavailableError, InputError
 from engines.runtime import (
@@ -20,7 +21,6 @@ from engines.runtime import (
 )
 from engines.runtime.base import validate_audio
 from engines.scorer import Scorer, classes_for_file
-from trainer import scoring
 
 pytestmark = pytest.mark.device
 pytest.importorskip("onnxruntime")

@@ -1,6 +1,6 @@
 """Streaming rational resampler (polyphase, Kaiser-windowed sinc), numpy only.
 
-Why our own: the device has no scipy, and ``trainer.audio_io.resample`` works on whole
+Why our own: the device has no scipy, and ``edge_asd.core.audio_io.resample`` works on whole
 clips. Capture arrives in blocks of arbitrary size, and a window must not change depending on
 where the block boundaries fell, so this resampler keeps the last ``taps - 1`` input samples
 between calls and numbers its outputs globally: processing a signal block by block gives the

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_fixture import tiny_synth
+from tests.fixtures.training import tiny_synth
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_every_loss_gives_a_finite_loss_and_gradients(loss):
 
 
 def test_bad_options_are_user_errors():
-    from trainer.errors import UserError
+    from edge_asd.core.errors import UserError
     from trainer.train import TrainConfig
 
     for kwargs in ({"loss": "softmax"}, {"arch": "resnet"}, {"val_fraction": 1.0}, {"score": "gmm"}):

@@ -24,7 +24,7 @@ from edge_asd.audio.devices import (
 from edge_asd.audio.recorder import record_clips
 from edge_asd.audio.ring import CaptureRing
 from edge_asd.audio.sources import AudioSource, AudioSourceError, FileSource, SyntheticSource, open_source
-from trainer.errors import UserError
+from edge_asd.core.errors import UserError
 
 pytestmark = pytest.mark.device
 
@@ -380,7 +380,7 @@ def test_device_watchdog_reopens_after_unplug_and_stall(monkeypatch: pytest.Monk
 
 
 def test_real_clip_replayed_through_capture_equals_the_file(shared_data) -> None:
-    from trainer.audio_io import read_audio
+    from edge_asd.core.audio_io import read_audio
 
     clips = sorted(shared_data.rglob("*.wav"))
     if not clips:

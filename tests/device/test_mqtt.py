@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from mosquitto import Broker, Recorder, broker_fixture, retained_snapshot  # noqa: F401 - fixture
 
 from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.mqtt import MqttCommunicator
 from edge_asd.config import ConfigError, MqttConfig
+from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot
 
 pytestmark = pytest.mark.device
 

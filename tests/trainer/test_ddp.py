@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.train_fixture import tiny_synth
+from tests.fixtures.training import tiny_synth
 
 EDGE_ASD = str(Path(sys.executable).with_name("edge-asd"))
 

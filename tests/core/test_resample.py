@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd.audio.resample import StreamingResampler, design_filter
+from edge_asd.core.resample import StreamingResampler, design_filter
 
 pytestmark = pytest.mark.device
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edge_asd.core.audio_io import fit_length, read_audio, write_wav
+from edge_asd.core.errors import UserError
 from engines.bundle import load_bundle
 from engines.errors import BundleError
 from engines.runtime import open_runtime
 from engines.scorer import Scorer
-from trainer.audio_io import fit_length, read_audio, write_wav
-from trainer.errors import UserError
 
 pytestmark = pytest.mark.device
 pytest.importorskip("onnxruntime")

@@ -17,12 +17,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from edge_asd.core.audio_io import fit_length, read_audio  # noqa: E402
 from engines import onnx_checks  # noqa: E402
 from engines.bundle import load_bundle  # noqa: E402
 from engines.errors import ExportError  # noqa: E402
-from engines.export import RANDOM_CLASSES, export_onnx, export_run, make_random_run, synthetic_clips  # noqa: E402
+from engines.export import export_onnx, export_run  # noqa: E402
 from engines.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from trainer.audio_io import fit_length, read_audio  # noqa: E402
+from tests.fixtures.random_bundle import RANDOM_CLASSES, make_random_run, synthetic_clips  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 
 PARITY_TOL = 1e-3

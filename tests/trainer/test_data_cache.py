@@ -8,8 +8,9 @@ import pickle
 import numpy as np
 import pytest
 
-from trainer import audio_io
-from trainer.audio_io import WINDOW_SAMPLES, AudioFileError, read_audio, write_wav
+from edge_asd.core import audio_io
+from edge_asd.core.audio_io import AudioFileError, read_audio, write_wav
+from edge_asd.core.constants import WINDOW_SAMPLES
 from trainer.data import cache as cache_mod
 from trainer.data.cache import build_cache, load_audio_cache
 

@@ -11,13 +11,13 @@ pytestmark = pytest.mark.device
 def test_scoring_imports_no_torch(no_torch_guard):
     import importlib
 
-    import trainer.scoring
+    import edge_asd.core.scoring
 
-    importlib.reload(trainer.scoring)
+    importlib.reload(edge_asd.core.scoring)
 
 
 def test_knn_mean_cosine_distance_of_the_k_nearest():
-    from trainer.scoring import knn_scores
+    from edge_asd.core.scoring import knn_scores
 
     refs = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     # Unnormalised query along x: distances 0, 1, 2, 1 -> nearest two: 0 and 1.
@@ -33,7 +33,7 @@ def test_knn_mean_cosine_distance_of_the_k_nearest():
 
 
 def test_knn_rejects_bad_shapes():
-    from trainer.scoring import knn_scores
+    from edge_asd.core.scoring import knn_scores
 
     with pytest.raises(ValueError):
         knn_scores(np.ones((1, 3)), np.ones((2, 2)))
@@ -42,7 +42,7 @@ def test_knn_rejects_bad_shapes():
 
 
 def test_rank_normalise_is_an_interpolated_empirical_cdf():
-    from trainer.scoring import rank_normalise
+    from edge_asd.core.scoring import rank_normalise
 
     ref = np.array([1.0, 2.0, 3.0, 4.0])
     # Positions (i + 0.5) / n: 0.125, 0.375, 0.625, 0.875.
@@ -57,7 +57,7 @@ def test_rank_normalise_is_an_interpolated_empirical_cdf():
 
 
 def test_ensemble_is_the_mean_of_both_ranks():
-    from trainer.scoring import ensemble, rank_normalise
+    from edge_asd.core.scoring import ensemble, rank_normalise
 
     ref_ce = np.array([0.1, 0.2, 0.3, 0.4])
     ref_knn = np.array([0.01, 0.02, 0.03, 0.04])

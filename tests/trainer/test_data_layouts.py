@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import synth
-from trainer.audio_io import write_wav
+from edge_asd.core import synth
+from edge_asd.core.audio_io import write_wav
+from edge_asd.core.errors import UserError
 from trainer.data import layouts
 from trainer.data.layouts import FIXED_41_CLASSES, DataError, build_index, detect_layout
-from trainer.errors import UserError
 
 _BLIP = np.zeros(160, dtype=np.float32)  # the layouts never decode audio: tiny files suffice
 

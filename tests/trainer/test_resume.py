@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_fixture import tiny_synth
+from tests.fixtures.training import tiny_synth
 
 EDGE_ASD = str(Path(sys.executable).with_name("edge-asd"))
 
