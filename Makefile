@@ -10,7 +10,7 @@ VPY      := $(VENV)/bin/python
 PY310    ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10; do \
               $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV310  := .venv310
-SYSPKGS  := libportaudio2 libsndfile1 mosquitto jackd2 systemd shellcheck
+SYSPKGS  := libportaudio2 libsndfile1 mosquitto jackd2 systemd shellcheck chromium chromium-driver
 ARTIFACTS := .cache/test-artifacts
 
 .PHONY: demo test lint test-main test-device sysdeps venv venv310 bench clean
@@ -20,8 +20,10 @@ demo: venv
 
 test: venv lint test-main test-device
 
+# ruff, then the layering contracts of docs/architecture.md (pyproject.toml [tool.importlinter]).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test-main: venv
 	EDGE_ASD_ARTIFACTS=$(CURDIR)/$(ARTIFACTS) $(VPY) -m pytest -q -rs

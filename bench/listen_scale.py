@@ -54,12 +54,12 @@ def default_bundle() -> Path:
 
 
 def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: float, workdir: Path) -> dict:
-    from edge_asd.comms.memory import MemoryCommunicator
     from edge_asd.config import validate_config
     from edge_asd.core.audio_io import write_wav
     from edge_asd.core.synth import make_stream_recording
     from edge_asd.daemon.listen import build_daemon
     from engines.bundle import load_bundle
+    from tests.fixtures.comms import MemoryCommunicator
 
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = cls.split("/")

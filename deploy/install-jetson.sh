@@ -33,7 +33,7 @@ SERVICE_GROUPS=audio,video
 UNIT_NAME=edge-asd.service
 UNIT_SRC="$SCRIPT_DIR/edge-asd.service"
 # Test hook, not for production: EDGE_ASD_INSTALL_ROOT puts every file the installer writes
-# or checks under a scratch folder (tests/test_deploy.py runs the real install path that way,
+# or checks under a scratch folder (tests/system/test_deploy.py runs the real install path that way,
 # with the system commands replaced by recording fakes). EDGE_ASD_SYSTEM_PYTHON likewise.
 ROOT=${EDGE_ASD_INSTALL_ROOT:-}
 ROOT=${ROOT%/}

@@ -7,7 +7,8 @@ threshold (openWakeWord's patience), closes only after ``max_quiet`` windows bel
 ``off_ratio * threshold`` (hysteresis, so a score hovering at the threshold does not flap),
 and a ``cooldown_s`` after an end suppresses a new event (wyoming's refractory period). The
 first ``warmup_windows`` windows after start are ignored: the first windows after a restart
-often hold the device's start-up transient.
+often hold the device's start-up transient. The tunables and their defaults are the config's
+``DecisionConfig`` (``streams[].decision``); this module has none of its own.
 
 Times: ``start_time``/``end_time`` are audio time (seconds of stream audio since the stream
 started; immune to NTP jumps and to the pipeline being late), ``start_wall``/``end_wall``
@@ -22,29 +23,12 @@ import random
 import string
 from dataclasses import asdict, dataclass, field, replace
 
+from edge_asd.config import DecisionConfig
+from edge_asd.core.constants import WINDOW_SECONDS
+
 logger = logging.getLogger(__name__)
 
 Transition = tuple[str, "dict | None", dict]
-
-
-@dataclass(frozen=True)
-class DecisionConfig:
-    """Tunables of the per-stream state machine (defaults suit a 10 s window, 1 s hop)."""
-
-    warmup_windows: int = 5
-    patience: int = 3
-    off_ratio: float = 0.9
-    max_quiet: int = 5
-    cooldown_s: float = 60.0
-    update_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.patience < 1 or self.max_quiet < 1 or self.update_every < 1 or self.warmup_windows < 0:
-            raise ValueError("patience, max_quiet and update_every must be >= 1, warmup_windows >= 0")
-        if not 0.0 < self.off_ratio <= 1.0:
-            raise ValueError(f"off_ratio must be in (0, 1], got {self.off_ratio}")
-        if self.cooldown_s < 0:
-            raise ValueError(f"cooldown_s must be >= 0, got {self.cooldown_s}")
 
 
 @dataclass
@@ -67,6 +51,12 @@ class AnomalyEvent:
     hop_s: float
     active: bool = True
     evidence: str | None = None
+    score_kind: str = "bundle"
+    """``fused`` (the stream's site score) or ``bundle`` (the bundle's score, before enrolment)."""
+    components: dict | None = None
+    """Every score component of the peak window (raw and surprise), for a fused score."""
+    explanation: dict | None = None
+    """Which condition indicators of the peak window moved, in words and numbers."""
     score_sum: float = field(default=0.0, repr=False)
 
     def to_dict(self) -> dict:
@@ -75,6 +65,11 @@ class AnomalyEvent:
         d["classes"] = list(self.classes)
         d["model"] = dict(self.model)
         return d
+
+
+def _detail_fields(detail: dict) -> dict:
+    """The event fields a window's detail sets (unknown keys are not event fields)."""
+    return {k: detail[k] for k in ("score_kind", "components", "explanation") if k in detail}
 
 
 def _event_id(start_wall: float, rng: random.Random) -> str:
@@ -97,6 +92,9 @@ class DecisionEngine:
     ``off_ratio * threshold`` (when it was last heard); the cooldown runs from the window
     that closed the event. An event opens with ``windows = patience``; every later scored
     window while it is open (quiet ones included) adds to ``windows`` and ``mean_score``.
+
+    ``config`` is the stream's validated ``streams[].decision`` (the config's defaults when
+    None); ``hop_s`` is the daemon's hop, used to date an event held back by the cooldown.
     """
 
     def __init__(
@@ -104,9 +102,10 @@ class DecisionEngine:
         stream: str,
         classes: list[str],
         config: DecisionConfig | None = None,
+        *,
+        hop_s: float,
         model: dict | None = None,
-        window_s: float = 10.0,
-        hop_s: float = 1.0,
+        window_s: float = WINDOW_SECONDS,
         rng: random.Random | None = None,
     ) -> None:
         self.stream = stream
@@ -121,6 +120,7 @@ class DecisionEngine:
         self._run = 0
         self._run_start: tuple[float, float] | None = None
         self._run_scores: list[float] = []
+        self._run_details: list[dict | None] = []
         self._quiet = 0
         self._since_update = 0
         self._last_end_time: float | None = None
@@ -142,8 +142,13 @@ class DecisionEngine:
         score: float | None,
         threshold: float,
         fault: bool = False,
+        detail: dict | None = None,
     ) -> list[Transition]:
-        """Advance by one window; returns the transitions it caused (often none)."""
+        """Advance by one window; returns the transitions it caused (often none).
+
+        ``detail`` describes the window (``score_kind``, ``components``, ``explanation``); the
+        event keeps the detail of its peak window.
+        """
         cfg = self.config
         if fault or score is None:
             self.fault_windows += 1
@@ -156,15 +161,17 @@ class DecisionEngine:
         if self.windows_seen <= cfg.warmup_windows:
             return []
         if self.event is not None:
-            return self._active_window(audio_end_time_s, wall_time, score, threshold)
+            return self._active_window(audio_end_time_s, wall_time, score, threshold, detail)
         if score > threshold:
             if self._run == 0:
                 self._run_start = (audio_end_time_s, wall_time)
                 self._run_scores = []
             self._run += 1
             self._run_scores.append(score)
+            self._run_details.append(detail)
             if len(self._run_scores) > cfg.patience:
                 self._run_scores.pop(0)
+                self._run_details.pop(0)
             if self._run >= cfg.patience and not self.in_cooldown(audio_end_time_s):
                 return self._open(audio_end_time_s, wall_time, threshold)
         else:
@@ -187,10 +194,13 @@ class DecisionEngine:
         self._run = 0
         self._run_start = None
         self._run_scores = []
+        self._run_details = []
 
     def _open(self, audio_end_time_s: float, wall_time: float, threshold: float) -> list[Transition]:
         cfg = self.config
         scores = self._run_scores[-cfg.patience :]
+        details = self._run_details[-cfg.patience :]
+        peak_detail = details[scores.index(max(scores))] or {}
         start_time, start_wall = self._run_start or (audio_end_time_s, wall_time)
         if self._run > cfg.patience:
             # Held back by the cooldown: the event starts with the windows that open it now.
@@ -212,6 +222,7 @@ class DecisionEngine:
             window_s=self.window_s,
             hop_s=self.hop_s,
             score_sum=sum(scores),
+            **_detail_fields(peak_detail),
         )
         self._reset_run()
         self._quiet = 0
@@ -221,7 +232,9 @@ class DecisionEngine:
                     self.stream, self.event.id, self.event.peak_score, threshold)
         return [("new", None, self.event.to_dict())]
 
-    def _active_window(self, t: float, wall: float, score: float, threshold: float) -> list[Transition]:
+    def _active_window(
+        self, t: float, wall: float, score: float, threshold: float, detail: dict | None
+    ) -> list[Transition]:
         ev = self.event
         assert ev is not None
         before = ev.to_dict()
@@ -232,6 +245,8 @@ class DecisionEngine:
         peak_rose = score > ev.peak_score
         if peak_rose:
             ev.peak_score = score
+            for key, value in _detail_fields(detail or {}).items():
+                setattr(ev, key, value)
         if score >= self.config.off_ratio * threshold:
             self._quiet = 0
             self._last_audible = (t, wall)

@@ -170,6 +170,7 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
     from engines.bundle import load_bundle
     from engines.export import export_run
     from trainer.evaluate import evaluate_run
+    from trainer.progress import LineProgress
     from trainer.train import TrainConfig, train
 
     console = console or Console()
@@ -197,9 +198,10 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
         report = json.loads((run / "report.json").read_text())
     else:
         shutil.rmtree(run, ignore_errors=True)
+        lines = LineProgress(lambda text: console.print(f"  {text}"))  # the trainer reports, the demo prints
         train(TrainConfig(data=[str(data)], out=str(run), device="cpu", threads=os.cpu_count(),
-                          cache_dir=str(out / "cache"), **TRAIN))
-        report = evaluate_run(run, device="cpu")
+                          cache_dir=str(out / "cache"), **TRAIN), progress=lines)
+        report = evaluate_run(run, device="cpu", progress=lines)
         (run / ".recipe").write_text(json.dumps(recipe, sort_keys=True))
     result.table = report.get("markdown", "")
     console.print(result.table)

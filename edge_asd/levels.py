@@ -5,6 +5,12 @@ has never heard digital zeros or a saturated ADC, so it would score them as wild
 and page someone about a loose cable as if a bearing were failing. NaN/inf samples (a broken
 driver or a float file) must never reach the model at all. So every window is measured first
 and only ``ok`` windows are scored.
+
+The thresholds are the stream's ``LevelsConfig`` (``streams[].levels`` in the config, which
+holds the defaults; this module has none of its own): RMS below ``silent_dbfs`` is ``silent`` (a muted or
+unplugged analogue input: a running machine is far louder); more than ``clip_fraction`` of the
+samples at or above ``clip_dbfs`` is ``clipping``; any NaN/inf, or a constant signal (digital
+zero, a stuck ADC), is ``dead``.
 """
 
 from __future__ import annotations
@@ -15,25 +21,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edge_asd.config import LevelsConfig
+
 logger = logging.getLogger(__name__)
 
 LEVEL_STATES = ("ok", "silent", "dead", "clipping")
 _FLOOR_DB = -200.0  # reported instead of -inf for exact zeros, keeps the JSON finite
-
-
-@dataclass(frozen=True)
-class LevelThresholds:
-    """When a window is not ``ok``.
-
-    ``silent_dbfs``: RMS below this is a muted / unplugged analogue input (a running machine
-    is far louder). ``clip_level``: |sample| at or above this counts as clipped.
-    ``clip_fraction``: more than this fraction of clipped samples is ``clipping``.
-    ``dead``: any NaN/inf, or a constant signal (digital zero, a stuck ADC).
-    """
-
-    silent_dbfs: float = -80.0
-    clip_level: float = 0.999
-    clip_fraction: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -64,9 +57,14 @@ def _db(x: float) -> float:
     return 20.0 * math.log10(x) if x > 0 else _FLOOR_DB
 
 
-def measure(audio: np.ndarray, thresholds: LevelThresholds | None = None) -> LevelReport:
+def clip_level(config: LevelsConfig) -> float:
+    """``clip_dbfs`` as a linear sample magnitude (full scale = 1.0)."""
+    return float(10.0 ** (config.clip_dbfs / 20.0))
+
+
+def measure(audio: np.ndarray, config: LevelsConfig | None = None) -> LevelReport:
     """RMS and peak in dBFS (full scale = 1.0), crest factor in dB, and the window's state."""
-    t = thresholds or LevelThresholds()
+    t = config or LevelsConfig()
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if x.size == 0:
         return LevelReport(_FLOOR_DB, _FLOOR_DB, 0.0, 0.0, 0, "dead")
@@ -81,7 +79,7 @@ def measure(audio: np.ndarray, thresholds: LevelThresholds | None = None) -> Lev
         rms = math.sqrt(float(np.dot(x64, x64)) / xf.size)
         peak = float(np.max(np.abs(xf)))
         constant = bool(np.max(xf) == np.min(xf))
-        clipped = float(np.count_nonzero(np.abs(xf) >= t.clip_level)) / x.size
+        clipped = float(np.count_nonzero(np.abs(xf) >= clip_level(t))) / x.size
     else:
         rms = peak = 0.0
         constant = True
@@ -112,17 +110,17 @@ class LevelMonitor:
     """Per-stream level bookkeeping with a debounced stream state for status messages.
 
     ``check(stream, audio)`` classifies one window (that verdict alone decides whether the
-    window is scored). The *stream* state changes only after ``debounce`` consecutive windows
-    agree, so one loud bang does not flip the published status to ``clipping`` and back.
+    window is scored). The *stream* state changes only after ``debounce_windows`` consecutive
+    windows agree, so one loud bang does not flip the published status to ``clipping`` and back.
     """
 
-    def __init__(self, thresholds: LevelThresholds | None = None, debounce: int = 3) -> None:
-        self.thresholds = thresholds or LevelThresholds()
-        self.debounce = max(1, int(debounce))
+    def __init__(self, config: LevelsConfig | None = None) -> None:
+        self.config = config or LevelsConfig()
+        self.debounce = self.config.debounce_windows
         self._streams: dict[str, _StreamLevels] = {}
 
     def check(self, stream: str, audio: np.ndarray) -> LevelReport:
-        report = measure(audio, self.thresholds)
+        report = measure(audio, self.config)
         s = self._streams.setdefault(stream, _StreamLevels())
         s.last = report
         s.counts[report.state] += 1

@@ -35,10 +35,11 @@ from edge_asd.core.thresholds import (
     gamma_threshold,
     threshold_for,
 )
+from trainer.config import DEFAULT_FALSE_ALARM_RATE, SCORES
 
 logger = logging.getLogger(__name__)
 
-SCORE_KINDS = ("ce", "knn", "ensemble")
+SCORE_KINDS = SCORES
 
 
 def calibrate(
@@ -46,7 +47,7 @@ def calibrate(
     ce_scores: Mapping[int, np.ndarray],
     knn_scores: Mapping[int, np.ndarray],
     score: str = "ce",
-    false_alarm_rate: float = 1e-3,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     knn_k: int = DEFAULT_KNN_K,
 ) -> dict[str, Any]:
     """Build the ``thresholds.json`` document (docs/architecture.md) from held-out scores.

@@ -6,14 +6,17 @@ from someone else cannot execute code on load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edge_asd import __version__ as EDGE_ASD_VERSION
 from edge_asd.core.atomic import atomic_write_bytes
 from edge_asd.core.errors import UserError
 from trainer.model import ModelConfig, TASTgramMFN
@@ -25,16 +28,8 @@ CHECKPOINTS = {"best": "model_best.pt", "last": "model_last.pt"}
 
 
 class RunError(UserError):
-    """A run directory that is missing, incomplete or from an incompatible version."""
-
-
-def _edge_asd_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edge-asd")
-    except Exception:  # not installed: a source checkout
-        return "0.0.0+unknown"
+    """A run directory that is missing, incomplete, from an incompatible version, or that
+    would be overwritten by a new run."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -57,7 +52,7 @@ def save_run_config(run_dir: Path, model_config: dict, classes: list[str], extra
     config = {
         "format": RUN_FORMAT,
         "version": RUN_VERSION,
-        "edge_asd_version": _edge_asd_version(),
+        "edge_asd_version": EDGE_ASD_VERSION,
         "model": dict(model_config),
         "classes": list(classes),
         **(extra or {}),
@@ -68,6 +63,7 @@ def save_run_config(run_dir: Path, model_config: dict, classes: list[str], extra
 
 
 def read_run_config(run_dir: Path) -> dict:
+    """``RUN/config.json``, checked to be a run of a format this edge-asd reads."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunError(f"{run_dir} is not a training run: {CONFIG_FILE} is missing (train one with `edge-asd train`)")
@@ -81,6 +77,21 @@ def read_run_config(run_dir: Path) -> dict:
             f"this edge-asd reads {RUN_FORMAT!r} version {RUN_VERSION}"
         )
     return config
+
+
+def weights_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict's names, dtypes, shapes and values.
+
+    Two checkpoint files with the same weights have the same fingerprint even though their
+    bytes differ (``torch.save`` stamps each file), so a run can tell whether its reference
+    embeddings and thresholds were computed with the weights being exported or evaluated.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_weights(run_dir: Path, model: TASTgramMFN, which: str) -> Path:
@@ -97,7 +108,7 @@ def build_model(config: dict) -> TASTgramMFN:
 def load_model(run_dir: Path, which: str = "best", map_location: str | torch.device = "cpu") -> tuple[TASTgramMFN, dict]:
     """Rebuild the network of a run and load its best (or last) weights; eval mode."""
     if which not in CHECKPOINTS:
-        raise ValueError(f"which must be one of {sorted(CHECKPOINTS)}")
+        raise RunError(f"checkpoint {which!r} is unknown: use one of {', '.join(sorted(CHECKPOINTS))}")
     config = read_run_config(run_dir)
     path = Path(run_dir) / CHECKPOINTS[which]
     if not path.is_file():

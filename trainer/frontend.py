@@ -10,7 +10,7 @@ MatMul with the slaney filterbank, a clamp and a log: ops every TensorRT version
 Float16 safety: with a full-scale sine the power at n_fft=2048 reaches 262144, far past
 float16's 65504. The DFT basis is therefore scaled by ``BASIS_SCALE = 1/16`` (a power of two, so
 exact), which keeps the worst case (full-scale DC) at 4096; the scale is undone in dB by adding
-``20*log10(16)``, so the output equals the spec's values. The exported graphs keep the front end
+``20*log10(16)``, so the output equals torchaudio's values. The exported graphs keep the front end
 in float32 anyway; the scaling is a second line of defence for weakly typed FP16 builds.
 
 A second lowering through ``torch.stft`` computes the same numbers faster on a CPU; it is used

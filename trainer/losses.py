@@ -1,4 +1,13 @@
-"""ArcFace, ArcMix and Noisy-ArcMix (spec §4), as pure functions of a cosine matrix ``(B, C)``.
+"""ArcFace, ArcMix and Noisy-ArcMix, as pure functions of a cosine matrix ``(B, C)``.
+
+With ``M(cos, y)`` = cos with ``cos(theta_y + m)`` at column y, and mixup labels ``y_a`` (the
+clip) and ``y_b`` (its permuted partner), mixing weight lambda:
+
+* ArcFace: ``CE(s * M(cos, y), y)``, no mixup;
+* ArcMix: ``lambda * CE(s * M(cos, y_a), y_a) + (1 - lambda) * CE(s * M(cos, y_b), y_b)``;
+* Noisy-ArcMix: ``Z = s * M(cos, y_a)``, ``lambda * CE(Z, y_a) + (1 - lambda) * CE(Z, y_b)``:
+  the margin always sits on ``y_a``, whatever lambda, so the second term's target gets no
+  margin while its competitor is penalised (the authors' "inconsistent angular margin").
 
 They take cosines rather than embeddings so the model's head (float32, clamped) is the only
 place that normalises, and so the tests can check each loss on a handmade matrix.
@@ -64,7 +73,7 @@ def mixup(
     """Mix a batch with a permutation of itself: one ``lam ~ Beta(alpha, alpha)`` per batch.
 
     The same permutation and ``lam`` apply to the waveform and to the log-mel, which is mixed
-    in the dB domain and not recomputed from the mixed waveform (spec §4.1). Returns
+    in the dB domain and not recomputed from the mixed waveform, as in the released code. Returns
     ``(audio_mix, logmel_mix, y_a, y_b, lam)``.
     """
     # The torch generator (or torch's global RNG) seeds the Beta draw, so one seed decides both.

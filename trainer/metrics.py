@@ -2,12 +2,14 @@
 
 numpy only. The AUC and the partial AUC follow scikit-learn's ``roc_auc_score`` (and
 ``max_fpr=0.1``, McClish-standardised) step by step, so the numbers equal those of the official
-DCASE 2020 evaluator; ``tests/test_metrics.py`` checks them against sklearn. Keeping sklearn
+DCASE 2020 evaluator; ``tests/trainer/test_metrics.py`` checks them against sklearn. Keeping sklearn
 out makes the module importable wherever ``edge_asd.core.scoring`` is.
 
-Aggregation (spec §7.2): AUC and pAUC per machine ID; per machine type the arithmetic mean
-over its IDs and mAUC = the minimum AUC over its IDs; then two "average" rows over types: the
-arithmetic mean (the paper's table) and the harmonic mean (DCASE 2021 and later).
+Aggregation (the DCASE 2020 / STgram-MFN protocol behind the paper's table, not the released
+``eval.py``, which pools a type's IDs and cannot give mAUC): AUC and pAUC per machine ID; per
+machine type the arithmetic mean over its IDs and mAUC = the minimum AUC over its IDs; then two
+"average" rows over types: the arithmetic mean (the paper's table: 94.65 / 89.31 / 89.78) and
+the harmonic mean (DCASE 2021 and later).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ The public code's ``fc_out`` layer (computed, then discarded under ArcFace) is l
 with 41 classes the model has 1,156,566 parameters.
 
 The anomaly score of a clip for class c is the cross-entropy at c of the ArcFace logits with
-the margin on c (spec §6); ``scores`` returns it for every class at once, so a device can take
-the min over a stream's candidate classes without running the model once per class.
+the margin on c, ``-log softmax(s * M(cos, c))[c]``, as the released code scores a whole 10 s
+clip against its machine ID; ``scores`` returns it for every class at once, so a device can
+take the min over a stream's candidate classes without running the model once per class.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from trainer.frontend import LogMel, Lowering
 
 Arch = Literal["tastgram", "stgram"]
 
-# Hyperparameters of the architecture (spec §1.3, §3.1, §3.2), in one visible place.
+# Hyperparameters of the architecture, in one visible place: TgramNet is a Conv1d(1 -> 128,
+# kernel 1024, stride 512) and 3 x (LayerNorm(313) -> LeakyReLU(0.2) -> Conv1d(k 3)); the
+# MobileFaceNet uses the compact bottleneck setting of the released code (taken there from the
+# DCASE 2022 Liu_8 report; the 2022 STgram-MFN paper used the standard, deeper one); the
+# ArcFace head has s = 30, m = 0.7.
 N_MELS = 128
 FRAMES = 313
 EMBED_DIM = 128
@@ -39,7 +44,10 @@ TGRAM_BLOCKS = 3
 BOTTLENECK_SETTING = ((2, 128, 2, 2), (4, 128, 2, 2), (4, 128, 2, 2))
 ARCFACE_S = 30.0
 ARCFACE_M = 0.7
-# The head clamps cosines so that sqrt(1 - cos^2) never sees |cos| > 1 (spec §10.4).
+# The head clamps cosines so that sqrt(1 - cos^2) never sees |cos| > 1: the released code
+# computes the head from an fp16 matmul under autocast, where rounding can give |cos| > 1, a
+# NaN phi and a whole poisoned row (Noisy-ArcMix drives normal angles to 2-5 degrees, cos
+# 0.996-0.999, near fp16's resolution); here the head runs in float32 and clamps.
 COS_CLAMP = 1e-7
 
 
@@ -85,7 +93,7 @@ class TgramNet(nn.Module):
 
 
 def tagram(logmel: torch.Tensor) -> torch.Tensor:
-    """Temporal attention gram: ``sigmoid(max_f X + mean_f X) * X`` (parameter-free, spec §2.1).
+    """Temporal attention gram: ``sigmoid(max_f X + mean_f X) * X`` (parameter-free: pooling over frequency).
 
     On dB values the gate saturates (a loudness gate); reproduced as the paper's code does it.
     """
@@ -170,7 +178,7 @@ class MobileFaceNet(nn.Module):
 
 
 def margin_cosine(cosine: torch.Tensor, m: float = ARCFACE_M) -> torch.Tensor:
-    """cos(theta + m) for every entry, with the public code's fallback (spec §3.2).
+    """cos(theta + m) for every entry, with the public code's fallback past pi - m.
 
     Where theta + m would pass pi (cos <= cos(pi - m)), ``cos - sin(pi - m) * m`` keeps the
     target logit monotonic in theta.
@@ -212,7 +220,8 @@ class TASTgramMFN(nn.Module):
     def backbone(self, audio: torch.Tensor, logmel: torch.Tensor) -> torch.Tensor:
         """Tgram, Sgram (and TAgram) stacked as channels, through MobileFaceNet -> (B, 128).
 
-        Takes the log-mel separately because mixup mixes it in the dB domain (spec §4.1).
+        Takes the log-mel separately because mixup mixes it in the dB domain: the released code
+        mixes waveform and log-mel with the same lambda and never recomputes the mixture's log-mel.
         """
         tgram = self.tgram(audio)
         if self.config.arch == "tastgram":

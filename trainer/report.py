@@ -1,7 +1,8 @@
 """The evaluation table in the paper's layout (types as rows: AUC, pAUC, mAUC), as markdown.
 
 Percentages with two decimals, like the paper. With ``compare_paper`` the published
-TASTgram-MFN + Noisy-ArcMix numbers (spec §7.3, DCASE 2020 dev test) sit beside ours, so a
+TASTgram-MFN + Noisy-ArcMix numbers (the authors' README, equal to the paper's table; DCASE 2020
+development test set) sit beside ours, so a
 reproduction can be judged at a glance.
 """
 

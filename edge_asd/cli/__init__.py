@@ -14,11 +14,13 @@ from rich.markup import escape
 
 from edge_asd.cli import (
     audio_cmds,
+    console_cmd,
     data_cmds,
     demo_cmd,
     engine_cmds,
     info_cmds,
     listen_cmds,
+    site_cmds,
     train_cmds,
     watch_cmd,
 )
@@ -44,7 +46,7 @@ def _root(
         logging.getLogger().setLevel(logging.DEBUG)
 
 
-for _module in (info_cmds, data_cmds, train_cmds, engine_cmds, audio_cmds, listen_cmds, watch_cmd, demo_cmd):
+for _module in (info_cmds, data_cmds, train_cmds, engine_cmds, audio_cmds, listen_cmds, site_cmds, watch_cmd, console_cmd, demo_cmd):
     _module.register(app)
 
 

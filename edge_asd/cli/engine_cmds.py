@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from edge_asd.cli.output import console
+from engines.export.onnx_file import DEFAULT_OPSET, MAX_TRT_OPSET  # torch-free: for the option defaults
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +86,17 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Training run directory (config.json, model_best.pt)."),
         out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
         precision: str = typer.Option("fp16", "--precision", help="model.onnx backbone precision: fp16 or fp32."),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
-        which: str = typer.Option("best", "--checkpoint", help="best or last weights."),
+        opset: int = typer.Option(DEFAULT_OPSET, "--opset", help=f"ONNX opset (TensorRT 10.3 parses 9..{MAX_TRT_OPSET})."),
+        which: str = typer.Option(
+            "best", "--checkpoint", help="best or last weights; the knn references and thresholds always match them."
+        ),
         score: str | None = typer.Option(None, "--score", help="ce, knn or ensemble (default: thresholds.json's)."),
+        data: list[Path] | None = typer.Option(
+            None,
+            "--data",
+            help="Training data folder(s), needed only when the knn references must be recomputed for the exported "
+            "weights, e.g. with --checkpoint last (default: the run's).",
+        ),
     ) -> None:
         """Export a run to a bundle: model.onnx (TensorRT), model_cpu.onnx (onnxruntime), model.json, embeddings."""
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -100,7 +109,7 @@ def register(app: typer.Typer) -> None:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("export", total=None)
             bundle = export_run(
-                run, out, precision=precision, opset=opset, which=which, score=score,  # type: ignore[arg-type]
+                run, out, precision=precision, opset=opset, which=which, score=score, data=data or None,  # type: ignore[arg-type]
                 progress=lambda msg: bar.update(task, description=msg),
             )
         m = bundle.manifest

@@ -1,41 +1,32 @@
 """``edge-asd train``, ``evaluate`` and ``calibrate-run``: the workstation side of the model.
 
-torch and the trainer modules are imported inside the commands, so ``edge-asd --help`` works
-on a Jetson without PyTorch. Hyperparameter options default to None so that ``--resume``
-can tell "not given" (take the run's saved value) from "given" (override).
+torch and the torch modules of the trainer are imported inside the commands, so
+``edge-asd --help`` works on a Jetson without PyTorch (``trainer.config``, read here for the
+defaults, is torch-free). Hyperparameter options default to None so that ``--resume`` can tell
+"not given" (take the run's saved value) from "given" (override).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import typer
 
-from edge_asd.cli.output import console
+from edge_asd.cli.output import RichProgress, console, error_console
+from trainer.config import default
 
 logger = logging.getLogger(__name__)
 
-# The spec's defaults (Noisy-ArcMix released code, spec §5), applied when neither the command
-# line nor a resumed run gives a value.
-DEFAULTS: dict[str, object] = {
-    "loss": "noisy-arcmix",
-    "arch": "tastgram",
-    "epochs": 300,
-    "batch_size": 64,
-    "lr": 1e-4,
-    "min_lr": 1e-5,
-    "alpha": 0.5,
-    "val_fraction": 0.05,
-    "seed": 2023,
-    "layout": "auto",
-    "class_by": "section",
-    "score": "ce",
-    "knn_k": 4,
-    "false_alarm_rate": 1e-3,
-    "bn_recalibration_clips": 256,
-}
+# Options whose value falls back to the resumed run's, then to ``TrainConfig``'s default (the
+# released Noisy-ArcMix code's recipe).
+RESUMABLE = (
+    "loss", "arch", "epochs", "batch_size", "lr", "min_lr", "alpha", "val_fraction", "seed", "layout", "class_by",
+    "score", "knn_k", "false_alarm_rate", "bn_recalibration_clips",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -43,34 +34,37 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         data: list[Path] = typer.Argument(..., help="Data folder(s): DCASE dev_data/eval_data roots, your own recordings, or a manifest."),
         out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (config, checkpoints, metrics, thresholds)."),
-        loss: str | None = typer.Option(None, help="noisy-arcmix | arcmix | arcface (default: noisy-arcmix)"),
-        arch: str | None = typer.Option(None, help="tastgram | stgram (default: tastgram)"),
-        epochs: int | None = typer.Option(None, help="Epochs (default: 300)"),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size per process (default: 64)"),
-        lr: float | None = typer.Option(None, help="AdamW learning rate (default: 1e-4)"),
-        min_lr: float | None = typer.Option(None, "--min-lr", help="Cosine schedule floor (default: 1e-5)"),
-        alpha: float | None = typer.Option(None, help="Mixup Beta(alpha, alpha) (default: 0.5)"),
+        loss: str | None = typer.Option(None, help=f"noisy-arcmix | arcmix | arcface (default: {default('loss')})"),
+        arch: str | None = typer.Option(None, help=f"tastgram | stgram (default: {default('arch')})"),
+        epochs: int | None = typer.Option(None, help=f"Epochs (default: {default('epochs')})"),
+        batch_size: int | None = typer.Option(None, "--batch-size", help=f"Batch size per process (default: {default('batch_size')})"),
+        lr: float | None = typer.Option(None, help=f"AdamW learning rate (default: {default('lr'):g})"),
+        min_lr: float | None = typer.Option(None, "--min-lr", help=f"Cosine schedule floor (default: {default('min_lr'):g})"),
+        alpha: float | None = typer.Option(None, help=f"Mixup Beta(alpha, alpha) (default: {default('alpha')})"),
         val_fraction: float | None = typer.Option(
-            None, "--val-fraction", help="Held-out share of each class's training clips (default: 0.05)"
+            None, "--val-fraction", help=f"Held-out share of each class's training clips (default: {default('val_fraction')})"
         ),
-        seed: int | None = typer.Option(None, help="Random seed (default: 2023)"),
+        seed: int | None = typer.Option(None, help=f"Random seed (default: {default('seed')})"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         workers: int = typer.Option(0, help="DataLoader worker processes."),
-        layout: str | None = typer.Option(None, help="auto | dcase2020 | dcase2021 | own | manifest (default: auto)"),
-        class_by: str | None = typer.Option(None, "--class-by", help="section | attribute (default: section)"),
+        layout: str | None = typer.Option(None, help=f"auto | dcase2020 | dcase2021 | own | manifest (default: {default('layout')})"),
+        class_by: str | None = typer.Option(None, "--class-by", help=f"section | attribute (default: {default('class_by')})"),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable clips (with a warning) instead of stopping."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished epoch."),
-        score: str | None = typer.Option(None, help="Score the thresholds are calibrated for: ce | knn | ensemble (default: ce)"),
-        knn_k: int | None = typer.Option(None, "--knn-k", help="Neighbours of the knn score (default: 4)"),
+        score: str | None = typer.Option(None, help=f"Score the thresholds are calibrated for: ce | knn | ensemble (default: {default('score')})"),
+        knn_k: int | None = typer.Option(None, "--knn-k", help=f"Neighbours of the knn score (default: {default('knn_k')})"),
         false_alarm_rate: float | None = typer.Option(
-            None, "--false-alarm-rate", help="Target false-alarm probability per window (default: 1e-3)"
+            None, "--false-alarm-rate", help=f"Target false-alarm probability per window (default: {default('false_alarm_rate'):g})"
         ),
         max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after the epoch that would pass this budget."),
         threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
         bn_recalibration_clips: int | None = typer.Option(
             None,
             "--bn-recalibration-clips",
-            help="Clean clips that re-estimate BatchNorm statistics before each validation; 0 = off (default: 256)",
+            help=(
+                "Clean clips that re-estimate BatchNorm statistics before each validation; 0 = off, as the "
+                f"released code (default: {default('bn_recalibration_clips')})"
+            ),
         ),
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the decoded-audio cache lives."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -84,15 +78,8 @@ def register(app: typer.Typer) -> None:
             "score": score, "knn_k": knn_k, "false_alarm_rate": false_alarm_rate,
             "bn_recalibration_clips": bn_recalibration_clips,
         }
-        saved: dict = {}
-        cfg_path = out / "config.json"
-        if resume and cfg_path.is_file():
-            cfg = json.loads(cfg_path.read_text())
-            saved = dict(cfg.get("train", {}))
-            saved.setdefault("loss", cfg.get("loss"))
-            saved.setdefault("layout", cfg.get("data", {}).get("layout"))
-            saved.setdefault("class_by", cfg.get("data", {}).get("class_by"))
-        values = {k: (v if v is not None else saved.get(k, DEFAULTS[k])) for k, v in given.items()}
+        saved = _saved_hyperparameters(out) if resume else {}
+        values = {k: (v if v is not None else saved.get(k, default(k))) for k, v in given.items()}
         config = TrainConfig(
             data=[str(p) for p in data],
             out=str(out),
@@ -106,14 +93,22 @@ def register(app: typer.Typer) -> None:
             progress=progress,
             **values,
         )
-        result = train(config)
+        # Under torchrun only rank 0 draws (the trainer reports nothing on the other ranks).
+        with _bars(progress and os.environ.get("RANK", "0") == "0") as bars:
+            result = train(config, progress=bars or None)
         if result.interrupted:
+            if result.is_main:
+                error_console.print(
+                    f"[yellow]interrupted[/]: {result.epochs_done} finished epoch(s) are saved in {result.run_dir}. "
+                    "Continue with the same command plus [bold]--resume[/]."
+                )
             raise typer.Exit(130)
         if not result.is_main:  # under torchrun only rank 0 reports
             return
         console.print(
-            f"[green]trained[/] {result.epochs_done}/{config.epochs} epochs; best epoch {result.best_epoch + 1} "
-            f"(val loss {result.best_val_loss:.4f}); run in {result.run_dir}"
+            f"[green]trained[/] {result.epochs_done}/{config.epochs} epochs; model_best.pt is epoch "
+            f"{result.best_epoch + 1} (loss {result.best_val_loss:.4f}), chosen by: {result.selection}; "
+            f"run in {result.run_dir}"
         )
         if result.stopped_early:
             console.print("stopped by --max-minutes: continue with the same command plus --resume")
@@ -137,11 +132,12 @@ def register(app: typer.Typer) -> None:
         kinds = list(score) if score else list(SCORE_KINDS)
         bad = [k for k in kinds if k not in SCORE_KINDS]
         if bad:
-            raise UserError(f"--score {bad[0]!r} is unknown: use ce, knn or ensemble")
-        doc = evaluate_run(
-            run, data or None, out, kinds, compare_paper=compare_paper, device=device, progress=progress, plots=plots,
-            which=checkpoint,
-        )
+            raise UserError(f"--score {bad[0]!r} is unknown: use {', '.join(SCORE_KINDS)}")
+        with _bars(progress) as bars:
+            doc = evaluate_run(
+                run, data or None, out, kinds, compare_paper=compare_paper, device=device, progress=bars, plots=plots,
+                which=checkpoint,
+            )
         console.print(doc["markdown"], markup=False, highlight=False)
         console.print(f"report: {(out or run) / 'report.json'}")
 
@@ -158,15 +154,35 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Recompute a run's thresholds.json (and optionally its knn references)."""
         from edge_asd.core.errors import UserError
-        from trainer.evaluate import calibrate_run, write_reference_embeddings
+        from trainer.config import SCORES
+        from trainer.references import calibrate_run, write_reference_embeddings
 
-        if score is not None and score not in ("ce", "knn", "ensemble"):
-            raise UserError(f"--score {score!r} is unknown: use ce, knn or ensemble")
-        if embeddings:
-            write_reference_embeddings(run, data or None, device, progress)
-        doc = calibrate_run(run, data or None, score, false_alarm_rate, knn_k, device, progress)
+        if score is not None and score not in SCORES:
+            raise UserError(f"--score {score!r} is unknown: use {', '.join(SCORES)}")
+        with _bars(progress) as bars:
+            if embeddings:
+                write_reference_embeddings(run, data or None, device, bars)
+            doc = calibrate_run(run, data or None, score, false_alarm_rate, knn_k, device, bars)
         console.print(f"thresholds ({doc['score']}, false-alarm rate {doc['false_alarm_rate']:g}) for {len(doc['classes'])} classes:")
         for name, entry in doc["classes"].items():
             how = "gamma fit" if entry.get("fit") else "empirical"
             console.print(f"  {name}: {entry['threshold']:.4g} ({how}, n={entry['n']})")
         console.print(f"written to {run / 'thresholds.json'}")
+
+
+def _saved_hyperparameters(out: Path) -> dict:
+    """The hyperparameters of the run being resumed (``config.json``), or nothing."""
+    cfg_path = out / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    cfg = json.loads(cfg_path.read_text())
+    saved = dict(cfg.get("train", {}))
+    saved.setdefault("loss", cfg.get("loss"))
+    saved.setdefault("layout", cfg.get("data", {}).get("layout"))
+    saved.setdefault("class_by", cfg.get("data", {}).get("class_by"))
+    return {k: v for k, v in saved.items() if k in RESUMABLE and v is not None}
+
+
+def _bars(enabled: bool) -> AbstractContextManager[RichProgress | bool]:
+    """Rich progress bars for ``--progress``; ``False`` (report nothing) for ``--no-progress``."""
+    return RichProgress() if enabled else nullcontext(False)

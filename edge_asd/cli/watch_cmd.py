@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from edge_asd.cli.output import console, error_console
+from edge_asd.core.constants import ONLINE
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -32,11 +33,11 @@ def _render(state: WatchState) -> RenderableType:
     if not state.nodes:
         table.add_row("(no node seen yet)", "", "", "", "", "", "", "")
     for node_name, node in sorted(state.nodes.items()):
-        avail = f"[green]{node.available}[/]" if node.available == "online" else f"[red]{node.available}[/]"
+        avail = f"[green]{node.available}[/]" if node.available == ONLINE else f"[red]{node.available}[/]"
         if not node.streams:
             table.add_row(node_name, avail, "", "", "", "", "", "")
         for i, (name, view) in enumerate(sorted(node.streams.items())):
-            status = view.status if view.status == "online" else f"[yellow]{view.status}[/]"
+            status = view.status if view.status == ONLINE else f"[yellow]{view.status}[/]"
             if view.message:
                 status += f" ({view.message})"
             anomaly = "[bold red]ON[/]" if view.anomaly == "ON" else view.anomaly

@@ -1,7 +1,8 @@
 """The one interface the pipeline uses to report: MQTT in production, memory in tests.
 
 Why an abstract class: the pipeline must not know about brokers, outboxes or discovery, and
-tests of the pipeline must run without a broker (``MemoryCommunicator``).
+tests of the pipeline must run without a broker (``MemoryCommunicator`` in
+``tests/fixtures/comms.py``).
 """
 
 from __future__ import annotations

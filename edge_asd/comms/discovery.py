@@ -19,6 +19,7 @@ from typing import Any
 from edge_asd import __version__
 from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.topics import Topics, unique_id
+from edge_asd.core.constants import OFFLINE, ONLINE, STREAM_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def discovery_messages(
     node = topics.node
     dev = device_block(node, model)
     origin = origin_block()
-    node_avail = {"topic": topics.available, "payload_available": "online", "payload_not_available": "offline"}
+    node_avail = {"topic": topics.available, "payload_available": ONLINE, "payload_not_available": OFFLINE}
     out: list[tuple[str, dict[str, Any]]] = []
 
     def add(component: str, uid: str, payload: dict[str, Any]) -> None:
@@ -86,9 +87,10 @@ def discovery_messages(
             node_avail,
             {
                 "topic": topics.status(s),
-                "value_template": "{{ 'online' if value == 'online' else 'offline' }}",
-                "payload_available": "online",
-                "payload_not_available": "offline",
+                # any other status (fault, disabled) makes the stream's entities unavailable
+                "value_template": f"{{{{ '{ONLINE}' if value == '{ONLINE}' else '{OFFLINE}' }}}}",
+                "payload_available": ONLINE,
+                "payload_not_available": OFFLINE,
             },
         ]
         add(
@@ -138,7 +140,7 @@ def discovery_messages(
                 "name": f"{s} status",
                 "state_topic": topics.status(s),
                 "device_class": "enum",
-                "options": ["online", "offline", "fault", "disabled"],
+                "options": list(STREAM_STATES),
                 "availability": [node_avail],
                 "entity_category": "diagnostic",
             },

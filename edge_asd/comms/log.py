@@ -1,7 +1,8 @@
 """A ``Communicator`` for a daemon without a broker (``mqtt:`` unset): everything goes to the log.
 
-Why not ``MemoryCommunicator``: that one keeps every call for tests and would grow without
-bound in a daemon; this one keeps only the latest state and writes changes to the journal.
+Why not the tests' ``MemoryCommunicator`` (``tests/fixtures/comms.py``): that one keeps every
+call and would grow without bound in a daemon; this one keeps only the latest state and writes
+changes to the journal. (``NullCommunicator`` is for runs that must not report at all.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from edge_asd.comms.base import Communicator, StreamInfo, as_stream_info
 from edge_asd.comms.topics import EVENT_KINDS, STATUSES
+from edge_asd.core.constants import FAULT
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class LogCommunicator(Communicator):
         if self.status.get(stream) == (status, message):
             return
         self.status[stream] = (status, message)
-        level = logging.WARNING if status == "fault" else logging.INFO
+        level = logging.WARNING if status == FAULT else logging.INFO
         logger.log(level, "stream %s is %s%s", stream, status, f": {message}" if message else "")
 
     def publish_anomaly(self, stream: str, on: bool) -> None:

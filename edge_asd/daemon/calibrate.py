@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edge_asd.comms.memory import MemoryCommunicator
+from edge_asd.comms.null import NullCommunicator
 from edge_asd.config import AppConfig, ConfigError
 from edge_asd.core.errors import UserError
 from edge_asd.core.thresholds import threshold_for
@@ -46,7 +46,7 @@ def calibrate_streams(
 ) -> dict[str, StreamCalibration]:
     """Score ``minutes`` of audio per stream through the real pipeline and fit thresholds."""
     windows_wanted = max(MIN_WINDOWS, int(round(minutes * 60.0 / cfg.hop_s)))
-    daemon = build_daemon(cfg, comms=MemoryCommunicator(), require_thresholds=False)
+    daemon = build_daemon(cfg, comms=NullCommunicator(), require_thresholds=False)
     pipeline = daemon.pipeline
     for stream in pipeline.streams:  # scores only: no events while the thresholds are being set
         stream.threshold_override = float("inf")

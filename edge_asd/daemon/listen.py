@@ -1,11 +1,11 @@
 """``edge-asd listen``: build the pipeline from a validated config and run it until stopped.
 
 Start-up order matters for systemd: the config is validated (by the caller), the bundle and
-the engine are loaded (an engine build extends the start timeout), the communicator starts
-(an unreachable broker is not fatal: it retries and queues), the audio inputs open, and
-READY is sent only once the first windows have been scored. SIGTERM and SIGINT let the
-current windows finish, end open events, flush the outbox for a few seconds, publish the
-final state and return 0.
+the runtime of the config's ``runtime:`` section are loaded (an engine build extends the start
+timeout), the communicator starts (an unreachable broker is not fatal: it retries and queues),
+the audio inputs open, and READY is sent only once the first windows have been scored.
+SIGTERM and SIGINT let the current windows finish, end open events, flush the outbox for a
+few seconds, publish the final state and return 0.
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ from edge_asd.audio.capture import Capture
 from edge_asd.audio.sources import AudioSource, FileSource, SoundDeviceSource, SyntheticSource
 from edge_asd.comms.base import Communicator, StreamInfo
 from edge_asd.comms.factory import create_communicator
-from edge_asd.config import AppConfig, ConfigError, SourceConfig
-from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.config import AppConfig, ConfigError, MqttConfig, SourceConfig
+from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SECONDS
 from edge_asd.daemon.pipeline import Pipeline
+from edge_asd.daemon.site import StreamSite
 from edge_asd.daemon.streams import Stream
-from edge_asd.decisions import DecisionConfig, DecisionEngine
+from edge_asd.decisions import DecisionEngine
 from edge_asd.evidence import EvidenceStore
-from edge_asd.levels import LevelMonitor, LevelThresholds
+from edge_asd.levels import LevelMonitor
 from edge_asd.sdnotify import SystemdIntegration
+from edge_asd.site.storage import bundle_sha
 from engines.bundle import Bundle, load_bundle
-from engines.runtime import open_runtime, resolve_backend
-from engines.runtime.base import Runtime
+from engines.runtime import Runtime, open_runtime, resolve_config
 from engines.scorer import Scorer
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ def resolve_classes(bundle: Bundle, names: list[str], where: str) -> list[int]:
     return indices
 
 
+def open_configured_runtime(cfg: AppConfig, bundle: Bundle, streams: int) -> Runtime:
+    """The runtime of the config's ``runtime:`` section (``auto`` resolved on this device).
+
+    All due windows go through the engine together, in chunks of at most ``max_batch``; the
+    daemon never has more windows per tick than streams, so it asks for no larger batch (a
+    smaller TensorRT profile, smaller buffers).
+    """
+    chosen = resolve_config(cfg.runtime)
+    max_batch = max(1, min(chosen.max_batch, streams))
+    return open_runtime(bundle, chosen.model_copy(update={"max_batch": max_batch}))
+
+
 def build_daemon(
     cfg: AppConfig,
     *,
@@ -122,7 +135,19 @@ def build_daemon(
     for i, sc in enumerate(cfg.streams):
         where = f"streams[{i}] ({sc.name})"
         indices = resolve_classes(bundle, sc.classes, where)
-        if sc.threshold is None and require_thresholds:
+        site = None
+        if cfg.site.enabled:
+            site = StreamSite(
+                sc.name, state_dir=cfg.state_dir, bundle=bundle, bundle_sha=bundle_sha(bundle),
+                class_names=list(sc.classes), hop_s=cfg.hop_s, false_alarms_per_day=cfg.site.false_alarms_per_day,
+            )  # fmt: skip
+        if not indices and (site is None or not site.enrolled):
+            why = site.status.message if site is not None else "site learning is off (site.enabled: false)"
+            raise ConfigError(
+                f"{where}: no `classes:` and no usable enrolment ({why}); enrol the stream with "
+                f"`edge-asd enrol --config CONFIG --stream {sc.name}`, or name the bundle classes it is"
+            )
+        if sc.threshold is None and require_thresholds and not (site is not None and site.enrolled):
             missing = [bundle.classes[c] for c in indices if scorer.threshold(c) is None]
             if missing:
                 raise ConfigError(
@@ -130,14 +155,6 @@ def build_daemon(
                     "run `edge-asd calibrate` on site, or export a run that was calibrated"
                 )
         capture = captures[sc.source]
-        decision = DecisionConfig(
-            warmup_windows=sc.decision.warmup_windows,
-            patience=sc.decision.patience,
-            off_ratio=sc.decision.off_ratio,
-            max_quiet=sc.decision.max_quiet,
-            cooldown_s=sc.decision.cooldown_s,
-        )
-        levels = LevelMonitor(LevelThresholds(silent_dbfs=sc.levels.silent_dbfs, clip_level=10 ** (sc.levels.clip_dbfs / 20)))
         streams.append(
             Stream(
                 name=sc.name,
@@ -147,23 +164,18 @@ def build_daemon(
                 class_names=list(sc.classes),
                 threshold_override=sc.threshold,
                 decisions=DecisionEngine(
-                    sc.name, list(sc.classes), decision, model=model,
-                    window_s=WINDOW_SAMPLES / SAMPLE_RATE, hop_s=cfg.hop_s,
+                    sc.name, list(sc.classes), sc.decision, model=model, window_s=WINDOW_SECONDS, hop_s=cfg.hop_s
                 ),
-                levels=levels,
+                levels=LevelMonitor(sc.levels),
                 hop_samples=hop_samples,
                 enabled=sc.enabled,
+                site=site,
             )
         )
 
     if runtime is None:
-        # All due windows go through the engine together, in chunks of at most max_batch: on a
-        # CPU batch 8 is the fastest (docs/performance.md) and larger batches only cost memory;
-        # a TensorRT engine is built for 1..16.
-        backend = resolve_backend(cfg.backend)
-        limit = 16 if backend == "tensorrt" else 8
         with systemd.extending_timeout(status="loading the inference engine"):
-            runtime = open_runtime(bundle, backend=backend, max_batch=max(1, min(limit, len(streams))))
+            runtime = open_configured_runtime(cfg, bundle, len(streams))
     comms = comms or create_communicator(cfg, model=f"{model['name']}@{model['sha']}")
     evidence = None
     if cfg.evidence.enabled:
@@ -174,14 +186,14 @@ def build_daemon(
     pipeline = Pipeline(
         streams, runtime, scorer, comms, evidence,
         hop_s=cfg.hop_s,
-        stats_interval_s=cfg.mqtt.stats_interval_s if cfg.mqtt is not None else 60.0,
+        stats_interval_s=(cfg.mqtt or MqttConfig()).stats_interval_s,
         systemd=systemd,
         realtime=realtime,
     )
     comms.announce([
         StreamInfo(
             name=s.name,
-            threshold=s.threshold_override if s.threshold_override is not None else scorer.threshold(s.class_indices[0]),
+            threshold=_initial_threshold(s, scorer),
             classes=tuple(s.class_names),
             source=s.capture.source.name,
             enabled=s.enabled,
@@ -189,6 +201,15 @@ def build_daemon(
         for s in streams
     ])
     return Daemon(pipeline, list(captures.values()), runtime, comms, systemd)
+
+
+def _initial_threshold(stream: Stream, scorer: Scorer) -> float | None:
+    """The threshold a stream starts with: the config's, the enrolment's, else the bundle's."""
+    if stream.threshold_override is not None:
+        return stream.threshold_override
+    if stream.site is not None and stream.site.threshold is not None:
+        return stream.site.threshold
+    return scorer.threshold(stream.class_indices[0]) if stream.class_indices else None
 
 
 def run_daemon(daemon: Daemon, *, install_signals: bool = True, on_started: Callable[[Daemon], None] | None = None) -> int:

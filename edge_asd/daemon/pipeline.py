@@ -21,16 +21,15 @@ import numpy as np
 from edge_asd import __version__
 from edge_asd.comms.base import Communicator
 from edge_asd.core.constants import DISABLED, FAULT, OFFLINE, ONLINE, SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.daemon.site import WindowRow
 from edge_asd.daemon.streams import Stream
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelReport
 from edge_asd.sdnotify import SystemdIntegration, format_status
-from engines.runtime.base import Runtime
-from engines.scorer import Scorer
+from engines.runtime.base import Inference, Runtime
+from engines.scorer import RowScore, Scorer
 
 logger = logging.getLogger(__name__)
-
-
 
 FAULT_TEXT = {
     "silent": "microphone silent (muted or unplugged?)",
@@ -47,6 +46,12 @@ def fault_message(report: LevelReport) -> str:
     return text
 
 
+def _explained(event: dict) -> str:
+    """``: <explanation summary>`` for the log line of a new event, or nothing."""
+    summary = (event.get("explanation") or {}).get("summary")
+    return f": {summary}" if summary else ""
+
+
 class Pipeline:
     """Schedules, scores and decides for a set of streams; ``run`` until stopped or finished."""
 
@@ -59,7 +64,7 @@ class Pipeline:
         evidence: EvidenceStore | None,
         *,
         hop_s: float,
-        stats_interval_s: float = 60.0,
+        stats_interval_s: float,
         systemd: SystemdIntegration | None = None,
         realtime: bool = True,
         clock: Callable[[], float] = time.time,
@@ -168,14 +173,17 @@ class Pipeline:
         self._infer_ms.append((time.monotonic() - t0) * 1000.0)
         self.engine_s += time.monotonic() - t0
         self.batches += 1
-        rows = self.scorer.score_rows(out, [s.class_indices for s, _, _ in batch])
-        for (stream, window, end_index), row in zip(batch, rows):
-            threshold = stream.threshold_override if stream.threshold_override is not None else row.threshold
+        # The bundle's score for the streams that have classes (the fallback before enrolment).
+        with_classes = [i for i, (s, _, _) in enumerate(batch) if s.class_indices]
+        bundle_rows = dict(zip(with_classes, self.scorer.score_rows(
+            out.select(with_classes), [batch[i][0].class_indices for i in with_classes]))) if with_classes else {}
+        for i, (stream, window, end_index) in enumerate(batch):
+            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows.get(i))
             stream.counters.windows += 1
-            stream.last_score = row.score
+            stream.last_score = score
             stream.last_threshold = threshold
-            self.comms.publish_score(stream.name, row.score, threshold)
-            self._decide(stream, end_index, row.score, window, threshold=threshold)
+            self.comms.publish_score(stream.name, score, threshold)
+            self._decide(stream, end_index, score, window, threshold=threshold, detail=detail)
         if not self.ready_sent:
             self.ready_sent = True
             if self.systemd is not None:
@@ -183,6 +191,27 @@ class Pipeline:
             logger.info("first windows scored: ready")
         elif self.systemd is not None and self.batches % 10 == 0:
             self.systemd.status(self.status_line())
+
+    def _window_score(
+        self, stream: Stream, window: np.ndarray, end_index: int, out: Inference, i: int, bundle_row: RowScore | None
+    ) -> tuple[float, float, dict | None]:
+        """(score, threshold, detail) of one window: the fused site score of an enrolled
+        stream, else the bundle's score. ``detail`` is only built for a window over its
+        threshold (it may open or raise an event)."""
+        site = stream.site
+        if site is not None:
+            indicators, profile = site.features(window, end_index)
+            ce = float(out.scores[i, stream.class_indices].min()) if stream.class_indices else None
+            row = WindowRow(end_index, indicators, profile, np.asarray(out.embedding[i], np.float32), ce)
+            fused = site.score(row)
+            if fused is not None:
+                threshold = stream.threshold_override if stream.threshold_override is not None else fused.threshold
+                detail = site.detail(fused, row) if fused.fused > threshold else None
+                return fused.fused, threshold, detail
+        if bundle_row is None:  # not enrolled and no classes: build_daemon refuses such a stream
+            raise RuntimeError(f"stream {stream.name} has neither an enrolment nor bundle classes")
+        threshold = stream.threshold_override if stream.threshold_override is not None else bundle_row.threshold
+        return bundle_row.score, threshold, {"score_kind": "bundle"}
 
     def _decide(
         self,
@@ -193,33 +222,49 @@ class Pipeline:
         *,
         threshold: float | None = None,
         fault: bool = False,
+        detail: dict | None = None,
     ) -> None:
         threshold = stream.last_threshold if threshold is None else threshold
         if threshold is None:
             threshold = float("inf")
-        transitions = stream.decisions.update(end_index / SAMPLE_RATE, self.clock(), score, threshold, fault=fault)
+        transitions = stream.decisions.update(
+            end_index / SAMPLE_RATE, self.clock(), score, threshold, fault=fault, detail=detail
+        )
         self._publish_transitions(stream, transitions, window)
 
     def _publish_transitions(self, stream: Stream, transitions: list, window: np.ndarray | None) -> None:
+        """Evidence first, then the event into the durable outbox, and only then the retained
+        ``anomaly`` state: a crash between the two leaves an event that the next start closes,
+        never an ``ON`` without its event."""
         for kind, before, after in transitions:
             if kind == "new":
                 stream.counters.events += 1
                 if self.evidence is not None and window is not None:
+                    normal = stream.site.normal_bands() if stream.site is not None else None
                     try:
-                        files = self.evidence.save(stream.name, after["id"], window)
+                        files = self.evidence.save(stream.name, after["id"], window, normal_bands=normal)
                         stream.decisions.set_evidence(str(files.wav))
                         after = {**after, "evidence": str(files.wav)}
+                        if files.png is not None:
+                            after["evidence_png"] = str(files.png)
                     except OSError as err:  # a full disk must not cost the alert
                         logger.error("could not save evidence for event %s: %s", after["id"], err)
+                if stream.site is not None:
+                    stream.site.event_opened(after["id"], int(round(after["start_time"] * SAMPLE_RATE)))
+                self.comms.publish_event(kind, before, after)
                 self.comms.publish_anomaly(stream.name, True)
                 logger.warning(
-                    "anomaly on %s: event %s at %.1f s (score %.3f, threshold %.3f)",
+                    "anomaly on %s: event %s at %.1f s (score %.3f, threshold %.3f)%s",
                     stream.name, after["id"], after["start_time"], after["peak_score"], after["threshold"],
-                )
-            elif kind == "end":
+                    _explained(after),
+                )  # fmt: skip
+                continue
+            self.comms.publish_event(kind, before, after)
+            if kind == "end":
+                if stream.site is not None:
+                    stream.site.event_ended(after["id"])
                 self.comms.publish_anomaly(stream.name, False)
                 logger.warning("anomaly on %s ended: event %s at %.1f s", stream.name, after["id"], after["end_time"])
-            self.comms.publish_event(kind, before, after)
 
     def close_events(self) -> None:
         """End every open event (shutdown or end of input) so subscribers see its end."""

@@ -16,7 +16,8 @@ import numpy as np
 
 from edge_asd.audio.capture import Capture
 from edge_asd.audio.stream_buffer import StreamBuffer
-from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.constants import WINDOW_SAMPLES
+from edge_asd.daemon.site import StreamSite
 from edge_asd.decisions import DecisionEngine
 from edge_asd.levels import LevelMonitor
 
@@ -46,6 +47,8 @@ class Stream:
     levels: LevelMonitor
     hop_samples: int
     enabled: bool = True
+    site: StreamSite | None = None
+    """Site learning (enrolment, features, feedback); None when site learning is off."""
     next_end: int = WINDOW_SAMPLES  # end sample index of the next window on the hop grid
     counters: StreamCounters = field(default_factory=StreamCounters)
     last_score: float | None = None
@@ -79,7 +82,3 @@ class Stream:
     def hold_index(self) -> int:
         """First sample this stream still needs (backpressure for non-real-time sources)."""
         return self.next_end - WINDOW_SAMPLES
-
-    @staticmethod
-    def seconds(index: int) -> float:
-        return index / SAMPLE_RATE

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Protocol
 
 import numpy as np
 
@@ -31,6 +31,10 @@ class Inference:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def select(self, rows: list[int]) -> Inference:
+        """The outputs of some rows of the batch, in the order given."""
+        return Inference(self.scores[rows], self.embedding[rows])
 
 
 def validate_audio(audio: object, window_samples: int = WINDOW_SAMPLES) -> np.ndarray:
@@ -51,9 +55,12 @@ def validate_audio(audio: object, window_samples: int = WINDOW_SAMPLES) -> np.nd
 
 
 class Runtime(ABC):
-    """A loaded model that maps (B, 160000) float32 audio to an ``Inference``."""
+    """A loaded model that maps (B, 160000) float32 audio to an ``Inference``.
 
-    type_key: ClassVar[str] = ""
+    ``type_key`` is the backend's ``type`` in the ``runtime:`` config (its registry key).
+    """
+
+    type_key: str = ""
 
     def __init__(self, classes: list[str], max_batch: int = 16, window_samples: int = WINDOW_SAMPLES) -> None:
         if max_batch < 1:
@@ -110,4 +117,44 @@ class Runtime(ABC):
         self.close()
 
 
-__all__ = ["EMBEDDING_DIM", "WINDOW_SAMPLES", "Inference", "Runtime", "validate_audio"]
+class Predictor(Protocol):
+    """A model from a package ``engines`` may not import (the trainer's torch model).
+
+    The trainer stands on the core only (the import contracts in ``pyproject.toml``), so it
+    cannot subclass ``Runtime``; it hands over this much and ``PredictorRuntime`` adds the
+    input checks and the chunking every runtime has.
+    """
+
+    classes: list[str]
+
+    def __call__(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (B, C) and embeddings (B, 128) of at most ``max_batch`` validated rows."""
+        ...
+
+    def describe(self) -> str:
+        """One line for logs: framework, device, where the weights come from."""
+        ...
+
+
+class PredictorRuntime(Runtime):
+    """A ``Runtime`` around a ``Predictor``, under the backend's ``type_key``."""
+
+    def __init__(self, type_key: str, predictor: Predictor, max_batch: int, window_samples: int = WINDOW_SAMPLES) -> None:
+        super().__init__(list(predictor.classes), max_batch, window_samples)
+        self.type_key = type_key
+        self.predictor = predictor
+
+    def describe(self) -> str:
+        return self.predictor.describe()
+
+    def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.predictor(audio)
+
+    def close(self) -> None:
+        close = getattr(self.predictor, "close", None)
+        if close is not None:
+            close()
+        super().close()
+
+
+__all__ = ["Inference", "Predictor", "PredictorRuntime", "Runtime", "validate_audio"]

@@ -6,6 +6,10 @@ convolution of ``model.onnx``. When the CUDA provider is present we run ``model.
 instead: it is the graph TensorRT builds from (so a CUDA-EP run checks it), every op in it
 has a CUDA kernel, and its fp16 backbone uses the tensor cores; whether the CUDA EP covers
 ``STFT`` depends on the onnxruntime build, the conv graph does not. ``onnx_file`` forces either.
+
+Settings: ``runtime: {type: onnxruntime, threads, max_batch, onnx_file}``
+(``edge_asd.config.OnnxRuntimeConfig``). onnxruntime itself is imported only when a session
+is opened, so registering this backend works without it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from edge_asd.config import OnnxRuntimeConfig
 from engines.bundle import MODEL_CPU_ONNX, MODEL_ONNX, Bundle
 from engines.errors import BackendUnavailableError, BundleError
 from engines.runtime.base import Runtime
+from engines.runtime.registry import RuntimeEntry, register
 
 logger = logging.getLogger(__name__)
 
-BACKEND_KEY = "onnxruntime"
+BACKEND_KEY: str = OnnxRuntimeConfig.model_fields["type"].default
 INSTALL_HINT = "install it with `pip install 'edge-asd[onnx]'` (or `pip install onnxruntime`)"
 
 
@@ -49,29 +55,20 @@ class OnnxRuntimeBackend(Runtime):
 
     type_key = BACKEND_KEY
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        max_batch: int = 16,
-        threads: int | None = None,
-        onnx_file: str | None = None,
-        providers: list[str] | None = None,
-    ) -> None:
-        super().__init__(bundle.classes, max_batch, bundle.manifest.window_samples)
+    def __init__(self, bundle: Bundle, config: OnnxRuntimeConfig | None = None) -> None:
+        config = config or OnnxRuntimeConfig()
+        super().__init__(bundle.classes, config.max_batch, bundle.manifest.window_samples)
         ort = import_onnxruntime()
-        available_providers = ort.get_available_providers()
-        if providers is None:
-            providers = ["CPUExecutionProvider"]
-            if "CUDAExecutionProvider" in available_providers:
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        onnx_file = config.onnx_file
         if onnx_file is None:
             onnx_file = MODEL_ONNX if providers[0] == "CUDAExecutionProvider" else MODEL_CPU_ONNX
-        if onnx_file not in (MODEL_ONNX, MODEL_CPU_ONNX):
-            raise BundleError(f"onnx_file must be {MODEL_ONNX} or {MODEL_CPU_ONNX}, got {onnx_file!r}")
         self.onnx_path: Path = bundle.path / onnx_file
         options = ort.SessionOptions()
         # Whole cores for one inference at a time: the daemon batches every stream into one call.
-        options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        options.intra_op_num_threads = int(config.threads or os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -97,4 +94,6 @@ class OnnxRuntimeBackend(Runtime):
         super().close()
 
 
-__all__ = ["BACKEND_KEY", "OnnxRuntimeBackend", "available", "import_onnxruntime"]
+ENTRY = register(RuntimeEntry(BACKEND_KEY, OnnxRuntimeConfig, OnnxRuntimeBackend, available))
+
+__all__ = ["BACKEND_KEY", "ENTRY", "OnnxRuntimeBackend", "available", "import_onnxruntime"]

@@ -10,6 +10,10 @@ pops the context when closed. Callers on any thread just wait for the result.
 Per chunk: ``set_input_shape`` -> async H2D -> ``execute_async_v3(stream.handle)`` (its bool
 is checked) -> async D2H -> ``stream.synchronize()``. Tensor addresses are set once: the
 buffers never move. TensorRT 10.x API, forward-compatible with 11.x.
+
+Settings: ``runtime: {type: tensorrt, device, workspace_mib, max_batch, allow_build}``
+(``edge_asd.config.TensorRTRuntimeConfig``). TensorRT and pycuda are imported only by
+``available()`` and the worker thread, so registering this backend works without them.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_asd.config import TensorRTRuntimeConfig
 from edge_asd.core.constants import EMBEDDING_DIM
 from engines.build import (
-    DEFAULT_WORKSPACE_MIB,
     ProgressFn,
     current_device,
     ensure_engine,
@@ -34,10 +38,11 @@ from engines.build import (
 from engines.bundle import Bundle
 from engines.errors import BackendUnavailableError, EngineBuildError
 from engines.runtime.base import Runtime
+from engines.runtime.registry import RuntimeEntry, register
 
 logger = logging.getLogger(__name__)
 
-BACKEND_KEY = "tensorrt"
+BACKEND_KEY: str = TensorRTRuntimeConfig.model_fields["type"].default
 _STOP = object()
 
 
@@ -62,19 +67,14 @@ class TensorRTBackend(Runtime):
     type_key = BACKEND_KEY
 
     def __init__(
-        self,
-        bundle: Bundle,
-        max_batch: int = 16,
-        device_index: int = 0,
-        workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-        allow_build: bool = True,
-        progress: ProgressFn | None = None,
+        self, bundle: Bundle, config: TensorRTRuntimeConfig | None = None, progress: ProgressFn | None = None
     ) -> None:
-        super().__init__(bundle.classes, max_batch, bundle.manifest.window_samples)
+        config = config or TensorRTRuntimeConfig()
+        super().__init__(bundle.classes, config.max_batch, bundle.manifest.window_samples)
         self.bundle = bundle
-        self.device_index = device_index
-        self.workspace_mib = workspace_mib
-        self.allow_build = allow_build
+        self.device_index = config.device
+        self.workspace_mib = config.workspace_mib
+        self.allow_build = config.allow_build
         self.progress = progress
         self.plan_path: str = ""
         self.device_name: str = ""
@@ -218,4 +218,22 @@ class TensorRTBackend(Runtime):
                 item[1].set_exception(RuntimeError("the TensorRT runtime was closed"))
 
 
-__all__ = ["BACKEND_KEY", "TensorRTBackend", "available"]
+def open_tensorrt(
+    bundle: Bundle, config: TensorRTRuntimeConfig, progress: ProgressFn | None = None
+) -> TensorRTBackend:
+    """The registry's opener: says what is missing before a worker thread starts."""
+    reason = available()
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"the tensorrt backend cannot run here: {reason}. It needs TensorRT (JetPack), pycuda "
+            "(`pip install 'edge-asd[jetson]'`) and a CUDA GPU; elsewhere use `runtime: {type: onnxruntime}` "
+            "(or --backend onnxruntime)"
+        )
+    return TensorRTBackend(bundle, config, progress=progress)
+
+
+ENTRY = register(
+    RuntimeEntry(BACKEND_KEY, TensorRTRuntimeConfig, open_tensorrt, available, extras=frozenset({"progress"}))
+)
+
+__all__ = ["BACKEND_KEY", "ENTRY", "TensorRTBackend", "available", "open_tensorrt"]

@@ -1,4 +1,5 @@
-"""Config loading: messages that name the key path, CLI overrides, masking, `config check`."""
+"""Config loading: messages that name the key path, CLI flags over a file, masking, the runtime
+section, `config check`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from typer.testing import CliRunner
 from edge_asd.cli import app
 from edge_asd.config import (
     AppConfig,
+    AutoRuntimeConfig,
     ConfigError,
-    DeviceSource,
-    FileSource,
-    SynthSource,
+    DeviceSourceConfig,
+    FileSourceConfig,
+    OnnxRuntimeConfig,
+    SynthSourceConfig,
+    TensorRTRuntimeConfig,
     config_from_cli,
     effective_config_dict,
     load_config,
+    validate_config,
 )
 
 pytestmark = pytest.mark.device
@@ -51,9 +56,9 @@ def write(tmp_path: Path, text: str, name: str = "edge.yaml") -> Path:
     return path
 
 
-def errors_of(tmp_path: Path, text: str, overrides: dict | None = None) -> str:
+def errors_of(tmp_path: Path, text: str) -> str:
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, text), overrides)
+        load_config(write(tmp_path, text))
     return str(info.value)
 
 
@@ -62,7 +67,7 @@ def test_good_config_with_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert isinstance(cfg, AppConfig)
     assert cfg.bundle == tmp_path / "bundles" / "fan"
     assert cfg.state_dir == tmp_path / "state"
-    assert [type(s) for s in cfg.sources] == [DeviceSource, FileSource, SynthSource]
+    assert [type(s) for s in cfg.sources] == [DeviceSourceConfig, FileSourceConfig, SynthSourceConfig]
     assert cfg.sources[1].path == tmp_path / "clips" / "normal.wav"
     assert cfg.sources[2].anomalies[0].duration_s == 20
     fan = cfg.streams[0]
@@ -76,7 +81,7 @@ def test_good_config_with_defaults_and_relative_paths(tmp_path: Path) -> None:
 
 
 def test_mqtts_url_enables_tls_and_default_port(tmp_path: Path) -> None:
-    cfg = load_config(None, {"mqtt": {"url": "mqtts://b.example"}, **_one_stream()})
+    cfg = validate_config({"mqtt": {"url": "mqtts://b.example"}, **_one_stream()})
     assert cfg.mqtt is not None and cfg.mqtt.tls.enabled and cfg.mqtt.effective_port == 8883
 
 
@@ -86,9 +91,9 @@ def _one_stream() -> dict:
 
 def test_state_dir_defaults_to_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edge-asd-test:/other")
-    assert load_config(None, _one_stream()).state_dir == Path("/var/lib/edge-asd-test")
+    assert validate_config(_one_stream()).state_dir == Path("/var/lib/edge-asd-test")
     monkeypatch.delenv("STATE_DIRECTORY")
-    assert load_config(None, _one_stream()).state_dir == Path("/var/lib/edge-asd")
+    assert validate_config(_one_stream()).state_dir == Path("/var/lib/edge-asd")
 
 
 def test_unknown_key_names_the_key_path_line_and_allowed_keys(tmp_path: Path) -> None:
@@ -132,18 +137,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
-def test_overrides_nested_and_dotted(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, GOOD), {"hop_s": 2.0, "mqtt.prefix": "plant7", "evidence": {"max_files": 5}})
-    assert cfg.hop_s == 2.0 and cfg.mqtt is not None and cfg.mqtt.prefix == "plant7"
-    assert cfg.evidence.max_files == 5 and cfg.evidence.max_mb == 500.0
-
-
 def test_password_is_masked(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
     data = effective_config_dict(cfg)
     assert data["mqtt"]["password"] == "***"
     assert "hunter2-secret" not in repr(cfg) and "hunter2-secret" not in yaml.safe_dump(data)
-    cfg = load_config(None, {"mqtt": {"url": "mqtt://u:pw-in-url@h"}, **_one_stream()})
+    cfg = validate_config({"mqtt": {"url": "mqtt://u:pw-in-url@h"}, **_one_stream()})
     data = effective_config_dict(cfg)
     assert "pw-in-url" not in str(data) and data["mqtt"]["password"] == "***"
 
@@ -153,15 +152,15 @@ def test_config_from_cli_builds_a_one_stream_config(tmp_path: Path) -> None:
         source=f"file:{tmp_path / 'a.wav'}", bundle=tmp_path / "b", classes=["fan/id_00"],
         broker="mqtt://127.0.0.1:1999", hop=0.25, backend="onnxruntime",
     )
-    assert isinstance(cfg.sources[0], FileSource) and cfg.sources[0].path == tmp_path / "a.wav"
+    assert isinstance(cfg.sources[0], FileSourceConfig) and cfg.sources[0].path == tmp_path / "a.wav"
     assert cfg.streams[0].name == "a" and cfg.streams[0].classes == ["fan/id_00"]
     assert cfg.mqtt is not None and cfg.mqtt.effective_port == 1999
     assert (cfg.hop_s, cfg.backend, cfg.bundle) == (0.25, "onnxruntime", tmp_path / "b")
     cfg = config_from_cli(device="3", classes=["fan/id_00"])
-    assert isinstance(cfg.sources[0], DeviceSource) and cfg.sources[0].device == 3
+    assert isinstance(cfg.sources[0], DeviceSourceConfig) and cfg.sources[0].device == 3
     assert cfg.streams[0].name == "mic" and cfg.mqtt is None
     cfg = config_from_cli(source="synth:pump/id_02", classes=["pump/id_02"])
-    assert isinstance(cfg.sources[0], SynthSource) and cfg.sources[0].machine_id == "id_02"
+    assert isinstance(cfg.sources[0], SynthSourceConfig) and cfg.sources[0].machine_id == "id_02"
     with pytest.raises(ConfigError, match="--class"):
         config_from_cli(device="0")
     with pytest.raises(ConfigError, match="either --device or --source"):
@@ -201,3 +200,53 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert "streams[0].decision.patiense" in result.output
     result = runner.invoke(app, ["config", "check", str(tmp_path / "none.yaml")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_runtime_section_defaults_to_auto_and_takes_per_backend_settings(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace("backend: onnxruntime\n", "")))
+    assert isinstance(cfg.runtime, AutoRuntimeConfig) and cfg.backend == "auto"
+    text = GOOD.replace("backend: onnxruntime", "runtime: {type: tensorrt, workspace_mib: 512, device: 1}")
+    cfg = load_config(write(tmp_path, text))
+    assert isinstance(cfg.runtime, TensorRTRuntimeConfig) and cfg.backend == "tensorrt"
+    assert (cfg.runtime.workspace_mib, cfg.runtime.device, cfg.runtime.max_batch) == (512, 1, 16)
+    cfg = load_config(write(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {threads: 2}")))
+    assert isinstance(cfg.runtime, AutoRuntimeConfig) and cfg.runtime.threads == 2  # no type: auto
+    # `backend:` is shorthand for the runtime's type
+    cfg = load_config(write(tmp_path, GOOD))
+    assert isinstance(cfg.runtime, OnnxRuntimeConfig) and cfg.runtime.threads is None
+    both = GOOD.replace("backend: onnxruntime", "backend: onnxruntime\nruntime: {threads: 1}")
+    cfg = load_config(write(tmp_path, both))
+    assert isinstance(cfg.runtime, OnnxRuntimeConfig) and cfg.runtime.threads == 1
+
+
+def test_runtime_typos_and_unknown_types_are_clear_errors(tmp_path: Path) -> None:
+    msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {type: onnxruntime, thread: 1}"))
+    assert "runtime.thread (line 2): unknown key 'thread'" in msg
+    assert "allowed keys: type, max_batch, threads, onnx_file" in msg
+    msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {type: onnxruntime, workspace_mib: 64}"))
+    assert "runtime.workspace_mib" in msg and "unknown key" in msg  # a TensorRT setting
+    msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime:\n  type: cuda"))
+    assert "runtime.type (line 3): invalid value 'cuda'; allowed values: auto, tensorrt, onnxruntime, torch" in msg
+    msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {type: tensorrt, max_batch: 0}"))
+    assert "runtime.max_batch (line 2)" in msg
+    msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "backend: onnxruntime\nruntime: {type: tensorrt}"))
+    assert "backend (line 2): backend 'onnxruntime' disagrees with runtime.type 'tensorrt'" in msg
+
+
+def test_backend_flag_replaces_the_runtime_section_of_another_type(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {type: tensorrt, workspace_mib: 512}"))
+    cfg = config_from_cli(path, backend="onnxruntime")
+    assert isinstance(cfg.runtime, OnnxRuntimeConfig) and cfg.backend == "onnxruntime"
+    cfg = config_from_cli(path, backend="tensorrt")
+    assert isinstance(cfg.runtime, TensorRTRuntimeConfig) and cfg.runtime.workspace_mib == 512
+    assert isinstance(config_from_cli(path).runtime, TensorRTRuntimeConfig)
+
+
+def test_config_check_prints_the_runtime_section(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["config", "check", str(write(tmp_path, GOOD))])
+    assert result.exit_code == 0, result.output
+    out = yaml.safe_load(result.stdout)
+    assert out["runtime"] == {"type": "onnxruntime", "max_batch": 8, "threads": None, "onnx_file": None}
+    assert "backend" not in out  # the shorthand is folded into runtime.type
+    again = validate_config({**out, "mqtt": {"url": "mqtt://h"}}, base_dir=tmp_path)
+    assert isinstance(again.runtime, OnnxRuntimeConfig)

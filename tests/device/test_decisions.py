@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from edge_asd.decisions import DecisionConfig, DecisionEngine
+from edge_asd.config import DecisionConfig
+from edge_asd.decisions import DecisionEngine
 
 pytestmark = pytest.mark.device
 
@@ -118,3 +119,11 @@ def test_config_validation() -> None:
         DecisionConfig(patience=0)
     with pytest.raises(ValueError):
         DecisionConfig(off_ratio=1.5)
+
+
+def test_defaults_are_the_configs() -> None:
+    """The engine has no defaults of its own: without a config it runs the config's."""
+    engine = DecisionEngine("mic1", ["fan/id_00"], hop_s=1.0)
+    assert engine.config == DecisionConfig()
+    assert (engine.config.warmup_windows, engine.config.max_quiet, engine.config.cooldown_s) == (3, 3, 30.0)
+    assert engine.window_s == 10.0

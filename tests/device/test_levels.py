@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_asd.levels import LevelMonitor, LevelThresholds, measure
+from edge_asd.config import LevelsConfig
+from edge_asd.levels import LevelMonitor, clip_level, measure
 
 pytestmark = pytest.mark.device
 
@@ -29,7 +30,7 @@ def test_silence_is_silent() -> None:
     r = measure(_noise(1e-5))
     assert r.state == "silent" and r.fault and not r.scorable
     assert r.rms_dbfs < -80.0
-    assert measure(_noise(1e-5), LevelThresholds(silent_dbfs=-120.0)).state == "ok"
+    assert measure(_noise(1e-5), LevelsConfig(silent_dbfs=-120.0)).state == "ok"
 
 
 def test_digital_zero_and_constant_are_dead() -> None:
@@ -57,8 +58,20 @@ def test_clipped_sine_is_clipping() -> None:
     assert rc.state == "ok" and abs(rc.crest_db - 20 * math.log10(math.sqrt(2))) < 0.05
 
 
+def test_thresholds_come_from_the_config() -> None:
+    """measure() without a config uses the config's defaults: -70 dBFS silence, -0.1 dBFS clipping."""
+    assert measure(_noise(10 ** (-75 / 20))).state == "silent"  # -75 dBFS RMS
+    assert measure(_noise(10 ** (-65 / 20))).state == "ok"
+    assert clip_level(LevelsConfig()) == pytest.approx(10 ** (-0.1 / 20))
+    t = np.arange(N) / 16000
+    near_full = (0.995 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # peaks above -0.1 dBFS
+    assert measure(near_full).state == "clipping"
+    assert measure(near_full, LevelsConfig(clip_fraction=0.5)).state == "ok"
+    assert LevelMonitor().debounce == LevelsConfig().debounce_windows
+
+
 def test_monitor_debounces_stream_state() -> None:
-    mon = LevelMonitor(debounce=3)
+    mon = LevelMonitor(LevelsConfig(debounce_windows=3))
     assert mon.check("m", np.zeros(N, np.float32)).state == "dead"
     assert mon.state("m") == "ok"  # one bad window does not flip the stream
     mon.check("m", np.zeros(N, np.float32))

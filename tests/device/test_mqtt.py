@@ -360,14 +360,14 @@ def test_stop_without_start_and_event_before_start(tmp_path: Path) -> None:
 def test_factory_and_log_communicator(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from edge_asd.comms.factory import create_communicator
     from edge_asd.comms.log import LogCommunicator
-    from edge_asd.config import load_config
+    from edge_asd.config import validate_config
 
     base = {
         "state_dir": str(tmp_path),
         "sources": [{"name": "s", "type": "synth"}],
         "streams": [{"name": "x", "source": "s", "classes": ["c"]}],
     }
-    comm = create_communicator(load_config(None, base))
+    comm = create_communicator(validate_config(base))
     assert isinstance(comm, LogCommunicator)
     caplog.set_level(logging.INFO)
     comm.start()
@@ -377,13 +377,13 @@ def test_factory_and_log_communicator(tmp_path: Path, caplog: pytest.LogCaptureF
     comm.publish_event("new", None, {"id": "e"})
     comm.stop()
     assert caplog.text.count("stream x is fault: silent") == 1 and "anomaly ON" in caplog.text
-    mq = create_communicator(load_config(None, {**base, "mqtt": {"url": "mqtt://127.0.0.1:1"}, "node_id": "n9"}))
+    mq = create_communicator(validate_config({**base, "mqtt": {"url": "mqtt://127.0.0.1:1"}, "node_id": "n9"}))
     assert isinstance(mq, MqttCommunicator) and mq.topics.available == "edge-asd/n9/available"
     assert mq.state_dir == tmp_path
 
 
 def test_memory_communicator_records_calls() -> None:
-    from edge_asd.comms.memory import MemoryCommunicator
+    from tests.fixtures.comms import MemoryCommunicator
 
     comm = MemoryCommunicator()
     seen: list[tuple[str, bool]] = []

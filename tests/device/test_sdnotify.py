@@ -14,8 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_asd import sdnotify
-from edge_asd.sdnotify import Notifier, SystemdIntegration, Watchdog, format_status
+from edge_asd.sdnotify import (
+    Notifier,
+    SystemdIntegration,
+    Watchdog,
+    format_status,
+    watchdog_interval_from_env,
+)
 
 pytestmark = pytest.mark.device
 
@@ -78,19 +83,21 @@ def test_ready_status_stopping_extend_datagrams(receiver: Receiver) -> None:
     notifier.close()
 
 
-def test_module_helpers(receiver: Receiver) -> None:
-    assert sdnotify.notify(READY=1, status="hello", custom_field=True)
+def test_send_fields_and_defaults(receiver: Receiver) -> None:
+    notifier = Notifier.from_env()
+    assert notifier.send(READY=1, status="hello", custom_field=True)
     assert receiver.recv() == {"READY": "1", "STATUS": "hello", "CUSTOM_FIELD": "1"}
-    assert sdnotify.ready()
+    assert notifier.ready()
     assert receiver.recv() == {"READY": "1"}
-    assert sdnotify.status("x")
+    assert notifier.status("x")
     assert receiver.recv() == {"STATUS": "x"}
-    assert sdnotify.extend_timeout(60)
+    assert notifier.extend_timeout(60)
     assert receiver.recv() == {"EXTEND_TIMEOUT_USEC": "60000000"}
-    assert sdnotify.stopping("bye")
+    assert notifier.stopping("bye")
     assert receiver.recv() == {"STOPPING": "1", "STATUS": "bye"}
-    assert sdnotify.watchdog()
+    assert notifier.watchdog()
     assert receiver.recv() == {"WATCHDOG": "1"}
+    notifier.close()
 
 
 def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +106,9 @@ def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     sock.bind("\0" + name)
     try:
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-        assert sdnotify.ready("abstract")
+        notifier = Notifier.from_env()
+        assert notifier.ready("abstract")
+        notifier.close()
         sock.settimeout(2.0)
         assert _parse(sock.recv(4096)) == {"READY": "1", "STATUS": "abstract"}
     finally:
@@ -109,7 +118,7 @@ def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_noop_without_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    assert sdnotify.notify(READY=1) is False
+    assert Notifier.from_env().send(READY=1) is False
     assert not Notifier.from_env().enabled
     sd = SystemdIntegration.from_env()
     assert not sd.enabled
@@ -152,11 +161,11 @@ def test_from_env_hides_variables_from_children(receiver: Receiver, monkeypatch:
 def test_watchdog_pid_of_another_process_disables_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
-    assert sdnotify.watchdog_interval_from_env() is None
+    assert watchdog_interval_from_env() is None
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    assert sdnotify.watchdog_interval_from_env() == pytest.approx(0.2)
+    assert watchdog_interval_from_env() == pytest.approx(0.2)
     monkeypatch.setenv("WATCHDOG_USEC", "garbage")
-    assert sdnotify.watchdog_interval_from_env() is None
+    assert watchdog_interval_from_env() is None
 
 
 def test_watchdog_pings_only_while_progress_is_reported(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,12 +137,12 @@ def test_missing_device_is_a_user_error_listing_inputs() -> None:
 
 
 def test_device_without_requested_channels(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edge_asd.audio.sources as sources
+    import edge_asd.audio.sources.device as device_source
 
     dev = InputDevice(0, "jack:system", "system", "JACK Audio Connection Kit", 2, 16000.0)
-    monkeypatch.setattr(sources, "list_inputs", lambda sd=None: [dev])
+    monkeypatch.setattr(device_source, "list_inputs", lambda sd=None: [dev])
     with pytest.raises(AudioDeviceError, match="has 2 channel.*4 requested"):
-        sources.SoundDeviceSource("system", channels=4)
+        device_source.SoundDeviceSource("system", channels=4)
 
 
 def test_missing_portaudio_says_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -347,12 +347,12 @@ def _wait(cond, timeout: float = 5.0) -> bool:
 
 
 def test_device_watchdog_reopens_after_unplug_and_stall(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edge_asd.audio.sources as sources
+    import edge_asd.audio.sources.device as device_source
 
     pa = _FakePortAudio()
-    monkeypatch.setattr(sources, "import_sounddevice", lambda: pa)
-    monkeypatch.setattr(sources, "refresh_portaudio", lambda: None)
-    src = sources.SoundDeviceSource("USB Mic", stall_s=0.3, backoff_s=0.1, backoff_max_s=0.2, check_interval_s=0.05)
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", lambda: None)
+    src = device_source.SoundDeviceSource("USB Mic", stall_s=0.3, backoff_s=0.1, backoff_max_s=0.2, check_interval_s=0.05)
     assert src.name.startswith(("usb-", "alsa:"))  # a stable id, not the index
     cap = Capture(src)
     cap.start()

@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_asd.config import ConfigError, validate_config
 from edge_asd.core import scoring
 from engines.bundle import ScoreConfig, load_bundle
 from engines.errors import BackendUnavailableError, InputError
 from engines.runtime import (
+    AutoRuntimeConfig,
     OnnxRuntimeConfig,
     RuntimeConfig,
-    TensorRTConfig,
+    TensorRTRuntimeConfig,
     backend_status,
+    entries,
     open_runtime,
     resolve_backend,
+    resolve_config,
 )
 from engines.runtime.base import validate_audio
 from engines.scorer import Scorer, classes_for_file
@@ -47,6 +51,7 @@ def test_import_needs_neither_torch_nor_gpu() -> None:
     code = (
         "import sys, engines.runtime, engines.scorer, engines.build, engines.bundle;"
         "assert 'torch' not in sys.modules, 'torch imported';"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'trainer'], 'trainer imported';"
         "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -102,7 +107,7 @@ def test_runtime_config_union(cached_bundle: Path) -> None:
     adapter = TypeAdapter(RuntimeConfig)
     cfg = adapter.validate_python({"type": "onnxruntime", "threads": 1, "max_batch": 2})
     assert isinstance(cfg, OnnxRuntimeConfig)
-    assert isinstance(adapter.validate_python({"type": "tensorrt"}), TensorRTConfig)
+    assert isinstance(adapter.validate_python({"type": "tensorrt"}), TensorRTRuntimeConfig)
     with pytest.raises(ValidationError):
         adapter.validate_python({"type": "tensorrt", "bogus": 1})
     with open_runtime(cached_bundle, backend=cfg) as rt:
@@ -111,6 +116,51 @@ def test_runtime_config_union(cached_bundle: Path) -> None:
         # auto falls back to onnxruntime and drops the TensorRT-only build hook
         with open_runtime(cached_bundle, backend="auto", max_batch=2, progress=print) as rt:
             assert rt.type_key == "onnxruntime"
+
+
+def test_registry_has_one_backend_per_config_type() -> None:
+    from typing import get_args
+
+    members = get_args(get_args(RuntimeConfig)[0])
+    types = {m.model_fields["type"].default: m for m in members}
+    assert set(types) == {"auto", *entries()}
+    for key, entry in entries().items():
+        assert entry.config_model is types[key]
+
+
+def test_runtime_from_the_config_section(cached_bundle: Path, no_torch_guard) -> None:
+    """`runtime: {type: onnxruntime, threads: 1}` in the daemon's config opens onnxruntime so."""
+    from edge_asd.daemon.listen import open_configured_runtime
+
+    cfg = validate_config({
+        "bundle": str(cached_bundle),
+        "runtime": {"type": "onnxruntime", "threads": 1},
+        "sources": [{"name": "s", "type": "synth"}],
+        "streams": [{"name": "x", "source": "s", "classes": ["fan/section_00"]}],
+    })
+    with open_configured_runtime(cfg, load_bundle(cached_bundle), streams=3) as rt:
+        assert rt.type_key == "onnxruntime" and rt.threads == 1
+        assert rt.max_batch == 3  # never more rows than streams (the config's default is 8)
+        assert "(1 threads)" in rt.describe()
+    with open_runtime(cached_bundle, cfg.runtime) as rt:
+        assert rt.max_batch == 8 and rt.threads == 1
+
+
+def test_named_backend_rejects_settings_of_another(cached_bundle: Path) -> None:
+    with pytest.raises(ConfigError, match="workspace_mib: unknown key 'workspace_mib'"):
+        open_runtime(cached_bundle, backend="onnxruntime", workspace_mib=512)
+    with pytest.raises(ConfigError, match="onnx_file: invalid value 'x.onnx'"):
+        open_runtime(cached_bundle, backend="onnxruntime", onnx_file="x.onnx")
+
+
+def test_auto_resolves_to_a_backend_that_can_run_here() -> None:
+    chosen = resolve_config(AutoRuntimeConfig(threads=2))
+    if backend_status()["tensorrt"] is None:
+        assert isinstance(chosen, TensorRTRuntimeConfig) and chosen.max_batch == 16
+    else:
+        assert isinstance(chosen, OnnxRuntimeConfig) and (chosen.threads, chosen.max_batch) == (2, 8)
+    explicit = OnnxRuntimeConfig(max_batch=3)
+    assert resolve_config(explicit) is explicit
 
 
 def _with_mode(cached_bundle: Path, mode: str):

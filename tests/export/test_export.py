@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from edge_asd.config import OnnxRuntimeConfig  # noqa: E402
 from edge_asd.core.audio_io import fit_length, read_audio  # noqa: E402
 from engines import onnx_checks  # noqa: E402
 from engines.bundle import load_bundle  # noqa: E402
@@ -62,7 +63,7 @@ def clips(exported, shared_data) -> dict:
 def _ort_scores(exported, clips, onnx_file: str, batch: int) -> np.ndarray:
     key = (onnx_file, batch)
     if key not in clips["ort"]:
-        runtime = OnnxRuntimeBackend(exported["bundle"], max_batch=batch, onnx_file=onnx_file)
+        runtime = OnnxRuntimeBackend(exported["bundle"], OnnxRuntimeConfig(max_batch=batch, onnx_file=onnx_file))
         clips["ort"][key] = runtime.infer(clips["audio"])  # chunks of `batch`
     return clips["ort"][key]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "edge-asd.service"
 INSTALLER = DEPLOY / "install-jetson.sh"
@@ -290,14 +290,14 @@ def test_installer_help() -> None:
 
 
 def test_example_config_is_valid() -> None:
-    from edge_asd.config import DeviceSource, load_config
+    from edge_asd.config import DeviceSourceConfig, load_config
 
     cfg = load_config(EXAMPLE_CONFIG)
     assert str(cfg.bundle) == "/var/lib/edge-asd/bundle"
     assert str(cfg.state_dir) == "/var/lib/edge-asd"
     assert len(cfg.sources) == 1
     source = cfg.sources[0]
-    assert isinstance(source, DeviceSource) and source.channels == 4
+    assert isinstance(source, DeviceSourceConfig) and source.channels == 4
     assert [s.channel for s in cfg.streams] == [0, 1, 2, 3]
     assert all(s.source == source.name and s.classes for s in cfg.streams)
     assert cfg.mqtt is not None

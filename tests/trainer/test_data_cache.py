@@ -109,7 +109,7 @@ def test_interrupted_build_is_not_reused(tmp_path, wavs, monkeypatch):
 
 def test_load_audio_cache_default_folder_and_pickling(tmp_path, wavs, monkeypatch):
     monkeypatch.setenv("EDGE_ASD_CACHE", str(tmp_path / "envcache"))
-    cache = load_audio_cache(wavs, progress=False)
+    cache = load_audio_cache(wavs)
     assert cache.npy_path.parent == tmp_path / "envcache"
     _ = cache.audio[0]  # open the memmap
     clone = pickle.loads(pickle.dumps(cache))
@@ -119,10 +119,11 @@ def test_load_audio_cache_default_folder_and_pickling(tmp_path, wavs, monkeypatc
 
 def test_torch_dataset_over_the_cache(tmp_path, wavs):
     torch = pytest.importorskip("torch")
-    from trainer.data.dataset import CachedAudioDataset
+    from trainer.data.dataset import WaveDataset
 
     cache = build_cache(wavs, tmp_path / "cache")
-    ds = CachedAudioDataset(cache, [wavs[1], wavs[0]], [5, 7])
+    labels = [7, 5] + [0] * (len(wavs) - 2)  # label of each cache row (= each of ``wavs``)
+    ds = WaveDataset(cache.audio, labels, rows=[1, 0])
     assert len(ds) == 2
     audio, label = ds[0]
     assert isinstance(audio, torch.Tensor) and audio.dtype == torch.float32 and audio.shape == (WINDOW_SAMPLES,)

@@ -1,6 +1,6 @@
 """The model learns: Noisy-ArcMix on a small synthetic set, about 8 minutes on 2 CPU cores.
 
-The shared run of ``tests/train_fixture.py`` (2 types x 2 IDs x 24 training clips, 12 epochs)
+The shared run of ``tests/fixtures/training.py`` (2 types x 2 IDs x 24 training clips, 12 epochs)
 is trained once per artifacts folder and reused by other tests. What is asserted, and why
 (measured figures in docs/training.md):
 

@@ -50,6 +50,23 @@ def test_run_directory_follows_the_contract(tiny_run):
     assert metrics[1]["lr"] < metrics[0]["lr"]  # cosine schedule stepped per epoch
 
 
+def test_the_run_log_names_the_checkpoint_selection_rule(tiny_run):
+    """4 held-out clips for 2 classes are too few to select on: the last epoch is kept, and said so."""
+    from trainer.checkpoint import weights_fingerprint
+
+    run, _, result, rows, _ = tiny_run
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["selection"]["rule"] == "last" and cfg["selection"]["val_clips"] == 4
+    assert "held-out clips" in cfg["selection"]["reason"] and result.selection == cfg["selection"]["reason"]
+    assert [r["selection"] for r in rows] == ["last", "last"] and all(r["best"] for r in rows)
+    assert result.best_epoch == 1
+    best = torch.load(run / "model_best.pt", weights_only=True)
+    last = torch.load(run / "model_last.pt", weights_only=True)
+    assert weights_fingerprint(best) == weights_fingerprint(last)
+    record = json.loads((run / "embeddings" / "weights.json").read_text())
+    assert record == {"checkpoint": "best", "weights_sha256": weights_fingerprint(best)}
+
+
 def test_split_is_stratified_and_held_out_clips_are_not_references(tiny_run):
     run, *_ = tiny_run
     val = json.loads((run / "split.json").read_text())["val"]
@@ -105,14 +122,15 @@ def test_stratified_split_keeps_a_clip_of_every_class():
 @pytest.mark.parametrize("loss", ["noisy-arcmix", "arcmix", "arcface"])
 def test_every_loss_gives_a_finite_loss_and_gradients(loss):
     from trainer.model import TASTgramMFN
-    from trainer.train import TrainConfig, _epoch_generator, compute_loss
+    from trainer.steps import compute_loss, epoch_generator
+    from trainer.train import TrainConfig
 
     torch.manual_seed(0)
     net = TASTgramMFN(3, lowering="stft")
     cfg = TrainConfig(data=["x"], out="y", loss=loss)
     audio = 0.1 * torch.randn(4, 160000)
     y = torch.tensor([0, 1, 2, 1])
-    value, logits = compute_loss(net, audio, y, cfg, _epoch_generator(1, 0, 0, 1), (False, torch.float32))
+    value, logits = compute_loss(net, audio, y, cfg, epoch_generator(1, 0, 0, 1), (False, torch.float32))
     value.backward()
     assert torch.isfinite(value) and logits.shape == (4, 3)
     assert net.arc_weight.grad is not None and torch.isfinite(net.arc_weight.grad).all()

@@ -1,6 +1,6 @@
 """Data sets for training: folder layouts and class maps (``layouts``), the decoded-audio cache
-(``cache``) and the torch ``Dataset`` over it (``dataset``, the only module here that needs torch;
-it is not imported by this ``__init__``).
+(``cache``), the held-out split (``split``) and the torch ``Dataset`` over the cache
+(``dataset``, the only module here that needs torch; it is not imported by this ``__init__``).
 """
 
 from trainer.data.cache import AudioCache, build_cache, cache_key, default_cache_dir, load_audio_cache
@@ -12,6 +12,7 @@ from trainer.data.layouts import (
     build_index,
     detect_layout,
 )
+from trainer.data.split import Split, stratified_split
 
 __all__ = [
     "FIXED_41_CLASSES",
@@ -19,10 +20,12 @@ __all__ = [
     "Clip",
     "DataError",
     "DatasetIndex",
+    "Split",
     "build_cache",
     "build_index",
     "cache_key",
     "default_cache_dir",
     "load_audio_cache",
     "detect_layout",
+    "stratified_split",
 ]

@@ -207,21 +207,15 @@ def load_audio_cache(
     cache_dir: Path | str | None = None,
     length: int = WINDOW_SAMPLES,
     skip_bad: bool = False,
-    progress: bool | Callable[[int, int], None] = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AudioCache:
-    """``build_cache`` with a default folder and, for ``progress=True``, a rich progress bar."""
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    if not callable(progress):
-        if not progress:
-            return build_cache(paths, folder, length, None, skip_bad)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """``build_cache`` in ``cache_dir`` or the default folder (``default_cache_dir``).
 
-        with Progress(
-            TextColumn("decoding audio"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-        ) as bar:
-            task = bar.add_task("decode", total=len(paths))
-            return build_cache(paths, folder, length, lambda done, total: bar.update(task, completed=done), skip_bad)
-    return build_cache(paths, folder, length, progress, skip_bad)
+    ``progress(done, total)`` is called after each decoded file; the caller renders it (the
+    trainer passes its ``Progress`` sink, so this module draws nothing itself).
+    """
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    return build_cache(paths, folder, length, progress or None, skip_bad)
 
 
 __all__ = ["CACHE_VERSION", "AudioCache", "build_cache", "cache_key", "default_cache_dir", "load_audio_cache"]

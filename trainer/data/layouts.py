@@ -1,6 +1,6 @@
 """Finding the clips of a data set and their classes, whatever folder layout it comes in.
 
-Four layouts are understood (spec: shared/reference/noisy-arcmix.md sections 3.3 and 9):
+Four layouts are understood:
 
 - ``dcase2020``: ``dev_data/`` and/or ``eval_data/`` roots (or their ``<type>/`` folders, or
   one ``<type>/{train,test}`` tree), files ``normal_id_XX_*.wav`` / ``anomaly_id_XX_*.wav`` /
@@ -48,7 +48,11 @@ FIXED_41_CLASSES: tuple[str, ...] = tuple(
     f"{t}/id_{i:02d}" for t in DCASE2020_TYPES for i in DCASE2020_IDS[t]
 )
 """The paper's fixed 41-class map (fan 0-6, pump 7-13, slider 14-20, ToyCar 21-27,
-ToyConveyor 28-33, valve 34-40)."""
+ToyConveyor 28-33, valve 34-40): the 23 IDs of the development set plus the 18 of the
+additional training set. Fixed rather than derived from the IDs present because the released
+code derives training labels as "previous maximum + 1" but test labels as sums of list lengths:
+they agree only when the highest ID of every type is in the training data; with dev data alone
+ToyCar ends at 24 and every later type's labels shift by 3."""
 
 _RE_2020 = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<id>\d+)_(?P<num>\d+)\.wav$", re.IGNORECASE)
 _RE_2021 = re.compile(

@@ -1,0 +1,100 @@
+"""A sound file replayed as if it were a microphone (``file:PATH``).
+
+Replaying a recording is how a site's audio is tested, calibrated and benchmarked without the
+machine running, so a file must reach the pipeline exactly as recorded: a truncated WAV or an
+impossible sample rate is refused with a message instead of being played as something else.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from edge_asd.audio.sources.base import AudioSourceError
+from edge_asd.audio.sources.threaded import ThreadedSource
+from edge_asd.core.constants import MAX_AUDIO_RATE, MIN_AUDIO_RATE
+
+logger = logging.getLogger(__name__)
+
+
+def check_wav_complete(path: Path) -> None:
+    """Raise ``AudioSourceError`` if a RIFF/WAVE file is shorter than its header says.
+
+    libsndfile quietly plays a truncated WAV (a copy interrupted half-way) as a shorter one;
+    for a replayed recording that silently changes what is being tested, so we refuse it.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return  # not a plain RIFF WAV (RF64, FLAC, ...): leave it to libsndfile
+            pos = 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                kind, length = struct.unpack("<4sI", fh.read(8))
+                if kind == b"data":
+                    if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:
+                        raise AudioSourceError(
+                            f"WAV file {path} is truncated: its header announces {length} bytes of audio "
+                            f"but only {size - pos - 8} are present. Copy or record the file again"
+                        )
+                    return
+                pos += 8 + length + (length & 1)
+    except OSError as err:
+        raise AudioSourceError(f"cannot read WAV file {path}: {err}") from err
+    raise AudioSourceError(f"WAV file {path} has no audio data chunk: it is corrupt, record it again")
+
+
+class FileSource(ThreadedSource):
+    """Replays a sound file, at real-time pace (a stand-in microphone) or as fast as possible.
+
+    ``loop`` restarts at the end; the splice is the file's own content, not a capture fault,
+    so it is not marked as a gap (a looped 10 s clip would otherwise never give a window).
+    The sample rate must lie in the range ``edge-asd score`` accepts for a file
+    (``MIN_AUDIO_RATE``..``MAX_AUDIO_RATE``), so both paths refuse the same corrupt headers.
+    """
+
+    def __init__(self, path: str | Path, realtime: bool = True, loop: bool = False, block_s: float = 0.1) -> None:
+        import soundfile as sf
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AudioSourceError(f"audio file {self.path} does not exist: check the path after file:")
+        check_wav_complete(self.path)
+        try:
+            self._sf = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise AudioSourceError(f"cannot open audio file {self.path}: {err}. Is it a WAV/FLAC file?") from err
+        if self._sf.frames == 0:
+            self._sf.close()
+            raise AudioSourceError(f"audio file {self.path} holds no samples")
+        if not MIN_AUDIO_RATE <= self._sf.samplerate <= MAX_AUDIO_RATE:
+            rate = self._sf.samplerate
+            self._sf.close()
+            raise AudioSourceError(
+                f"audio file {self.path} has a sample rate of {rate} Hz, outside what audio hardware records "
+                f"({MIN_AUDIO_RATE}-{MAX_AUDIO_RATE} Hz): the header is probably corrupt; re-record or convert it"
+            )
+        self.sample_rate = int(self._sf.samplerate)
+        self.channels = int(self._sf.channels)
+        self.name = f"file:{self.path.name}"
+        self.loop = loop
+        super().__init__(realtime, max(1, int(block_s * self.sample_rate)))
+
+    def _next_block(self, frames: int) -> np.ndarray | None:
+        try:
+            block = self._sf.read(frames, dtype="float32", always_2d=True)
+            if block.shape[0] == 0 and self.loop:
+                self._sf.seek(0)
+                block = self._sf.read(frames, dtype="float32", always_2d=True)
+        except RuntimeError as err:
+            raise AudioSourceError(f"reading {self.path} failed: {err}") from err
+        return block if block.shape[0] else None
+
+    def stop(self, timeout: float = 2.0) -> None:
+        super().stop(timeout)
+        self._sf.close()

@@ -1,0 +1,220 @@
+"""``MqttCommunicator``: the ``Communicator`` the daemon uses when ``mqtt:`` is configured.
+
+It wires the parts of this package together and owns the sender thread:
+
+- the pipeline thread calls ``publish_*``: state publishes go straight to paho (thread-safe,
+  non-blocking) through ``RetainedState``; events are committed to the SQLite outbox and the
+  sender is woken;
+- paho's network thread runs ``MqttSession``'s callbacks, which only queue ``Command``s and
+  message ids;
+- the sender thread does everything else: the work after each (re)connect (subscribe,
+  retained states, discovery, ``online``), the outbox (``EventDelivery``), the v5 -> 3.1.1
+  fallback and the ``enabled/set`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_asd.comms.base import Communicator, EnabledHandler, StreamInfo, as_stream_info
+from edge_asd.comms.mqtt.commands import (
+    CONNECTED,
+    ENABLED,
+    FALLBACK,
+    HA_ONLINE,
+    Command,
+    parse_message,
+    subscriptions,
+)
+from edge_asd.comms.mqtt.delivery import OUTBOX_FILE, EventDelivery
+from edge_asd.comms.mqtt.session import MqttSession
+from edge_asd.comms.mqtt.state import RetainedState, json_default
+from edge_asd.comms.outbox import Outbox
+from edge_asd.comms.topics import EVENT_KINDS, STATUSES, Topics
+from edge_asd.config import MqttConfig
+from edge_asd.core.constants import ONLINE
+
+logger = logging.getLogger(__name__)
+
+
+class MqttCommunicator(Communicator):
+    """Publishes one node's topics to one broker; see the module docstring for the threads."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        node_id: str,
+        state_dir: Path | str,
+        *,
+        model: str | None = None,
+        on_enabled: EnabledHandler | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.state_dir = Path(state_dir)
+        self.topics = Topics(cfg.prefix, node_id)
+        self.model = model
+        self.on_enabled = on_enabled
+        self.client_id = cfg.client_id or f"edge-asd-{node_id}"
+        self._wake = threading.Event()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.delivery = EventDelivery(cfg.max_inflight)
+        self.session = MqttSession(
+            cfg, self.topics, self.client_id, commands=self._commands, wake=self._wake,
+            on_ack=self.delivery.acked, on_message=lambda msg: parse_message(cfg, self.topics, msg),
+        )
+        self.state = RetainedState(cfg, self.topics, self.state_dir, model, self.session.publish)
+        self._sender: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Validate TLS/credentials (errors are fatal), open the outbox, connect in the background."""
+        self.session.check_credentials()
+        self.delivery.open(self.state_dir / OUTBOX_FILE, self.cfg.outbox_max_rows)
+        self.session.connect()
+        self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
+        self._sender.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Flush the outbox (while connected, up to ``timeout_s``), publish ``offline``, disconnect.
+
+        Undelivered events stay in the outbox and go out at the next start.
+        """
+        if self.session.client is None:
+            return
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while self.connected and self.pending_events and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.02)
+        self.session.stopping.set()
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout=5)
+        self.session.close(deadline)
+        self.delivery.close()
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self.session.connected.wait(timeout_s)
+
+    @property
+    def protocol(self) -> str:
+        """``"5"``, or ``"3.1.1"`` when configured so or after the broker refused MQTT 5."""
+        return self.session.protocol
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The SQLite outbox while running (None before ``start`` and after ``stop``)."""
+        return self.delivery.outbox
+
+    @property
+    def pending_events(self) -> int:
+        """Events not yet acknowledged by the broker (in the outbox)."""
+        return self.delivery.pending
+
+    @property
+    def rejected_events(self) -> int:
+        """Events the broker refused (PUBACK failure) and that were dropped."""
+        return self.delivery.rejected
+
+    def announce(self, streams: Sequence[StreamInfo | Any]) -> None:
+        self.state.announce([as_stream_info(s) for s in streams], connected=self.connected)
+
+    def publish_status(self, stream: str, status: str, message: str = "") -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+        self.state.set_status(stream, status, message)
+
+    def publish_anomaly(self, stream: str, on: bool) -> None:
+        self.state.set_anomaly(stream, on)
+
+    def publish_score(self, stream: str, score: float, threshold: float | None) -> None:
+        self.state.set_threshold(stream, threshold)
+        self.session.publish(self.topics.score(stream), f"{float(score):.6g}", qos=0, retain=False)
+
+    def publish_event(self, kind: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"event kind {kind!r} is not one of {EVENT_KINDS}")
+        payload = json.dumps({"type": kind, "before": before, "after": after}, default=json_default).encode()
+        self.delivery.append(kind, self.topics.events, payload)
+        self._wake.set()
+
+    def publish_stats(self, stats: dict[str, Any]) -> None:
+        body = dict(stats)
+        body["mqtt"] = {
+            "connected": self.connected,
+            "protocol": self.protocol,
+            "outbox_pending": self.pending_events,
+            "outbox_dropped_updates": self.delivery.dropped_updates,
+            "rejected_events": self.rejected_events,
+        }
+        self.session.publish(self.topics.stats, json.dumps(body, default=json_default), qos=0, retain=False)
+
+    def set_enabled(self, stream: str, enabled: bool) -> None:
+        self.state.set_enabled(stream, enabled)
+
+    # --- sender thread ----------------------------------------------------------------------
+
+    def _run_sender(self) -> None:
+        while not self.session.stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._handle_commands()
+                self.delivery.handle_acks()
+                client = self.session.client
+                if self.connected and client is not None:
+                    self.delivery.send(client, self.protocol)
+            except Exception:  # the sender must outlive one bad row or a transient error
+                logger.exception("MQTT sender error; continuing")
+                time.sleep(0.5)
+        self.delivery.handle_acks()
+
+    def _handle_commands(self) -> None:
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd.kind == CONNECTED and cmd.client is self.session.client:
+                self._after_connect(cmd.client)
+            elif cmd.kind == FALLBACK and cmd.client is self.session.client:
+                self.delivery.reset()
+                self.session.fallback_to_311(cmd.client)
+            elif cmd.kind == HA_ONLINE:
+                logger.info("Home Assistant came online: republishing discovery")
+                self.state.publish_discovery()
+            elif cmd.kind == ENABLED:
+                self._apply_enabled(cmd.stream, cmd.enabled)
+
+    def _after_connect(self, client: mqtt.Client) -> None:
+        client.subscribe(subscriptions(self.cfg, self.topics))
+        with self.state.lock:
+            self.state.republish_streams()
+            self.state.publish_discovery()
+            self.session.publish(self.topics.available, ONLINE)
+
+    def _apply_enabled(self, stream: str, enabled: bool) -> None:
+        """An operator's switch: the pipeline's hook first, then the retained state confirms it."""
+        logger.info("stream %s %s by MQTT command", stream, "enabled" if enabled else "disabled")
+        if self.on_enabled is not None:
+            try:
+                self.on_enabled(stream, enabled)
+            except Exception:
+                logger.exception("on_enabled hook failed for stream %s", stream)
+        self.set_enabled(stream, enabled)

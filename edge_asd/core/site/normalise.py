@@ -1,0 +1,86 @@
+"""Putting every score component on one scale: surprise against its own normal distribution.
+
+Why: the components live on unrelated scales (a Mahalanobis distance, a cosine distance, a
+cross-entropy), and what makes a value alarming is how rarely normal audio reaches it. So each
+component's out-of-fold normal scores (``holdout``) are fitted with the project's one gamma fit
+(``edge_asd.core.thresholds.fit_gamma``), and a score ``s`` becomes
+
+    surprise(s) = -log10 P_normal(S >= s), clipped to [0, SURPRISE_MAX]
+
+(1 = one normal window in ten gets there, 5 = one in 100 000). When the gamma fit is impossible
+(fewer than ``MIN_FIT_CLIPS`` scores, or all equal) the empirical tail stands in:
+``1 - rank_normalise(s, references)`` of ``edge_asd.core.scoring``, which continues beyond the
+largest reference with a hyperbolic tail so that two values above every normal keep their order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_asd.core.scoring import rank_normalise
+from edge_asd.core.thresholds import fit_gamma, gamma_sf
+
+logger = logging.getLogger(__name__)
+
+SURPRISE_MAX = 50.0
+"""Surprise is clipped here (P = 1e-50): far beyond any false-alarm rate, and it keeps every
+value finite for strict JSON."""
+
+
+@dataclass
+class SurpriseFit:
+    """How one component's normal scores are distributed: a gamma fit, or the sorted scores only."""
+
+    reference: np.ndarray
+    """Sorted out-of-fold normal scores the fit was made on (float64)."""
+    fit: dict[str, Any] | None = None
+    """``{"dist": "gamma", "shape", "loc", "scale"}``, or None for the empirical tail."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return "gamma" if self.fit is not None else "empirical"
+
+    def p_exceed(self, scores: np.ndarray | float) -> np.ndarray:
+        """P_normal(S >= s) for every score (float64, same shape as ``scores``, 1-D at least)."""
+        s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+        if self.fit is None:
+            return np.clip(1.0 - rank_normalise(s, self.reference), 0.0, 1.0)
+        shape = float(self.fit["shape"])
+        loc = float(self.fit["loc"])
+        scale = float(self.fit["scale"])
+        out = np.empty(s.shape, dtype=np.float64)
+        flat = out.reshape(-1)
+        for i, value in enumerate(s.reshape(-1)):
+            flat[i] = gamma_sf((float(value) - loc) / scale, shape) if math.isfinite(value) else 0.0
+        return out
+
+    def surprise(self, scores: np.ndarray | float) -> np.ndarray:
+        """``-log10 P_normal(S >= s)`` clipped to [0, SURPRISE_MAX], float64."""
+        p = self.p_exceed(scores)
+        with np.errstate(divide="ignore"):
+            out = -np.log10(np.maximum(p, 10.0 ** -SURPRISE_MAX))
+        return np.clip(out, 0.0, SURPRISE_MAX) + 0.0  # + 0.0: no -0.0 in payloads
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "fit": self.fit, "n": int(self.reference.size)}
+
+
+def fit_surprise(scores: np.ndarray, what: str = "") -> SurpriseFit:
+    """Fit the normal distribution of one component from its out-of-fold normal scores."""
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    x = np.sort(x[np.isfinite(x)])
+    if x.size == 0:
+        raise ValueError(f"{what or 'component'}: no finite normal score to fit")
+    fit = fit_gamma(x)
+    if fit is None:
+        logger.info("%s: gamma fit impossible on %d scores: empirical tail", what or "component", x.size)
+    return SurpriseFit(reference=x, fit=fit)
+
+
+__all__ = ["SURPRISE_MAX", "SurpriseFit", "fit_surprise"]

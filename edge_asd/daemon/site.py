@@ -1,0 +1,336 @@
+"""Site learning inside ``listen``: one stream's enrolment, features, feedback and live re-enrolment.
+
+Every scored window of a stream gets its condition indicators and spectral profile here,
+computed from 1 s blocks that are cached across hops (with a 1 s hop, nine of a window's ten
+blocks were already seen by the previous window), so the indicators cost a fraction of a
+millisecond per hop. An enrolled stream (``<state_dir>/enrolment/<stream>/``, made by
+``edge-asd enrol`` for the running bundle) is scored by the fused site score against its own
+normal; a stream that is not enrolled, or whose enrolment was made with another bundle, falls
+back to the bundle's training-time score and says so in its status message.
+
+The features of an event's windows are kept (``edge_asd.site.store``) so that an operator's
+feedback can use them later: ``normal`` adds them to the stream's references and re-derives the
+threshold, ``anomaly`` keeps the evidence as a labelled example. A live re-enrolment collects
+the features of the next N minutes of scored windows and swaps the new enrolment in when done;
+the stream keeps being monitored with the old one meanwhile. Everything here runs in the
+pipeline thread; MQTT commands reach it through the pipeline's command queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_asd.core import indicators as ind
+from edge_asd.core import spectra
+from edge_asd.core.constants import WINDOW_SAMPLES
+from edge_asd.core.errors import UserError
+from edge_asd.core.site.enrolment import Enrolment, EnrolmentError, SiteScore, false_alarm_rate_for
+from edge_asd.core.site.holdout import WindowRef
+from edge_asd.site.enrol import enrol_features
+from edge_asd.site.features import WindowFeatures
+from edge_asd.site.storage import (
+    EnrolmentStatus,
+    enrolment_status,
+    load_stream_enrolment,
+    save_stream_enrolment,
+)
+from edge_asd.site.store import load_event_windows, record_label, save_event_windows
+from engines.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+RECENT_WINDOWS = 16
+"""Feature rows kept per stream before an event opens: the event's opening run (patience
+windows) is among them when it opens."""
+
+MAX_EVENT_WINDOWS = 600
+"""Feature rows kept for one event (10 min at a 1 s hop); a longer event keeps its first ones."""
+
+MIN_LIVE_ENROL_MINUTES = 1.0
+MAX_LIVE_ENROL_MINUTES = 120.0
+
+
+@dataclass
+class WindowRow:
+    """The features of one scored window."""
+
+    end_index: int
+    indicators: np.ndarray
+    profile: np.ndarray
+    embedding: np.ndarray
+    ce: float | None
+
+
+@dataclass
+class FeedbackResult:
+    """What ``<stream>/feedback/result`` says back to the operator."""
+
+    event: str
+    label: str
+    ok: bool
+    message: str
+    threshold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "label": self.label, "ok": self.ok, "message": self.message,
+                "threshold": self.threshold}  # fmt: skip
+
+
+@dataclass
+class LiveEnrolment:
+    """A re-enrolment from the stream's own live windows, in progress."""
+
+    minutes: float
+    windows_wanted: int
+    started_wall: float
+    rows: list[WindowRow] = field(default_factory=list)
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, len(self.rows) / max(1, self.windows_wanted))
+
+
+class StreamSite:
+    """Site-learning state of one stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        stream: str,
+        *,
+        state_dir: str | Path,
+        bundle: Bundle,
+        bundle_sha: str,
+        class_names: list[str],
+        hop_s: float,
+        false_alarms_per_day: float,
+    ) -> None:
+        self.stream = stream
+        self.state_dir = Path(state_dir)
+        self.bundle = bundle
+        self.bundle_sha = bundle_sha
+        self.class_names = list(class_names)
+        self.hop_s = float(hop_s)
+        self.false_alarms_per_day = float(false_alarms_per_day)
+        self.enrolment: Enrolment | None = None
+        self.status: EnrolmentStatus = enrolment_status(self.state_dir, stream, bundle_sha)
+        self._blocks: dict[int, ind.BlockStats] = {}
+        self._recent: deque[WindowRow] = deque(maxlen=RECENT_WINDOWS)
+        self._event_id: str | None = None
+        self._event_rows: list[WindowRow] = []
+        self.live: LiveEnrolment | None = None
+        self.load()
+
+    # -- enrolment ----------------------------------------------------------------------------
+    def load(self) -> None:
+        """(Re)load the stored enrolment; a missing or stale one leaves the bundle's score."""
+        self.status = enrolment_status(self.state_dir, self.stream, self.bundle_sha)
+        self.enrolment = None
+        if self.status.ok:
+            try:
+                self.enrolment = load_stream_enrolment(self.state_dir, self.stream, self.bundle_sha)
+            except EnrolmentError as err:
+                self.status = EnrolmentStatus("stale", str(err), self.status.path)
+        if self.enrolment is not None:
+            logger.info("stream %s: scored against its enrolment (%d windows, threshold %.3f)",
+                        self.stream, self.enrolment.n_windows, self.enrolment.threshold)  # fmt: skip
+        elif self.status.state == "stale":
+            logger.warning("%s; until then the bundle's score is used", self.status.message)
+        else:
+            logger.info("%s; until then the bundle's score is used", self.status.message)
+
+    @property
+    def enrolled(self) -> bool:
+        return self.enrolment is not None
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.enrolment is None else float(self.enrolment.threshold)
+
+    def attributes(self) -> dict[str, Any]:
+        """The ``enrolment`` block of ``<stream>/attributes``."""
+        state = "enrolling" if self.live is not None else ("ok" if self.enrolled else self.status.state)
+        out: dict[str, Any] = {"state": state, "message": self.status.message}
+        if self.enrolment is not None:
+            meta = self.enrolment.meta
+            out.update(created=self.enrolment.created, windows=self.enrolment.n_windows,
+                       minutes=meta.get("minutes"), components=list(self.enrolment.components))  # fmt: skip
+        if self.live is not None:
+            out["progress"] = round(self.live.progress, 3)
+        return out
+
+    # -- features -----------------------------------------------------------------------------
+    def features(self, window: np.ndarray, end_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indicators and spectral profile of the window ending at ``end_index``.
+
+        Blocks are numbered on the stream's own sample clock; when the window starts on a
+        block boundary (a hop of whole seconds) each block's statistics are computed once and
+        reused by the next nine windows, else all ten are computed from the window.
+        """
+        start = end_index - WINDOW_SAMPLES
+        n = ind.BLOCK_SAMPLES
+        if start % n:
+            blocks = [ind.block_stats(window[i * n : (i + 1) * n]) for i in range(ind.BLOCKS_PER_WINDOW)]
+        else:
+            first = start // n
+            blocks = []
+            for i in range(ind.BLOCKS_PER_WINDOW):
+                stats = self._blocks.get(first + i)
+                if stats is None:
+                    stats = self._blocks[first + i] = ind.block_stats(window[i * n : (i + 1) * n])
+                blocks.append(stats)
+            for key in [k for k in self._blocks if k < first]:
+                del self._blocks[key]
+        return ind.combine(blocks), spectra.profile(blocks)
+
+    def score(self, row: WindowRow) -> SiteScore | None:
+        """The fused site score of a window (None when the stream is not enrolled)."""
+        self._recent.append(row)
+        if self._event_id is not None and len(self._event_rows) < MAX_EVENT_WINDOWS:
+            self._event_rows.append(row)
+        if self.live is not None:
+            self._collect(row)
+        if self.enrolment is None:
+            return None
+        enrolment = self.enrolment
+        ce = None if row.ce is None or "ce" not in enrolment.components else np.array([row.ce])
+        scores = enrolment.score(row.indicators[None, :], row.embedding[None, :], ce, profiles=row.profile[None, :])
+        return scores.row(0)
+
+    def detail(self, site: SiteScore, row: WindowRow) -> dict[str, Any]:
+        """What an event carries about its peak window: components and the explanation."""
+        assert self.enrolment is not None
+        return {
+            "score_kind": "fused",
+            "components": site.to_dict()["components"],
+            "explanation": self.enrolment.explain(row.indicators).to_dict(),
+        }
+
+    def normal_bands(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(centre Hz, normal low dB, normal high dB) of the third-octave bands, for the evidence
+        plot: the enrolled median +/- 2 robust sigmas of each ``band_*`` indicator."""
+        if self.enrolment is None:
+            return None
+        names = list(self.enrolment.indicator_names)
+        band_names = [n for n in ind.INDICATOR_NAMES if n.startswith("band_")]
+        pairs = [(hz, names.index(n)) for hz, n in zip(ind.BAND_NOMINAL_HZ, band_names) if n in names]
+        centres = np.array([hz for hz, _ in pairs], dtype=np.float64)
+        idx = [i for _, i in pairs]
+        model = self.enrolment.indicator_model
+        med, scale = model.median[idx], model.scale[idx]
+        return centres, med - 2 * scale, med + 2 * scale
+
+    # -- events -------------------------------------------------------------------------------
+    def event_opened(self, event_id: str, start_index: int) -> None:
+        """Start keeping the event's windows, from the first window of its opening run."""
+        self._event_id = event_id
+        self._event_rows = [r for r in self._recent if r.end_index >= start_index]
+
+    def event_ended(self, event_id: str) -> None:
+        """Store the event's windows for later feedback."""
+        if self._event_id != event_id:
+            return
+        rows, self._event_id, self._event_rows = self._event_rows, None, []
+        if not rows:
+            return
+        try:
+            save_event_windows(
+                self.state_dir, self.stream, event_id, np.stack([r.indicators for r in rows]),
+                np.stack([r.embedding for r in rows]), _ce_column(rows),
+                profiles=np.stack([r.profile for r in rows]),
+            )  # fmt: skip
+        except (OSError, ValueError) as err:  # a full disk must not stop monitoring
+            logger.error("could not keep the windows of event %s for feedback: %s", event_id, err)
+
+    # -- feedback -----------------------------------------------------------------------------
+    def feedback(self, event_id: str, label: str, evidence: str | None, by: str) -> FeedbackResult:
+        """Apply an operator's label to an event (``normal`` or ``anomaly``)."""
+        if label == "anomaly":
+            if evidence is None or not Path(evidence).is_file():
+                return FeedbackResult(event_id, label, False, f"no evidence recording of event {event_id} to keep")
+            try:
+                path = record_label(self.state_dir, self.stream, event_id, label, evidence)
+            except (UserError, OSError) as err:
+                return FeedbackResult(event_id, label, False, str(err))
+            logger.warning("stream %s: event %s confirmed as an anomaly by %s (kept as %s)",
+                           self.stream, event_id, by, path)  # fmt: skip
+            return FeedbackResult(event_id, label, True, f"kept as a labelled anomaly: {path}", self.threshold)
+        if self.enrolment is None:
+            return FeedbackResult(event_id, label, False,
+                                  f"stream {self.stream} is not enrolled: enrol it before teaching it what is normal")  # fmt: skip
+        windows = load_event_windows(self.state_dir, self.stream, event_id)
+        if windows is None:
+            return FeedbackResult(event_id, label, False, f"no stored windows for event {event_id} on {self.stream}")
+        old = self.enrolment.threshold
+        try:
+            updated = self.enrolment.add_normal(windows.indicators, windows.embeddings, windows.ce,
+                                                profiles=windows.profiles)  # fmt: skip
+            save_stream_enrolment(updated, self.state_dir, self.stream)
+        except (UserError, OSError, ValueError) as err:
+            return FeedbackResult(event_id, label, False, f"could not learn event {event_id} as normal: {err}")
+        self.enrolment = updated
+        if evidence and Path(evidence).is_file():
+            try:
+                record_label(self.state_dir, self.stream, event_id, "normal", evidence)
+            except (UserError, OSError) as err:
+                logger.warning("could not keep the evidence of event %s as a normal example: %s", event_id, err)
+        logger.warning("stream %s: event %s learnt as normal (by %s): %d windows added, threshold %.3f -> %.3f",
+                       self.stream, event_id, by, len(windows), old, updated.threshold)  # fmt: skip
+        return FeedbackResult(event_id, label, True, f"learnt {len(windows)} windows as normal", float(updated.threshold))
+
+    # -- live re-enrolment ---------------------------------------------------------------------
+    def start_live_enrolment(self, minutes: float) -> str:
+        if not MIN_LIVE_ENROL_MINUTES <= minutes <= MAX_LIVE_ENROL_MINUTES:
+            raise UserError(
+                f"re-enrolment of {self.stream}: {minutes} minutes is outside "
+                f"{MIN_LIVE_ENROL_MINUTES:g}-{MAX_LIVE_ENROL_MINUTES:g}"
+            )
+        wanted = max(1, int(round(minutes * 60.0 / self.hop_s)))
+        self.live = LiveEnrolment(float(minutes), wanted, time.time())
+        logger.warning("stream %s: re-enrolling from the next %.1f minutes of live audio", self.stream, minutes)
+        return f"enrolling from the next {minutes:g} minutes"
+
+    def _collect(self, row: WindowRow) -> None:
+        live = self.live
+        assert live is not None
+        live.rows.append(row)
+        if len(live.rows) < live.windows_wanted:
+            return
+        self.live = None
+        segment = f"live-{time.strftime('%Y%m%dT%H%M%S', time.localtime(live.started_wall))}"
+        rows = live.rows
+        feats = WindowFeatures(
+            refs=[WindowRef(segment, int(r.end_index - WINDOW_SAMPLES)) for r in rows],
+            indicators=np.stack([r.indicators for r in rows]),
+            embeddings=np.stack([r.embedding for r in rows]),
+            ce=_ce_column(rows),
+            samples=int(rows[-1].end_index - rows[0].end_index + WINDOW_SAMPLES),
+            profiles=np.stack([r.profile for r in rows]),
+        )
+        try:
+            enrolment = enrol_features(
+                feats, self.bundle, stream=self.stream,
+                false_alarm_rate=false_alarm_rate_for(self.false_alarms_per_day, self.hop_s),
+                source={"kind": "live", "minutes": live.minutes}, class_names=self.class_names, hop_s=self.hop_s,
+            )  # fmt: skip
+            save_stream_enrolment(enrolment, self.state_dir, self.stream)
+        except (UserError, OSError, ValueError) as err:
+            self.status = EnrolmentStatus("failed", f"re-enrolment of {self.stream} failed: {err}", self.status.path)
+            logger.error("%s", self.status.message)
+            return
+        self.load()
+
+
+def _ce_column(rows: list[WindowRow]) -> np.ndarray | None:
+    if any(r.ce is None for r in rows):
+        return None
+    return np.array([float(r.ce) for r in rows])  # type: ignore[arg-type]
+
+
+__all__ = ["FeedbackResult", "StreamSite", "WindowRow"]
