@@ -71,6 +71,61 @@ def spectrogram_png(audio: np.ndarray, dynamic_range_db: float = 80.0, n_fft: in
     return encode_png(image)
 
 
+BAND_PANEL_HEIGHT = 120
+BAND_PANEL_DB = (-70.0, 0.0)
+"""Band levels relative to the window's total power drawn in the panel (bottom, top)."""
+
+NormalBands = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(band centres in Hz, normal low dB, normal high dB) of an enrolled stream."""
+
+
+def band_panel(audio: np.ndarray, normal: NormalBands, width: int) -> np.ndarray:
+    """RGB panel: the window's third-octave band levels (white bars) over the enrolled normal
+    range of each band (grey); a band outside its normal range is drawn red.
+
+    No text (no fonts on the device): the bands run 25 Hz .. 8 kHz left to right, the levels
+    -70 .. 0 dB re the window's total power bottom to top, as ``edge_asd.core.indicators``
+    measures them; the event's explanation names the bands in words.
+    """
+    from edge_asd.core.indicators import band_levels
+
+    centres, levels = band_levels(audio)
+    want_hz, low, high = normal
+    lo_db, hi_db = BAND_PANEL_DB
+    h = BAND_PANEL_HEIGHT
+    panel = np.full((h, width, 3), 16, dtype=np.uint8)
+
+    def row(db: float) -> int:
+        frac = (min(max(db, lo_db), hi_db) - lo_db) / (hi_db - lo_db)
+        return int(round((1.0 - frac) * (h - 1)))
+
+    n = len(centres)
+    for i, hz in enumerate(centres):
+        x0, x1 = i * width // n, max((i + 1) * width // n - 1, i * width // n + 1)
+        match = np.flatnonzero(np.isclose(want_hz, hz))
+        if match.size:
+            j = int(match[0])
+            panel[row(float(high[j])) : row(float(low[j])) + 1, x0:x1] = (90, 90, 90)
+            outside = not float(low[j]) <= float(levels[i]) <= float(high[j])
+        else:
+            outside = False
+        top = row(float(levels[i]))
+        colour = (235, 60, 50) if outside else (235, 235, 235)
+        panel[top : min(top + 3, h), x0:x1] = colour
+    return panel
+
+
+def evidence_png(audio: np.ndarray, normal: NormalBands | None = None) -> bytes:
+    """The spectrogram, and under it the band-level panel when the stream is enrolled."""
+    if normal is None:
+        return spectrogram_png(audio)
+    db = log_spectrogram(audio)
+    top = float(db.max())
+    spec = colormap((db - (top - 80.0)) / 80.0)[::-1]
+    gap = np.zeros((4, spec.shape[1], 3), dtype=np.uint8)
+    return encode_png(np.concatenate([spec, gap, band_panel(audio, normal, spec.shape[1])], axis=0))
+
+
 @dataclass(frozen=True)
 class EvidenceFiles:
     wav: Path
@@ -102,15 +157,24 @@ class EvidenceStore:
         self.sample_rate = int(sample_rate)
         self.removed = 0
 
-    def save(self, stream: str, event_id: str, audio: np.ndarray) -> EvidenceFiles:
-        """Save one event's window; returns the paths (the WAV path goes into the event)."""
+    def wav_path(self, stream: str, event_id: str) -> Path:
+        """Where the WAV of an event is (or would be) kept."""
+        return self.root / safe_name(stream) / f"{safe_name(event_id)}.wav"
+
+    def save(
+        self, stream: str, event_id: str, audio: np.ndarray, normal_bands: NormalBands | None = None
+    ) -> EvidenceFiles:
+        """Save one event's window; returns the paths (the WAV path goes into the event).
+
+        ``normal_bands``: the enrolled normal range of each third-octave band, drawn under the
+        spectrogram with the window's own band levels."""
         folder = self.root / safe_name(stream)
         stem = safe_name(event_id)
         wav = write_wav_atomic(folder / f"{stem}.wav", audio, self.sample_rate)
         png_path = None
         if self.png:
             png_path = folder / f"{stem}.png"
-            atomic_write_bytes(png_path, spectrogram_png(audio))
+            atomic_write_bytes(png_path, evidence_png(audio, normal_bands))
         self.enforce_limits(keep={wav, png_path} - {None})
         return EvidenceFiles(wav=wav, png=png_path)
 

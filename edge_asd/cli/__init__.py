@@ -18,6 +18,7 @@ from edge_asd.cli import (
     data_cmds,
     demo_cmd,
     engine_cmds,
+    feedback_cmds,
     info_cmds,
     listen_cmds,
     site_cmds,
@@ -46,7 +47,7 @@ def _root(
         logging.getLogger().setLevel(logging.DEBUG)
 
 
-for _module in (info_cmds, data_cmds, train_cmds, engine_cmds, audio_cmds, listen_cmds, site_cmds, watch_cmd, console_cmd, demo_cmd):
+for _module in (info_cmds, data_cmds, train_cmds, engine_cmds, audio_cmds, listen_cmds, site_cmds, feedback_cmds, watch_cmd, console_cmd, demo_cmd):
     _module.register(app)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 EnabledHandler = Callable[[str, bool], None]
+StreamCommandHandler = Callable[[str, str, dict], None]
+"""``(stream, name, payload)`` of an operator's ``feedback`` or ``enrol`` command."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Communicator(abc.ABC):
     """
 
     on_enabled: EnabledHandler | None = None
+    on_stream_command: StreamCommandHandler | None = None
+    """Called (from a comms thread) with an operator's ``feedback``/``enrol`` command."""
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -89,3 +93,12 @@ class Communicator(abc.ABC):
 
     def set_enabled(self, stream: str, enabled: bool) -> None:  # noqa: B027 - optional hook
         """Report a stream's enabled state (retained); default: nothing to report to."""
+
+    def publish_attributes(self, stream: str, threshold: float | None, extra: dict[str, Any]) -> None:  # noqa: B027
+        """Retained attributes changed (a new threshold after feedback, the enrolment state)."""
+
+    def publish_feedback_result(self, stream: str, result: dict[str, Any]) -> None:  # noqa: B027
+        """The answer to an operator's feedback (QoS 1, not retained)."""
+
+    def publish_enrolment(self, stream: str, state: dict[str, Any]) -> None:  # noqa: B027
+        """Retained state of a stream's (re-)enrolment: enrolling, ok or failed, and progress."""

@@ -72,6 +72,24 @@ class Topics:
     def enabled_state(self, stream: str) -> str:
         return self.stream(stream, "enabled/state")
 
+    def feedback_result(self, stream: str) -> str:
+        return self.stream(stream, "feedback/result")
+
+    def enrol_state(self, stream: str) -> str:
+        return self.stream(stream, "enrol/state")
+
+    def command_filter(self, leaf: str) -> str:
+        """Subscription matching every stream's ``<leaf>/set`` command (``feedback``, ``enrol``)."""
+        return f"{self.base}/+/{leaf}/set"
+
+    def stream_of_command(self, topic: str, leaf: str) -> str | None:
+        """The stream name of a ``<stream>/<leaf>/set`` topic of this node, else None."""
+        head, tail = f"{self.base}/", f"/{leaf}/set"
+        if not topic.startswith(head) or not topic.endswith(tail):
+            return None
+        stream = topic[len(head) : -len(tail)]
+        return stream if stream and "/" not in stream else None
+
     @property
     def enabled_set_filter(self) -> str:
         """Subscription matching every stream's enable command."""

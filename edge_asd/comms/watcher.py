@@ -129,7 +129,9 @@ class WatchState:
         score = after.get("peak_score", after.get("score"))
         when = time.strftime("%H:%M:%S", time.localtime(msg.ts))
         score_text = f" peak {score:.3f}" if isinstance(score, (int, float)) else ""
-        self.log.append(f"{when} {node_name}/{stream} {kind} {eid}{score_text}")
+        summary = (after.get("explanation") or {}).get("summary") if kind == "new" else None
+        why = f": {summary}" if summary else ""
+        self.log.append(f"{when} {node_name}/{stream} {kind} {eid}{score_text}{why}")
 
 
 class Watcher:

@@ -25,6 +25,7 @@ from edge_asd.config.base import (
     default_state_dir,
 )
 from edge_asd.config.runtime import RUNTIME_TYPES, AutoRuntimeConfig, RuntimeConfig, RuntimeType
+from edge_asd.core.site.enrolment import DEFAULT_FALSE_ALARMS_PER_DAY
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ class SiteConfig(ConfigModel):
         True, title="Site learning", description="Score enrolled streams with the fused site score."
     )
     false_alarms_per_day: float = Field(
-        1.0, gt=0, title="False alarms per day",
+        DEFAULT_FALSE_ALARMS_PER_DAY, gt=0, title="False alarms per day",
         description="Target false windows per day a re-enrolment sets its threshold for.",
     )
 

@@ -11,6 +11,7 @@ on the network: the communicator queues (and, for events, spools to disk).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -21,7 +22,8 @@ import numpy as np
 from edge_asd import __version__
 from edge_asd.comms.base import Communicator
 from edge_asd.core.constants import DISABLED, FAULT, OFFLINE, ONLINE, SAMPLE_RATE, WINDOW_SAMPLES
-from edge_asd.daemon.site import WindowRow
+from edge_asd.core.errors import UserError
+from edge_asd.daemon.site import FeedbackResult, WindowRow
 from edge_asd.daemon.streams import Stream
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelReport
@@ -92,6 +94,9 @@ class Pipeline:
         self._last_stats = time.monotonic()
         self._captures = {id(s.capture): s.capture for s in streams}
         self.comms.on_enabled = self._on_enabled
+        self.comms.on_stream_command = self._on_stream_command
+        self._commands: queue.SimpleQueue[tuple[str, str, dict]] = queue.SimpleQueue()
+        self._site_published: dict[str, dict] = {}
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -101,6 +106,70 @@ class Pipeline:
         """MQTT ``<stream>/enabled/set`` (called from the network thread: only flip a flag)."""
         if stream in self.by_name:
             self.by_name[stream].enabled = bool(on)
+
+    def _on_stream_command(self, stream: str, name: str, payload: dict) -> None:
+        """MQTT ``<stream>/feedback/set`` or ``enrol/set`` (network thread): queued for the loop."""
+        self._commands.put((stream, name, dict(payload)))
+
+    def run_commands(self) -> None:
+        """Carry out the queued operator commands, in the pipeline thread (between ticks)."""
+        while True:
+            try:
+                stream_name, name, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            stream = self.by_name.get(stream_name)
+            if stream is None or stream.site is None:
+                logger.warning("ignored %s command for %s: no such stream, or site learning is off", name, stream_name)
+                continue
+            if name == "feedback":
+                self._feedback(stream, payload)
+            elif name == "enrol":
+                self._enrol(stream, payload)
+
+    def _feedback(self, stream: Stream, payload: dict) -> None:
+        assert stream.site is not None
+        event, label, by = payload.get("event"), payload.get("label"), str(payload.get("by") or "mqtt")
+        if not isinstance(event, str) or label not in ("normal", "anomaly"):
+            logger.warning("ignored feedback for %s: need {\"event\": ID, \"label\": \"normal\"|\"anomaly\"}, got %.200r",
+                           stream.name, payload)  # fmt: skip
+            self.comms.publish_feedback_result(stream.name, FeedbackResult(
+                str(event), str(label), False, "feedback needs an event id and a label normal or anomaly").to_dict())
+            return
+        evidence = self.evidence.wav_path(stream.name, event) if self.evidence is not None else None
+        result = stream.site.feedback(event, label, None if evidence is None else str(evidence), by)
+        if not result.ok:
+            logger.warning("feedback %s on event %s of %s by %s: nothing changed (%s)",
+                           label, event, stream.name, by, result.message)  # fmt: skip
+        self.comms.publish_feedback_result(stream.name, result.to_dict())
+        if result.ok and label == "normal" and stream.threshold_override is None:
+            stream.last_threshold = result.threshold
+        self._publish_site_state(stream, force=result.ok)
+
+    def _enrol(self, stream: Stream, payload: dict) -> None:
+        assert stream.site is not None
+        try:
+            message = stream.site.start_live_enrolment(float(payload.get("minutes", 10.0)))
+        except (UserError, TypeError, ValueError) as err:
+            logger.warning("ignored enrol command for %s: %s", stream.name, err)
+            self.comms.publish_enrolment(stream.name, {"state": "failed", "message": str(err), "progress": 0.0})
+            return
+        logger.info("stream %s: %s", stream.name, message)
+        self._publish_site_state(stream, force=True)
+
+    def _publish_site_state(self, stream: Stream, force: bool = False) -> None:
+        """Publish a stream's enrolment state when it changed (progress in steps of 5 %)."""
+        if stream.site is None:
+            return
+        state = stream.site.attributes()
+        key = {**state, "progress": round(float(state.get("progress", 0.0)) * 20) / 20}
+        if not force and self._site_published.get(stream.name) == key:
+            return
+        self._site_published[stream.name] = key
+        self.comms.publish_enrolment(stream.name, {"state": state["state"], "message": state.get("message", ""),
+                                                   "progress": state.get("progress", 1.0 if state["state"] == "ok" else 0.0)})  # fmt: skip
+        threshold = stream.threshold_override if stream.threshold_override is not None else stream.site.threshold
+        self.comms.publish_attributes(stream.name, threshold, {"enrolment": state})
 
     @property
     def finished(self) -> bool:
@@ -128,6 +197,7 @@ class Pipeline:
     def tick(self) -> int:
         """One pass over the streams; returns the number of windows scored."""
         t0 = time.monotonic()
+        self.run_commands()
         self._update_capture_status()
         batch: list[tuple[Stream, np.ndarray, int]] = []
         for stream in self.streams:
@@ -184,6 +254,7 @@ class Pipeline:
             stream.last_threshold = threshold
             self.comms.publish_score(stream.name, score, threshold)
             self._decide(stream, end_index, score, window, threshold=threshold, detail=detail)
+            self._publish_site_state(stream)
         if not self.ready_sent:
             self.ready_sent = True
             if self.systemd is not None:

@@ -3,7 +3,7 @@
 The math (hold-out, components, fusion, thresholds, explanations) is numpy in
 ``edge_asd.core.site``; this package is the glue that needs the runtime and the file system:
 
-``features``  windows on a hop grid -> indicators, embeddings, ce, with ``WindowRef`` provenance
+``features``  windows on a hop grid -> indicators, spectral profiles, embeddings, ce, with provenance
 ``enrol``     files / folders / captured audio -> a fitted ``Enrolment`` with bundle sha and provenance
 ``capture``   minutes of one configured stream through the live capture path, split at gaps
 ``storage``   ``<state_dir>/enrolment/<stream>/`` and ``enrolment_status`` (missing / ok / stale)

@@ -61,13 +61,13 @@ def enrolment():
 def test_normal_windows_stay_under_and_a_moved_indicator_goes_over(enrolment) -> None:
     x, emb, ce = _normal(50, 1)
     scores = enrolment.score(x, emb, ce)
-    assert set(scores.components) == {"indicators", "indicators_knn", "knn", "ce"}
+    assert set(scores.components) == {"indicators", "knn", "ce"}
     assert scores.anomalous.mean() < 0.05
     moved = x.copy()
     moved[:, IDX["crest_factor"]] -= 2.1  # impacts weakened: crest factor 10.2 -> 8.1 dB (5 sigma)
     bad = enrolment.score(moved, emb, ce)
     assert bad.anomalous.all()
-    assert all(bad.row(i).driver in ("indicators", "indicators_knn") for i in range(len(bad)))
+    assert all(bad.row(i).driver in ("indicators",) for i in range(len(bad)))
     # fused = max surprise over components (Tippett)
     stacked = np.stack([c.surprise for c in bad.components.values()])
     np.testing.assert_allclose(bad.fused, stacked.max(axis=0))
@@ -121,11 +121,11 @@ def test_surprise_is_monotone_and_uses_the_empirical_tail_without_a_fit() -> Non
 def test_stream_without_classes_or_embeddings_scores() -> None:
     x, _, _ = _normal(120, 6)
     en = fit_enrolment(x, None, None, _refs(120))
-    assert en.components == ("indicators", "indicators_knn")
+    assert en.components == ("indicators",)
     s = en.score(x[:4])
-    assert s.fused.shape == (4,) and set(s.components) == {"indicators", "indicators_knn"}
+    assert s.fused.shape == (4,) and set(s.components) == {"indicators"}
     with_emb = fit_enrolment(x, _normal(120, 6)[1], None, _refs(120))
-    assert with_emb.components == ("indicators", "indicators_knn", "knn")
+    assert with_emb.components == ("indicators", "knn")
     with pytest.raises(ValueError, match="embeddings"):
         with_emb.score(x[:2])
 
@@ -164,7 +164,7 @@ def test_feedback_normal_silences_the_same_sound_and_rederives_the_threshold(enr
     assert updated.oof_fused.shape == enrolment.oof_fused.shape
     assert np.all(updated.oof["indicators"] <= enrolment.oof["indicators"] + 1e-12)
     fitted, _ = threshold_for(updated.oof_fused, updated.false_alarm_rate)
-    assert updated.threshold == pytest.approx(max(fitted, bonferroni_threshold(4, updated.false_alarm_rate)))
+    assert updated.threshold == pytest.approx(max(fitted, bonferroni_threshold(len(updated.fits), updated.false_alarm_rate)))
     assert updated.meta["feedback_normal_windows"] == 3
     # other anomalies still alert
     other = _normal(2, 9)

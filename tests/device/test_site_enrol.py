@@ -56,7 +56,7 @@ def test_enrol_from_a_wav_without_classes(cached_bundle: Path, tmp_path: Path, n
     status = enrolment_status(state, "press_line_1", sha)  # default stream name: the WAV's stem, sanitised
     assert status.state == "ok", status.message
     en = load_stream_enrolment(state, "press_line_1", sha)
-    assert en.components == ("indicators", "indicators_knn", "knn")  # no --class: no ce, and it still works
+    assert en.components == ("indicators", "spectrum", "envelope", "knn")  # no --class: no ce
     assert en.n_windows == 66  # 75 s at a 1 s hop
     src = en.meta["source"]
     assert src["kind"] == "wav" and src["paths"] == [str(wav)] and src["minutes"] == pytest.approx(1.25)
@@ -77,7 +77,7 @@ def test_enrol_from_a_folder_with_a_class(cached_bundle: Path, tmp_path: Path, n
                    "--false-alarms-per-day", "24"])  # fmt: skip
     assert result.exit_code == 0, result.output
     en = load_stream_enrolment(state, "fan1")
-    assert en.components == ("indicators", "indicators_knn", "knn", "ce")
+    assert en.components == ("indicators", "spectrum", "envelope", "knn", "ce")
     assert en.n_windows == 12 and en.meta["source"]["kind"] == "folder"
     assert en.meta["classes"] == ["fan/section_00"]
     assert en.false_alarm_rate == pytest.approx(24 / 86400)
@@ -120,6 +120,12 @@ def test_enrolment_status_missing_ok_stale(tmp_path: Path, runtime, cached_bundl
     assert enrolment_status(tmp_path, "s1", sha[:12]).state == "ok"  # the id listen publishes
     stale = enrolment_status(tmp_path, "s1", "0" * 64)
     assert stale.state == "stale" and "re-enrol" in stale.message
+    doc_path = enrolment_dir(tmp_path, "s1") / "enrolment.json"
+    doc = json.loads(doc_path.read_text())
+    doc["profile_size"] += 1  # spectral profiles of another edge-asd
+    doc_path.write_text(json.dumps(doc))
+    other = enrolment_status(tmp_path, "s1", sha)
+    assert other.state == "stale" and "spectral profiles" in other.message and "re-enrol" in other.message
     (enrolment_dir(tmp_path, "s1") / "enrolment.json").write_text("{")
     assert enrolment_status(tmp_path, "s1", sha).state == "stale"
 
@@ -127,6 +133,7 @@ def test_enrolment_status_missing_ok_stale(tmp_path: Path, runtime, cached_bundl
 def test_extract_shares_blocks_and_pads_short_clips(runtime) -> None:
     from edge_asd.core.audio_io import fit_length
     from edge_asd.core.indicators import compute
+    from edge_asd.core.spectra import PROFILE_SIZE, compute_profile
     from edge_asd.site.features import extract
 
     audio = _fan(14.0, seed=4)
@@ -135,6 +142,13 @@ def test_extract_shares_blocks_and_pads_short_clips(runtime) -> None:
     assert [(r.segment, r.start) for r in feats.refs] == [("a", i * SAMPLE_RATE) for i in range(5)] + [("b", 0)]
     np.testing.assert_allclose(feats.indicators[3], compute(audio[3 * SAMPLE_RATE : 13 * SAMPLE_RATE]))
     np.testing.assert_allclose(feats.indicators[5], compute(fit_length(short)))
+    assert feats.profiles.shape == (6, PROFILE_SIZE)
+    np.testing.assert_array_equal(feats.profiles[3], compute_profile(audio[3 * SAMPLE_RATE : 13 * SAMPLE_RATE]))
+    np.testing.assert_array_equal(feats.profiles[5], compute_profile(fit_length(short)))
+    odd = extract([("a", audio)], runtime, hop_s=1.5)  # a hop of no whole seconds: blocks per window
+    np.testing.assert_array_equal(odd.profiles[1], compute_profile(audio[24000 : 24000 + 10 * SAMPLE_RATE]))
+    np.testing.assert_allclose(odd.indicators[1], compute(audio[24000 : 24000 + 10 * SAMPLE_RATE]))
+    np.testing.assert_array_equal(feats.select([3]).profiles[0], feats.profiles[3])
     out = runtime.infer(fit_length(short)[None, :])
     np.testing.assert_allclose(feats.embeddings[5], out.embedding[0], rtol=1e-5, atol=1e-6)
     assert feats.ce is not None and feats.ce[5] == pytest.approx(out.scores[0, [0, 2]].min(), rel=1e-5)
@@ -157,27 +171,30 @@ def test_feedback_normal_stops_the_same_sound_and_survives_a_restart(
     en = enrol_features(feats, bundle, stream="fan1", source=provenance("wav", feats))
     save_stream_enrolment(en, tmp_path, "fan1")
     normal_later = extract([("n", machine.read(14 * SAMPLE_RATE))], runtime)
-    assert not en.score(normal_later.indicators, normal_later.embeddings).anomalous.any()
+    assert not en.score(normal_later.indicators, normal_later.embeddings, profiles=normal_later.profiles).anomalous.any()
     # a new but harmless sound (a 2.5 kHz whine of the ventilation next door) raises an event
     event = extract([("ev", _with_tone(machine.read(14 * SAMPLE_RATE)))], runtime)
-    scores = en.score(event.indicators, event.embeddings)
+    scores = en.score(event.indicators, event.embeddings, profiles=event.profiles)
     assert scores.anomalous.all(), scores.fused
     assert "2.5 kHz band" in en.explain(event.indicators[0]).summary
-    save_event_windows(tmp_path, "fan1", "ev-1", event.indicators, event.embeddings)
+    save_event_windows(tmp_path, "fan1", "ev-1", event.indicators, event.embeddings, profiles=event.profiles)
     # the operator says "normal": the daemon reloads (restart) and adds the event's windows
     saved = load_event_windows(tmp_path, "fan1", "ev-1")
     assert saved is not None and len(saved) == len(event)
-    updated = load_stream_enrolment(tmp_path, "fan1").add_normal(saved.indicators, saved.embeddings)
+    assert saved.profiles is not None and np.array_equal(saved.profiles, event.profiles)
+    updated = load_stream_enrolment(tmp_path, "fan1").add_normal(
+        saved.indicators, saved.embeddings, profiles=saved.profiles
+    )
     save_stream_enrolment(updated, tmp_path, "fan1")
     restarted = load_stream_enrolment(tmp_path, "fan1")
     again = extract([("later", _with_tone(machine.read(14 * SAMPLE_RATE)))], runtime)  # the same sound, later
-    after = restarted.score(again.indicators, again.embeddings)
+    after = restarted.score(again.indicators, again.embeddings, profiles=again.profiles)
     assert not after.anomalous.any(), after.fused
     assert restarted.meta["feedback_normal_windows"] == len(event)
     assert restarted.threshold == pytest.approx(updated.threshold)
     # a different fault still alerts
     other = extract([("knock", _with_tone(machine.read(14 * SAMPLE_RATE), hz=400.0, amplitude=0.1))], runtime)
-    assert restarted.score(other.indicators, other.embeddings).anomalous.all()
+    assert restarted.score(other.indicators, other.embeddings, profiles=other.profiles).anomalous.all()
     assert load_event_windows(tmp_path, "fan1", "unknown") is None
 
 
@@ -222,7 +239,7 @@ def test_evaluate_site_writes_a_report_with_fused(cached_bundle: Path, tmp_path:
     assert "fused" in result.output and "AUC" in result.output
     report = json.loads((out / "report.json").read_text())
     assert set(report["fused"]) == {"auc", "pauc"}
-    assert set(report["components"]) == {"indicators", "indicators_knn", "knn", "ce"}
+    assert set(report["components"]) == {"indicators", "spectrum", "envelope", "knn", "ce"}
     assert report["test_clips"] == {"normal": 4, "anomaly": 4, "unlabelled": 1}
     assert report["fused"]["auc"] >= 0.9  # a strong tone: the indicators see it
     assert len(report["clips"]) == 8 and all(c["windows"] == 1 for c in report["clips"])
@@ -244,6 +261,6 @@ def test_enrol_from_a_config_file_source(cached_bundle: Path, tmp_path: Path, no
     result = _run(["enrol", "--config", str(config), "--minutes", "1", "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
     en = load_stream_enrolment(state, "fan1")
-    assert en.components == ("indicators", "indicators_knn", "knn", "ce")
+    assert en.components == ("indicators", "spectrum", "envelope", "knn", "ce")
     assert en.meta["source"]["kind"] == "file" and en.meta["source"]["minutes"] == pytest.approx(1.0)
     assert en.n_windows == 51

@@ -14,7 +14,6 @@ It wires the parts of this package together and owns the sender thread:
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -31,16 +30,18 @@ from edge_asd.comms.mqtt.commands import (
     ENABLED,
     FALLBACK,
     HA_ONLINE,
+    STREAM_COMMAND,
     Command,
     parse_message,
     subscriptions,
 )
 from edge_asd.comms.mqtt.delivery import OUTBOX_FILE, EventDelivery
 from edge_asd.comms.mqtt.session import MqttSession
-from edge_asd.comms.mqtt.state import RetainedState, json_default
+from edge_asd.comms.mqtt.state import RetainedState
 from edge_asd.comms.outbox import Outbox
 from edge_asd.comms.topics import EVENT_KINDS, STATUSES, Topics
 from edge_asd.config import MqttConfig
+from edge_asd.core import jsonsafe
 from edge_asd.core.constants import ONLINE
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class MqttCommunicator(Communicator):
     def publish_event(self, kind: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind {kind!r} is not one of {EVENT_KINDS}")
-        payload = json.dumps({"type": kind, "before": before, "after": after}, default=json_default).encode()
+        payload = jsonsafe.dumps({"type": kind, "before": before, "after": after}).encode()
         self.delivery.append(kind, self.topics.events, payload)
         self._wake.set()
 
@@ -163,7 +164,7 @@ class MqttCommunicator(Communicator):
             "outbox_dropped_updates": self.delivery.dropped_updates,
             "rejected_events": self.rejected_events,
         }
-        self.session.publish(self.topics.stats, json.dumps(body, default=json_default), qos=0, retain=False)
+        self.session.publish(self.topics.stats, jsonsafe.dumps(body), qos=0, retain=False)
 
     def set_enabled(self, stream: str, enabled: bool) -> None:
         self.state.set_enabled(stream, enabled)
@@ -201,6 +202,8 @@ class MqttCommunicator(Communicator):
                 self.state.publish_discovery()
             elif cmd.kind == ENABLED:
                 self._apply_enabled(cmd.stream, cmd.enabled)
+            elif cmd.kind == STREAM_COMMAND:
+                self._apply_stream_command(cmd.stream, cmd.name, cmd.payload or {})
 
     def _after_connect(self, client: mqtt.Client) -> None:
         client.subscribe(subscriptions(self.cfg, self.topics))
@@ -209,8 +212,38 @@ class MqttCommunicator(Communicator):
             self.state.publish_discovery()
             self.session.publish(self.topics.available, ONLINE)
 
+    def _apply_stream_command(self, stream: str, name: str, payload: dict) -> None:
+        """An operator's ``feedback``/``enrol`` command for a known stream goes to the pipeline."""
+        if stream not in self.state.streams:
+            logger.warning("ignored %s command for unknown stream %r (this node has %s)",
+                           name, stream, ", ".join(sorted(self.state.streams)) or "no streams")  # fmt: skip
+            return
+        if self.on_stream_command is None:
+            logger.warning("ignored %s command for %s: nothing on this node handles it", name, stream)
+            return
+        try:
+            self.on_stream_command(stream, name, payload)
+        except Exception:
+            logger.exception("%s command for stream %s failed", name, stream)
+
+    def publish_attributes(self, stream: str, threshold: float | None, extra: dict[str, Any]) -> None:
+        self.state.set_attributes(stream, threshold, extra)
+
+    def publish_feedback_result(self, stream: str, result: dict[str, Any]) -> None:
+        self.session.publish(self.topics.feedback_result(stream), jsonsafe.dumps(result), qos=1, retain=False)
+
+    def publish_enrolment(self, stream: str, state: dict[str, Any]) -> None:
+        self.session.publish(self.topics.enrol_state(stream), jsonsafe.dumps(state), qos=1, retain=True)
+
     def _apply_enabled(self, stream: str, enabled: bool) -> None:
-        """An operator's switch: the pipeline's hook first, then the retained state confirms it."""
+        """An operator's switch: the pipeline's hook first, then the retained state confirms it.
+
+        A command for a stream this node does not have is ignored: echoing it back would
+        retain a state for a stream that does not exist, forever."""
+        if stream not in self.state.streams:
+            logger.warning("ignored enabled/set for unknown stream %r (this node has %s)",
+                           stream, ", ".join(sorted(self.state.streams)) or "no streams")  # fmt: skip
+            return
         logger.info("stream %s %s by MQTT command", stream, "enabled" if enabled else "disabled")
         if self.on_enabled is not None:
             try:

@@ -18,6 +18,7 @@ from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.discovery import discovery_messages
 from edge_asd.comms.topics import Topics
 from edge_asd.config import MqttConfig
+from edge_asd.core import jsonsafe
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +29,6 @@ Publish = Callable[[str, "str | bytes"], None]
 """Sends one retained QoS 1 message if connected; a no-op otherwise (the cache covers it)."""
 
 
-def json_default(obj: Any) -> Any:
-    """numpy scalars and arrays become plain numbers and lists; anything else its str()."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
-
-
 def on_off(on: bool) -> str:
     """The payload of a binary state, as Home Assistant's switch and binary_sensor expect it."""
     return "ON" if on else "OFF"
@@ -42,9 +36,8 @@ def on_off(on: bool) -> str:
 
 def attributes_json(info: StreamInfo) -> str:
     """The retained attributes of one stream (threshold, classes, source, extras)."""
-    return json.dumps(
-        {"threshold": info.threshold, "classes": list(info.classes), "source": info.source, **info.extra},
-        default=json_default,
+    return jsonsafe.dumps(
+        {"threshold": info.threshold, "classes": list(info.classes), "source": info.source, **info.extra}
     )
 
 
@@ -101,6 +94,15 @@ class RetainedState:
                 info = StreamInfo(info.name, threshold, info.classes, info.source, info.enabled, info.extra)
                 self.streams[stream] = info
                 self._publish(self.topics.attributes(stream), attributes_json(info))
+
+    def set_attributes(self, stream: str, threshold: float | None, extra: dict[str, Any]) -> None:
+        """Republish a stream's attributes with a new threshold and extra fields (enrolment)."""
+        with self.lock:
+            info = self.streams.get(stream) or StreamInfo(stream)
+            info = StreamInfo(info.name, threshold if threshold is not None else info.threshold, info.classes,
+                              info.source, info.enabled, {**info.extra, **extra})  # fmt: skip
+            self.streams[stream] = info
+            self._publish(self.topics.attributes(stream), attributes_json(info))
 
     def set_enabled(self, stream: str, enabled: bool) -> None:
         with self.lock:

@@ -3,15 +3,17 @@
 A plant has minutes of its machines' normal sound, recorded by its own microphone, and no
 DCASE-sized training set; a model trained on those few clips memorises them. So instead of
 training per site, a stream is *enrolled*: its windows' condition indicators
-(``edge_asd.core.indicators``), the bundle model's embeddings and (when the machine type is one
-of the bundle's classes) its cross-entropy score are measured on normal audio, and each becomes
+(``edge_asd.core.indicators``), spectral profiles (fine spectrum and envelope spectrum,
+``edge_asd.core.spectra``), the bundle model's embeddings and (when the machine type is one of
+the bundle's classes) its cross-entropy score are measured on normal audio, and each becomes
 a score component normalised against its own out-of-fold normal distribution; the fused score
 is the largest surprise. Modules, one responsibility each:
 
 ``holdout``     ``WindowRef`` and the cross-fitting over whole stretches of time
 ``covariance``  Ledoit-Wolf shrinkage, written out (no sklearn on the device)
-``components``  ``indicators`` (robust z + Mahalanobis), ``indicators_knn`` (nearest enrolled windows
-                in the whitened indicator space), ``knn`` (embeddings); feedback exemplars
+``components``  ``indicators`` (robust z + Mahalanobis), ``spectrum`` (nearest enrolled fine spectrum),
+                ``envelope`` (per-bin range of the envelope spectrum), ``knn`` (embeddings);
+                feedback exemplars
 ``normalise``   surprise = -log10 P_normal(S >= s) from the one gamma fit
 ``explain``     which indicators moved, in words and numbers
 ``enrolment``   ``fit_enrolment``, ``Enrolment`` (score, explain, add_normal, save/load)
@@ -23,7 +25,7 @@ No I/O except ``Enrolment.save``/``load``; running the model over audio is ``edg
 
 from __future__ import annotations
 
-from edge_asd.core.site.components import CE, COMPONENTS, INDICATORS, INDICATORS_KNN, KNN
+from edge_asd.core.site.components import CE, COMPONENTS, ENVELOPE, INDICATORS, KNN, SPECTRUM
 from edge_asd.core.site.enrolment import (
     DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_FALSE_ALARMS_PER_DAY,
@@ -46,10 +48,11 @@ __all__ = [
     "COMPONENTS",
     "DEFAULT_FALSE_ALARMS_PER_DAY",
     "DEFAULT_FALSE_ALARM_RATE",
+    "ENVELOPE",
     "HOLDOUT_RULE",
     "INDICATORS",
-    "INDICATORS_KNN",
     "KNN",
+    "SPECTRUM",
     "ComponentScores",
     "Enrolment",
     "EnrolmentError",

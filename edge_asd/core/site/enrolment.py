@@ -60,7 +60,6 @@ from edge_asd.core.site.components import (
     COMPONENTS,
     ENVELOPE,
     INDICATORS,
-    INDICATORS_KNN,
     KNN,
     PROFILE_COMPONENTS,
     SPECTRUM,
@@ -69,7 +68,6 @@ from edge_asd.core.site.components import (
     SpectrumBank,
     fit_envelope_model,
     fit_indicator_model,
-    indicators_knn_component,
     knn_component,
     spectrum_component,
 )
@@ -93,12 +91,18 @@ between leaves the previous one intact)."""
 DEFAULT_FALSE_ALARMS_PER_DAY = 1.0
 """Windows over the threshold per day of normal operation (``calibrate``'s default too)."""
 
-SCALE_FLOOR_BY_UNIT: dict[str, float] = {"dBFS": 0.1, "dB": 0.1, "Hz": 1.0, "": 1e-3}
-"""Smallest robust scale per unit: 0.1 dB is below any microphone's repeatability, 1 Hz below
-the 7.8 Hz spectral resolution; a constant indicator cannot make a 100-sigma alarm of noise."""
+SCALE_FLOOR_BY_UNIT: dict[str, float] = {"dBFS": 0.5, "dB": 0.3, "Hz": 10.0, "": 0.01}
+"""Smallest robust scale per unit. Enrolment windows overlap by 90 % and come from one stretch
+of time, so their spread underestimates how much a healthy machine drifts between days; the
+threshold sits some five scales out, so a floor says which change is too small to alarm on:
+about 2.5 dB of an absolute level in dBFS (a microphone's day-to-day repeatability is 1-2 dB),
+1.5 dB of a relative one (crest factor, a band's share of the total: gain-independent), 50 Hz
+of a spectral centroid, 0.05 of a ratio such as a modulation depth or the spectral flux."""
 
-SCALE_FLOOR_BY_NAME: dict[str, float] = {"tonal_peak_count": 0.5}
-"""Integer counts: one step must read as two sigma, not as an explosion."""
+SCALE_FLOOR_BY_NAME: dict[str, float] = {"tonal_peak_count": 0.5, "kurtosis": 0.1}
+"""Integer counts: one step must read as two sigma, not as an explosion. Kurtosis: the
+estimate over one 10 s window of a healthy machine wanders by 0.1-0.2 between recordings
+(Gaussian noise alone: 0.012); impulsive faults move it by whole units."""
 
 MAX_EXEMPLARS = 2000
 """Feedback exemplars kept (newest win): bounds memory and the per-window distance cost."""
@@ -362,10 +366,6 @@ class Enrolment:
         if x.shape[1] != len(self.indicator_names):
             raise ValueError(f"got {x.shape[1]} indicators per window, the enrolment has {len(self.indicator_names)}")
         out = {INDICATORS: self.indicator_model.score(x, self.exemplars.indicators)}
-        if INDICATORS_KNN in self.fits:
-            out[INDICATORS_KNN] = indicators_knn_component(
-                self.indicator_model, x, self._indicator_bank(), self.exemplars.indicators, self.knn_k
-            )
         if any(name in self.fits for name in PROFILE_COMPONENTS):
             if profiles is None:
                 raise ValueError(
@@ -410,12 +410,6 @@ class Enrolment:
         comps = {name: ComponentScores(values, self.fits[name].surprise(values)) for name, values in raw.items()}
         fused = np.max(np.stack([c.surprise for c in comps.values()]), axis=0)
         return SiteScores(fused, float(self.threshold), comps)
-
-    def _indicator_bank(self) -> np.ndarray:
-        """Whitened enrolment windows (the ``indicators_knn`` references), cached."""
-        if self._bank_cache is None:
-            self._bank_cache = self.indicator_model.whiten(self.data.indicators)
-        return self._bank_cache
 
     def _spectrum_banks(self) -> tuple[SpectrumBank, SpectrumBank]:
         """(enrolled windows, exemplars) as ``spectrum`` references, cached."""
@@ -641,23 +635,19 @@ def _fit(
     plan = cross_fit_plan(refs, folds)
     floors = scale_floors(names)
     n = len(data)
-    oof: dict[str, np.ndarray] = {INDICATORS: np.empty(n), INDICATORS_KNN: np.empty(n)}
+    oof: dict[str, np.ndarray] = {INDICATORS: np.empty(n)}
     if data.embeddings is not None:
         oof[KNN] = np.empty(n)
-    ex_power = ex_bank = ex_envelope = None
+    ex_bank = ex_envelope = None
     if data.profiles is not None:
         assert exemplars.profiles is not None
         oof[SPECTRUM] = np.empty(n)
         oof[ENVELOPE] = np.empty(n)
-        ex_power = exemplars.profiles[:, POWER_SLICE]
-        ex_bank = SpectrumBank(ex_power)
+        ex_bank = SpectrumBank(exemplars.profiles[:, POWER_SLICE])  # the same for every fold
         ex_envelope = exemplars.profiles[:, ENVELOPE_SLICE]
     for held, ref_idx in plan:
         model = fit_indicator_model(data.indicators[ref_idx], floors)
         oof[INDICATORS][held] = model.score(data.indicators[held], exemplars.indicators)
-        oof[INDICATORS_KNN][held] = indicators_knn_component(
-            model, data.indicators[held], model.whiten(data.indicators[ref_idx]), exemplars.indicators, knn_k
-        )
         if data.embeddings is not None:
             oof[KNN][held] = knn_component(
                 data.embeddings[held], data.embeddings[ref_idx], exemplars.embeddings, knn_k
