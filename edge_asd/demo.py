@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ TRAIN = {"epochs": 12, "batch_size": 8, "lr": 2e-3, "min_lr": 1e-4, "val_fractio
 """The embedding (knn) score: with two dozen clips per machine the cross-entropy score memorises
 the training clips (docs/training.md), the situation of a new site."""
 RECORDING_S, ANOMALY_AT_S, ANOMALY_S, ANOMALY_KIND = 60.0, 30.0, 8.0, "imbalance"
-CALIBRATION_S = 75.0
+CALIBRATION_S = 180.0
 NODE = "demo"
 
 
@@ -158,6 +157,20 @@ def _cached(marker: Path, recipe: dict) -> bool:
     return marker.is_file() and marker.read_text() == json.dumps(recipe, sort_keys=True)
 
 
+def _keep_for_console(state_dir: Path, events: list[dict]) -> None:
+    """Put the alerts the subscriber received into the console's history, so that
+    ``edge-asd console --state-dir`` shows them (with their evidence) after the demo's broker is gone."""
+    from edge_asd.console.settings import DB_NAME, DEFAULT_MAX_EVENTS
+    from edge_asd.console.store import EventStore
+
+    store = EventStore(state_dir / "console" / DB_NAME, DEFAULT_MAX_EVENTS)
+    try:
+        for event in events:
+            store.upsert(NODE, event["type"], event["after"])
+    finally:
+        store.close()
+
+
 def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, console: Console | None = None) -> DemoResult:
     """Run the seven steps; returns what the subscriber received."""
     import numpy as np
@@ -165,10 +178,12 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
     from edge_asd.config import AppConfig, validate_config
     from edge_asd.core.audio_io import write_wav
     from edge_asd.core.synth import MachineSoundStream, make_dataset
-    from edge_asd.daemon.calibrate import calibrate_streams
     from edge_asd.daemon.listen import build_daemon, run_daemon
+    from edge_asd.site.enrol import enrol_files
+    from edge_asd.site.storage import save_stream_enrolment
     from engines.bundle import load_bundle
     from engines.export import export_run
+    from engines.runtime import open_runtime
     from trainer.evaluate import evaluate_run
     from trainer.progress import LineProgress
     from trainer.train import TrainConfig, train
@@ -225,16 +240,16 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
     else:
         console.print(f"using {broker}")
 
+    state_dir = out / "state"
+    shutil.rmtree(state_dir, ignore_errors=True)
     try:
         prefix = "edge-asd"
 
-        def config(wav: Path, threshold: float | None, mqtt: bool) -> AppConfig:
+        def config(wav: Path, mqtt: bool) -> AppConfig:
             stream: dict[str, Any] = {"name": "press1", "source": "line1", "classes": [cls]}
-            if threshold is not None:
-                stream["threshold"] = threshold
             data: dict[str, Any] = {
                 "bundle": str(bundle), "backend": "auto", "hop_s": 1.0, "node_id": NODE,
-                "state_dir": tempfile.mkdtemp(prefix="state-", dir=out),
+                "state_dir": str(state_dir),
                 "sources": [{"name": "line1", "type": "file", "path": str(wav), "realtime": False}],
                 "streams": [stream], "logging": {"level": "WARNING"},
             }
@@ -244,13 +259,17 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
 
         # One machine heard continuously: a calibration period, then the monitored minute.
         machine = MachineSoundStream(machine_type, int(machine_id.split("_")[-1]), seed=99)
-        _step(console, 5, f"calibrate on site: {CALIBRATION_S:.0f} s of {cls} running normally")
+        _step(console, 5, f"enrol on site: {CALIBRATION_S:.0f} s of {cls} running normally (edge-asd enrol)")
         normal_wav = out / "normal.wav"
         write_wav(normal_wav, machine.read(int(CALIBRATION_S * 16000)))
-        calibration = calibrate_streams(config(normal_wav, None, False), minutes=1.0, false_alarms_per_day=1.0)["press1"]
+        loaded = load_bundle(bundle)
+        with open_runtime(loaded, backend="auto") as runtime:
+            enrolment = enrol_files([normal_wav], loaded, runtime, stream="press1", kind="wav",
+                                    class_indices=[loaded.class_index(cls)])  # fmt: skip
+        save_stream_enrolment(enrolment, state_dir, "press1")
         console.print(
-            f"{calibration.windows} windows: threshold {calibration.threshold:.4f} "
-            f"(gamma fit {calibration.gamma_threshold:.4f}, highest normal window {calibration.max_score:.4f})",
+            f"{enrolment.n_windows} windows, components {', '.join(enrolment.components)}: fused threshold "
+            f"{enrolment.threshold:.3f} ({enrolment.threshold_method})",
             highlight=False,
         )
 
@@ -265,7 +284,7 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
 
         _step(console, 7, "subscribe like a SCADA client and replay the recording through `listen`")
         subscriber = Subscriber(broker, prefix, console)
-        daemon = build_daemon(config(wav, calibration.threshold, True))
+        daemon = build_daemon(config(wav, True))
         console.print(f"engine: {daemon.runtime.describe()}")
         run_daemon(daemon)
         subscriber.got_end.wait(10)
@@ -281,10 +300,19 @@ def run_demo(out: Path, *, broker: str | None = None, fresh: bool = False, conso
             console.print(
                 f"[bold red]ALERT[/] {after['stream']} ({', '.join(after['classes'])}): anomaly in the window "
                 f"{end_s - after['window_s']:.1f}-{end_s:.1f} s of the recording (injected at {span[0]:.1f} s); "
-                f"score {after['peak_score']:.4g} > threshold {after['threshold']:.4g}; evidence {after['evidence']}",
+                f"{after.get('score_kind', 'bundle')} score {after['peak_score']:.4g} > threshold "
+                f"{after['threshold']:.4g}; evidence {after['evidence']}",
                 highlight=False,
             )
+            summary = (after.get("explanation") or {}).get("summary")
+            if summary:
+                console.print(f"  what moved: {summary}", highlight=False)
+        _keep_for_console(state_dir, result.alerts)
         console.print(f"demo finished in {time.monotonic() - t_start:.0f} s; everything is under {out}")
+        console.print(
+            f"review the alerts in the web console: edge-asd console --state-dir {state_dir} --node {NODE}",
+            highlight=False,
+        )
     finally:
         if embedded is not None:
             embedded.stop()

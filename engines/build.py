@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_asd.config.runtime import TensorRTRuntimeConfig
 from engines.bundle import MODEL_ONNX, Bundle, as_bundle
 from engines.errors import BackendUnavailableError, EngineBuildError
 
@@ -35,8 +36,10 @@ logger = logging.getLogger(__name__)
 PLAN_NAME = "model.plan"
 ENGINE_JSON = "engine.json"
 TIMING_CACHE = "timing.cache"
-DEFAULT_MAX_BATCH = 16
-DEFAULT_WORKSPACE_MIB = 1024
+_TRT_DEFAULTS = TensorRTRuntimeConfig()
+DEFAULT_MAX_BATCH = _TRT_DEFAULTS.max_batch
+"""The config's ``runtime: {type: tensorrt}`` defaults, the one place they are written."""
+DEFAULT_WORKSPACE_MIB = _TRT_DEFAULTS.workspace_mib
 HEARTBEAT_S = 10.0
 TRT_INSTALL_HINT = (
     "install TensorRT's Python bindings: on a Jetson `sudo apt install python3-libnvinfer` (JetPack) and a venv "

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from edge_asd.cli.output import console
+from edge_asd.config.runtime import TensorRTRuntimeConfig
 from engines.export.onnx_file import DEFAULT_OPSET, MAX_TRT_OPSET  # torch-free: for the option defaults
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,40 @@ def collect_audio(paths: list[Path]) -> list[Path]:
     if not unique:
         raise UserError(f"no sound files ({', '.join(sorted(AUDIO_SUFFIXES))}) found in {', '.join(map(str, paths))}")
     return unique
+
+
+def _score_site(
+    bundle_dir: Path, files: list[Path], stream: str, state_dir: Path | None, class_names: list[str],
+    backend: str, as_json: bool,
+) -> None:
+    """``score --stream``: the enrolled stream's fused score of every file."""
+    from rich.table import Table
+
+    from edge_asd.config import default_state_dir
+    from edge_asd.site.evaluate import score_clips
+    from edge_asd.site.storage import bundle_sha, load_stream_enrolment
+    from engines.bundle import load_bundle
+    from engines.runtime import open_runtime
+
+    bundle = load_bundle(bundle_dir)
+    enrolment = load_stream_enrolment(state_dir or default_state_dir(), stream, bundle_sha(bundle))
+    classes = [bundle.class_index(name) for name in class_names] or None
+    with open_runtime(bundle, backend=backend) as runtime:
+        results = score_clips(enrolment, [(f, 0) for f in files], runtime, class_indices=classes)
+    for r in results:
+        r.pop("label", None)
+    if as_json:
+        typer.echo(json.dumps({"bundle": str(bundle_dir), "stream": stream, "threshold": enrolment.threshold,
+                               "results": results}, indent=2))  # fmt: skip
+        return
+    table = Table(title=f"{len(results)} files, fused site score of {stream} (threshold {enrolment.threshold:.3f})")
+    for col in ("file", "score", "verdict", "what moved"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        verdict = "ANOMALY" if r["anomalous"] else "normal"
+        table.add_row("/".join(Path(r["file"]).parts[-2:]), f"{r['fused']:.3f}", verdict,
+                      r["explanation"] if r["anomalous"] else "", style="bold red" if r["anomalous"] else None)  # fmt: skip
+    console.print(table)
 
 
 def score_files(
@@ -120,8 +155,12 @@ def register(app: typer.Typer) -> None:
     @app.command("build-engine")
     def build_engine_cmd(
         bundle: Path = typer.Argument(..., help="Bundle directory (from `edge-asd export`)."),
-        max_batch: int = typer.Option(16, "--max-batch", min=1, help="Largest batch the engine accepts."),
-        workspace_mib: int = typer.Option(1024, "--workspace-mib", min=64, help="TensorRT builder workspace."),
+        max_batch: int = typer.Option(
+            TensorRTRuntimeConfig().max_batch, "--max-batch", min=1, help="Largest batch the engine accepts."
+        ),
+        workspace_mib: int = typer.Option(
+            TensorRTRuntimeConfig().workspace_mib, "--workspace-mib", min=64, help="TensorRT builder workspace."
+        ),
         no_build: bool = typer.Option(False, "--no-build", help="Only check the existing engine; never build."),
         force: bool = typer.Option(False, "--force", help="Rebuild even if the engine is current."),
     ) -> None:
@@ -153,11 +192,23 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("auto", "--backend", help="auto, tensorrt, onnxruntime or torch."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
         max_batch: int = typer.Option(8, "--max-batch", min=1),
+        stream: str | None = typer.Option(
+            None, "--stream", help="Score with this stream's enrolment (the fused site score `listen` uses)."
+        ),
+        state_dir: Path | None = typer.Option(
+            None, "--state-dir", help="State directory holding the enrolment (default: $STATE_DIRECTORY or /var/lib/edge-asd)."
+        ),
     ) -> None:
-        """Score sound files with a bundle: per file the score, threshold and verdict (min over classes)."""
+        """Score sound files with a bundle: per file the score, threshold and verdict (min over classes).
+
+        With ``--stream``, the stream's enrolment scores them as ``listen`` does (the fused site
+        score, the maximum over each file's 10 s windows, with the indicators that moved)."""
         from rich.table import Table
 
         files = collect_audio(wavs)
+        if stream is not None:
+            _score_site(bundle, files, stream, state_dir, class_names or [], backend, as_json)
+            return
         results = score_files(bundle, files, class_names or None, backend, max_batch)
         if as_json:
             typer.echo(json.dumps({"bundle": str(bundle), "results": results}, indent=2))

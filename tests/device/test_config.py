@@ -127,8 +127,12 @@ def test_cross_field_checks(tmp_path: Path) -> None:
     assert "streams[1].name" in msg and "duplicate" in msg
     msg = errors_of(tmp_path, GOOD.replace("name: fan-a", "name: fan/a"))
     assert "streams[0].name" in msg and "MQTT topic level" in msg
-    msg = errors_of(tmp_path, GOOD.replace("classes: [pump/id_00]", "classes: []"))
-    assert "streams[1].classes" in msg
+    # No classes is valid (a machine the bundle never saw, scored after `edge-asd enrol`); listen
+    # refuses such a stream only while it has no enrolment (tests/device/test_site_listen.py).
+    assert load_config(write(tmp_path, GOOD.replace("classes: [pump/id_00]", "classes: []"))).streams[1].classes == []
+    for bad in (".nan", "-1.0", "0", ".inf"):
+        msg = errors_of(tmp_path, GOOD.replace("threshold: 1.5}", f"threshold: {bad}}}"))
+        assert "streams[1].threshold" in msg, (bad, msg)
     assert "no stream configured" in errors_of(tmp_path, "bundle: x\n")
 
 

@@ -195,3 +195,33 @@ def test_feedback_anomaly_lands_in_the_label_export(cached_bundle: Path, site_au
     assert export.returncode == 0, export.stdout + export.stderr
     wavs = list(out_dir.rglob("*.wav"))
     assert len(wavs) == 1 and "anomaly" in wavs[0].parts
+
+
+def test_score_with_a_stream_enrolment_uses_the_fused_score(
+    cached_bundle: Path, site_audio: dict[str, Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    subprocess.run(
+        EDGE_ASD + ["enrol", "--bundle", str(cached_bundle), "--wav", str(site_audio["normal"]), "--stream", "fan1",
+                    "--state-dir", str(state), "--backend", "onnxruntime"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    first_normal = tmp_path / "calm.wav"
+    import soundfile as sf
+
+    audio, sr = sf.read(site_audio["monitored"], dtype="float32")
+    write_wav(first_normal, audio[: int(NORMAL_S * sr)], sr)
+    out = subprocess.run(
+        EDGE_ASD + ["score", str(cached_bundle), str(first_normal), str(site_audio["monitored"]), "--stream", "fan1",
+                    "--state-dir", str(state), "--backend", "onnxruntime", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    doc = _strict(out.stdout)
+    verdicts = {Path(r["file"]).name: r["anomalous"] for r in doc["results"]}
+    assert verdicts == {"calm.wav": False, "monitored.wav": True}
+    missing = subprocess.run(
+        EDGE_ASD + ["score", str(cached_bundle), str(first_normal), "--stream", "nope", "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "enrol" in missing.stderr and "Traceback" not in missing.stderr
