@@ -47,6 +47,7 @@ def _score_site(
     from rich.table import Table
 
     from edge_asd.config import default_state_dir
+    from edge_asd.core import jsonsafe
     from edge_asd.site.evaluate import score_clips
     from edge_asd.site.storage import bundle_sha, load_stream_enrolment
     from engines.bundle import load_bundle
@@ -54,14 +55,15 @@ def _score_site(
 
     bundle = load_bundle(bundle_dir)
     enrolment = load_stream_enrolment(state_dir or default_state_dir(), stream, bundle_sha(bundle))
+    class_names = class_names or list(enrolment.meta.get("classes") or [])  # the classes it was enrolled with
     classes = [bundle.class_index(name) for name in class_names] or None
     with open_runtime(bundle, backend=backend) as runtime:
         results = score_clips(enrolment, [(f, 0) for f in files], runtime, class_indices=classes)
     for r in results:
         r.pop("label", None)
     if as_json:
-        typer.echo(json.dumps({"bundle": str(bundle_dir), "stream": stream, "threshold": enrolment.threshold,
-                               "results": results}, indent=2))  # fmt: skip
+        typer.echo(jsonsafe.dumps({"bundle": str(bundle_dir), "stream": stream, "threshold": enrolment.threshold,
+                                   "results": results}, indent=2))  # fmt: skip
         return
     table = Table(title=f"{len(results)} files, fused site score of {stream} (threshold {enrolment.threshold:.3f})")
     for col in ("file", "score", "verdict", "what moved"):

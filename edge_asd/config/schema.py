@@ -321,7 +321,11 @@ class SiteConfig(ConfigModel):
 class ConsoleConfig(ConfigModel):
     """The operator's web console (`edge-asd console`); its command-line flags win."""
 
-    enabled: bool = Field(False, title="Console", description="Run the console (its own systemd unit).")
+    enabled: bool = Field(
+        True, title="Console",
+        description="false: `edge-asd console --config` exits at once (the edge-asd-console unit stays idle); "
+        "the unit itself is off until enabled with systemctl.",
+    )
     host: str = Field(
         "127.0.0.1", title="Host", description="Bind address; anything but loopback needs a credentials file."
     )

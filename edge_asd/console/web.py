@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import math
 import time
@@ -48,6 +47,7 @@ from edge_asd.console.link import Commands
 from edge_asd.console.settings import ConsoleSettings
 from edge_asd.console.state import ConsoleState
 from edge_asd.console.store import LABELS, UNLABELLED, EventStore
+from edge_asd.core import jsonsafe
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Hub:
     def publish(self, event: str, data: Any) -> None:
         if not self.clients:
             return
-        msg = f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+        msg = f"event: {event}\ndata: {jsonsafe.dumps(data, separators=(',', ':'))}\n\n"
         for q in list(self.clients):
             try:
                 q.put_nowait(msg)
@@ -276,7 +276,7 @@ def _fragment(text: str) -> web.Response:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str, separators=(",", ":")),
+    return web.json_response(data, status=status, dumps=lambda d: jsonsafe.dumps(d, separators=(",", ":")),
                              headers={"Cache-Control": "no-store"})
 
 

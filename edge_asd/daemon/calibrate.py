@@ -44,8 +44,20 @@ class StreamCalibration:
 def calibrate_streams(
     cfg: AppConfig, *, minutes: float, false_alarms_per_day: float, progress: Any | None = None
 ) -> dict[str, StreamCalibration]:
-    """Score ``minutes`` of audio per stream through the real pipeline and fit thresholds."""
+    """Score ``minutes`` of audio per stream through the real pipeline and fit thresholds.
+
+    These are thresholds of the bundle's score (``streams[].threshold``), so site learning is
+    off while calibrating; an enrolled stream's fused threshold comes from its enrolment
+    (``edge-asd enrol --false-alarms-per-day``), and a stream without classes has no bundle score.
+    """
     windows_wanted = max(MIN_WINDOWS, int(round(minutes * 60.0 / cfg.hop_s)))
+    no_classes = [s.name for s in cfg.streams if not s.classes]
+    if no_classes:
+        raise UserError(
+            f"stream(s) {', '.join(no_classes)} have no `classes:`: they are scored by their enrolment, whose "
+            "threshold `edge-asd enrol` sets; calibrate only the streams that use the bundle's score"
+        )
+    cfg = cfg.model_copy(update={"site": cfg.site.model_copy(update={"enabled": False})})
     daemon = build_daemon(cfg, comms=NullCommunicator(), require_thresholds=False)
     pipeline = daemon.pipeline
     for stream in pipeline.streams:  # scores only: no events while the thresholds are being set

@@ -147,6 +147,12 @@ def build_daemon(
                 f"{where}: no `classes:` and no usable enrolment ({why}); enrol the stream with "
                 f"`edge-asd enrol --config CONFIG --stream {sc.name}`, or name the bundle classes it is"
             )
+        if site is not None and site.enrolled and sc.threshold is not None:
+            logger.warning(
+                "%s: `threshold: %g` is for the bundle's score and is not used while the stream is enrolled "
+                "(the enrolment's fused threshold is %.3f; change it by enrolling with --false-alarms-per-day)",
+                where, sc.threshold, site.threshold,
+            )  # fmt: skip
         if sc.threshold is None and require_thresholds and not (site is not None and site.enrolled):
             missing = [bundle.classes[c] for c in indices if scorer.threshold(c) is None]
             if missing:
@@ -204,11 +210,11 @@ def build_daemon(
 
 
 def _initial_threshold(stream: Stream, scorer: Scorer) -> float | None:
-    """The threshold a stream starts with: the config's, the enrolment's, else the bundle's."""
-    if stream.threshold_override is not None:
-        return stream.threshold_override
+    """The threshold a stream starts with: the enrolment's, else the config's, else the bundle's."""
     if stream.site is not None and stream.site.threshold is not None:
         return stream.site.threshold
+    if stream.threshold_override is not None:
+        return stream.threshold_override
     return scorer.threshold(stream.class_indices[0]) if stream.class_indices else None
 
 

@@ -23,7 +23,7 @@ from edge_asd import __version__
 from edge_asd.comms.base import Communicator
 from edge_asd.core.constants import DISABLED, FAULT, OFFLINE, ONLINE, SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.core.errors import UserError
-from edge_asd.daemon.site import FeedbackResult, WindowRow
+from edge_asd.daemon.site import EVENT_ID, FeedbackResult, WindowRow
 from edge_asd.daemon.streams import Stream
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelReport
@@ -120,17 +120,27 @@ class Pipeline:
                 return
             stream = self.by_name.get(stream_name)
             if stream is None or stream.site is None:
-                logger.warning("ignored %s command for %s: no such stream, or site learning is off", name, stream_name)
+                why = f"{name} ignored: no stream {stream_name} here, or site learning is off (site.enabled)"
+                logger.warning("%s", why)
+                if stream is not None and name == "feedback":
+                    self.comms.publish_feedback_result(stream_name, FeedbackResult(
+                        str(payload.get("event")), str(payload.get("label")), False, why).to_dict())
                 continue
-            if name == "feedback":
-                self._feedback(stream, payload)
-            elif name == "enrol":
-                self._enrol(stream, payload)
+            try:
+                if name == "feedback":
+                    self._feedback(stream, payload)
+                elif name == "enrol":
+                    self._enrol(stream, payload)
+            except Exception as err:  # an operator's message must never stop monitoring
+                logger.exception("%s command for %s failed", name, stream_name)
+                if name == "feedback":
+                    self.comms.publish_feedback_result(stream_name, FeedbackResult(
+                        str(payload.get("event")), str(payload.get("label")), False, f"failed: {err}").to_dict())
 
     def _feedback(self, stream: Stream, payload: dict) -> None:
         assert stream.site is not None
         event, label, by = payload.get("event"), payload.get("label"), str(payload.get("by") or "mqtt")
-        if not isinstance(event, str) or label not in ("normal", "anomaly"):
+        if not isinstance(event, str) or not EVENT_ID.fullmatch(event) or label not in ("normal", "anomaly"):
             logger.warning("ignored feedback for %s: need {\"event\": ID, \"label\": \"normal\"|\"anomaly\"}, got %.200r",
                            stream.name, payload)  # fmt: skip
             self.comms.publish_feedback_result(stream.name, FeedbackResult(
@@ -142,7 +152,7 @@ class Pipeline:
             logger.warning("feedback %s on event %s of %s by %s: nothing changed (%s)",
                            label, event, stream.name, by, result.message)  # fmt: skip
         self.comms.publish_feedback_result(stream.name, result.to_dict())
-        if result.ok and label == "normal" and stream.threshold_override is None:
+        if result.ok and label == "normal" and result.threshold is not None:
             stream.last_threshold = result.threshold
         self._publish_site_state(stream, force=result.ok)
 
@@ -168,8 +178,7 @@ class Pipeline:
         self._site_published[stream.name] = key
         self.comms.publish_enrolment(stream.name, {"state": state["state"], "message": state.get("message", ""),
                                                    "progress": state.get("progress", 1.0 if state["state"] == "ok" else 0.0)})  # fmt: skip
-        threshold = stream.threshold_override if stream.threshold_override is not None else stream.site.threshold
-        self.comms.publish_attributes(stream.name, threshold, {"enrolment": state})
+        self.comms.publish_attributes(stream.name, stream.site.threshold, {"enrolment": state})
 
     @property
     def finished(self) -> bool:
@@ -247,7 +256,13 @@ class Pipeline:
         with_classes = [i for i, (s, _, _) in enumerate(batch) if s.class_indices]
         bundle_rows = dict(zip(with_classes, self.scorer.score_rows(
             out.select(with_classes), [batch[i][0].class_indices for i in with_classes]))) if with_classes else {}
+        finite = np.isfinite(out.scores).all(axis=1) & np.isfinite(out.embedding).all(axis=1)
         for i, (stream, window, end_index) in enumerate(batch):
+            if not finite[i]:  # a broken engine must not look like a quiet machine
+                stream.counters.faults += 1
+                self._set_status(stream, FAULT, "the model gave non-finite output (NaN or Inf): check the engine")
+                self._decide(stream, end_index, None, window, fault=True)
+                continue
             score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows.get(i))
             stream.counters.windows += 1
             stream.last_score = score
@@ -274,11 +289,15 @@ class Pipeline:
             indicators, profile = site.features(window, end_index)
             ce = float(out.scores[i, stream.class_indices].min()) if stream.class_indices else None
             row = WindowRow(end_index, indicators, profile, np.asarray(out.embedding[i], np.float32), ce)
-            fused = site.score(row)
+            try:
+                fused = site.score(row)
+            except ValueError as err:  # an enrolment that does not fit this stream any more
+                site.disable(f"stream {stream.name}: its enrolment cannot score this stream ({err}): re-enrol it")
+                fused = None
             if fused is not None:
-                threshold = stream.threshold_override if stream.threshold_override is not None else fused.threshold
-                detail = site.detail(fused, row) if fused.fused > threshold else None
-                return fused.fused, threshold, detail
+                # The enrolment's threshold: `streams[].threshold` is for the bundle's score.
+                detail = site.detail(fused, row) if fused.fused > fused.threshold else None
+                return fused.fused, fused.threshold, detail
         if bundle_row is None:  # not enrolled and no classes: build_daemon refuses such a stream
             raise RuntimeError(f"stream {stream.name} has neither an enrolment nor bundle classes")
         threshold = stream.threshold_override if stream.threshold_override is not None else bundle_row.threshold

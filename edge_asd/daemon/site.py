@@ -18,7 +18,9 @@ pipeline thread; MQTT commands reach it through the pipeline's command queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from edge_asd.core import indicators as ind
 from edge_asd.core import spectra
 from edge_asd.core.constants import WINDOW_SAMPLES
 from edge_asd.core.errors import UserError
-from edge_asd.core.site.enrolment import Enrolment, EnrolmentError, SiteScore, false_alarm_rate_for
+from edge_asd.core.site.enrolment import Enrolment, EnrolmentError, SiteScore, WindowSet, false_alarm_rate_for
 from edge_asd.core.site.holdout import WindowRef
 from edge_asd.site.enrol import enrol_features
 from edge_asd.site.features import WindowFeatures
@@ -41,7 +43,7 @@ from edge_asd.site.storage import (
     load_stream_enrolment,
     save_stream_enrolment,
 )
-from edge_asd.site.store import load_event_windows, record_label, save_event_windows
+from edge_asd.site.store import event_path, load_event_windows, record_label, save_event_windows
 from engines.bundle import Bundle
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,13 @@ windows) is among them when it opens."""
 
 MAX_EVENT_WINDOWS = 600
 """Feature rows kept for one event (10 min at a 1 s hop); a longer event keeps its first ones."""
+
+MAX_EVENT_FILES = 200
+"""Stored event windows kept per stream for feedback (the oldest go first; a few MB at most)."""
+
+EVENT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""What an event id may look like (``decisions`` makes ``<epoch>-<6 characters>``); anything
+else in a feedback command is refused before it reaches a file name."""
 
 MIN_LIVE_ENROL_MINUTES = 1.0
 MAX_LIVE_ENROL_MINUTES = 120.0
@@ -138,12 +147,28 @@ class StreamSite:
             except EnrolmentError as err:
                 self.status = EnrolmentStatus("stale", str(err), self.status.path)
         if self.enrolment is not None:
+            enrolled_classes = list(self.enrolment.meta.get("classes") or [])
+            if ("ce" in self.enrolment.components or self.class_names) and enrolled_classes != self.class_names:
+                self.enrolment = None
+                self.status = EnrolmentStatus(
+                    "stale",
+                    f"stream {self.stream} was enrolled with classes {enrolled_classes or 'none'} but now has "
+                    f"{self.class_names or 'none'}: re-enrol it (the model's own score depends on the classes)",
+                    self.status.path,
+                )
+        if self.enrolment is not None:
             logger.info("stream %s: scored against its enrolment (%d windows, threshold %.3f)",
                         self.stream, self.enrolment.n_windows, self.enrolment.threshold)  # fmt: skip
         elif self.status.state == "stale":
             logger.warning("%s; until then the bundle's score is used", self.status.message)
         else:
             logger.info("%s; until then the bundle's score is used", self.status.message)
+
+    def disable(self, message: str) -> None:
+        """Stop using an enrolment that cannot score this stream; the bundle's score takes over."""
+        logger.error("%s", message)
+        self.enrolment = None
+        self.status = EnrolmentStatus("stale", message, self.status.path)
 
     @property
     def enrolled(self) -> bool:
@@ -247,12 +272,26 @@ class StreamSite:
             )  # fmt: skip
         except (OSError, ValueError) as err:  # a full disk must not stop monitoring
             logger.error("could not keep the windows of event %s for feedback: %s", event_id, err)
+            return
+        self._prune_event_files()
+
+    def _prune_event_files(self) -> None:
+        """Keep the newest ``MAX_EVENT_FILES`` stored events of this stream."""
+        folder = event_path(self.state_dir, self.stream, "x").parent
+        try:
+            files = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime)
+            for old in files[:-MAX_EVENT_FILES]:
+                old.unlink(missing_ok=True)
+        except OSError as err:
+            logger.warning("could not prune stored event windows in %s: %s", folder, err)
 
     # -- feedback -----------------------------------------------------------------------------
     def feedback(self, event_id: str, label: str, evidence: str | None, by: str) -> FeedbackResult:
         """Apply an operator's label to an event (``normal`` or ``anomaly``)."""
+        if not EVENT_ID.fullmatch(event_id):
+            return FeedbackResult(event_id[:128], label, False, "not an event id of this node")
         if label == "anomaly":
-            if evidence is None or not Path(evidence).is_file():
+            if evidence is None or not _is_file(evidence):
                 return FeedbackResult(event_id, label, False, f"no evidence recording of event {event_id} to keep")
             try:
                 path = record_label(self.state_dir, self.stream, event_id, label, evidence)
@@ -264,25 +303,51 @@ class StreamSite:
         if self.enrolment is None:
             return FeedbackResult(event_id, label, False,
                                   f"stream {self.stream} is not enrolled: enrol it before teaching it what is normal")  # fmt: skip
-        windows = load_event_windows(self.state_dir, self.stream, event_id)
+        learnt = list(self.enrolment.meta.get("feedback_events") or [])
+        if event_id in learnt:  # QoS 1 may deliver twice; an operator may click twice
+            return FeedbackResult(event_id, label, True, "already learnt as normal", self.threshold)
+        windows = self._event_windows(event_id)
         if windows is None:
             return FeedbackResult(event_id, label, False, f"no stored windows for event {event_id} on {self.stream}")
         old = self.enrolment.threshold
         try:
             updated = self.enrolment.add_normal(windows.indicators, windows.embeddings, windows.ce,
                                                 profiles=windows.profiles)  # fmt: skip
+            updated.meta["feedback_events"] = [*learnt, event_id][-MAX_EVENT_FILES:]
             save_stream_enrolment(updated, self.state_dir, self.stream)
         except (UserError, OSError, ValueError) as err:
             return FeedbackResult(event_id, label, False, f"could not learn event {event_id} as normal: {err}")
         self.enrolment = updated
-        if evidence and Path(evidence).is_file():
+        still = updated.score(windows.indicators, windows.embeddings, windows.ce, profiles=windows.profiles)
+        note = ""
+        if still.anomalous.any():
+            drivers = sorted({still.row(i).driver for i in np.flatnonzero(still.anomalous)})
+            note = (f"; {int(still.anomalous.sum())} of its windows still score over the threshold through "
+                    f"{', '.join(drivers)} (the model's own score cannot be taught: enrol without classes "
+                    "to rely on the site components)") if "ce" in drivers else ""  # fmt: skip
+        with contextlib.suppress(OSError):
+            event_path(self.state_dir, self.stream, event_id).unlink(missing_ok=True)
+        if evidence and _is_file(evidence):
             try:
                 record_label(self.state_dir, self.stream, event_id, "normal", evidence)
             except (UserError, OSError) as err:
                 logger.warning("could not keep the evidence of event %s as a normal example: %s", event_id, err)
         logger.warning("stream %s: event %s learnt as normal (by %s): %d windows added, threshold %.3f -> %.3f",
                        self.stream, event_id, by, len(windows), old, updated.threshold)  # fmt: skip
-        return FeedbackResult(event_id, label, True, f"learnt {len(windows)} windows as normal", float(updated.threshold))
+        return FeedbackResult(event_id, label, True, f"learnt {len(windows)} windows as normal{note}",
+                              float(updated.threshold))  # fmt: skip
+
+    def _event_windows(self, event_id: str) -> WindowSet | None:
+        """The stored windows of an event, or those of the event still open."""
+        if event_id == self._event_id and self._event_rows:
+            rows = self._event_rows
+            return WindowSet(np.stack([r.indicators for r in rows]), np.stack([r.embedding for r in rows]),
+                             _ce_column(rows), profiles=np.stack([r.profile for r in rows]))  # fmt: skip
+        try:
+            return load_event_windows(self.state_dir, self.stream, event_id)
+        except OSError as err:
+            logger.warning("windows of event %s unreadable: %s", event_id, err)
+            return None
 
     # -- live re-enrolment ---------------------------------------------------------------------
     def start_live_enrolment(self, minutes: float) -> str:
@@ -325,6 +390,13 @@ class StreamSite:
             logger.error("%s", self.status.message)
             return
         self.load()
+
+
+def _is_file(path: str | Path) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:  # a name too long for the file system is not a file
+        return False
 
 
 def _ce_column(rows: list[WindowRow]) -> np.ndarray | None:

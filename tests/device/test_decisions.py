@@ -103,7 +103,9 @@ def test_event_fields_and_evidence() -> None:
     assert set(ev) == {
         "id", "stream", "classes", "start_time", "end_time", "start_wall", "end_wall", "peak_score",
         "mean_score", "threshold", "windows", "model", "window_s", "hop_s", "active", "evidence",
+        "score_kind", "components", "explanation",
     }
+    assert ev["score_kind"] == "bundle" and ev["components"] is None and ev["explanation"] is None
     start_ts, rand = ev["id"].split("-")
     assert float(start_ts) == ev["start_wall"] and len(rand) == 6 and rand.isalnum()
     assert ev["stream"] == "mic1" and ev["classes"] == ["fan/id_00"] and ev["model"] == {"name": "m", "sha": "abc"}

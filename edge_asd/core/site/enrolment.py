@@ -407,7 +407,13 @@ class Enrolment:
     ) -> SiteScores:
         """Fused score, threshold and every component (raw, surprise) of a batch of windows."""
         raw = self.raw_scores(indicators, embeddings, ce, profiles)
-        comps = {name: ComponentScores(values, self.fits[name].surprise(values)) for name, values in raw.items()}
+        # A non-finite raw score (a broken input) is a missing one: surprise 0, never NaN, so it
+        # can neither hide the other components in the maximum nor raise an alarm by itself.
+        comps = {
+            name: ComponentScores(values, np.nan_to_num(self.fits[name].surprise(values), nan=0.0, posinf=0.0, neginf=0.0)
+                                  * np.isfinite(values))
+            for name, values in raw.items()
+        }  # fmt: skip
         fused = np.max(np.stack([c.surprise for c in comps.values()]), axis=0)
         return SiteScores(fused, float(self.threshold), comps)
 
