@@ -27,7 +27,7 @@ import pytest
 from tests.device.test_console_fakes import FakeDaemon, console_settings, start_console
 from tests.fixtures.mosquitto import Broker
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(600)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -216,3 +216,66 @@ def test_console_in_a_real_browser(
         assert not errors, errors
     finally:
         console.stop()
+
+
+def test_console_with_the_real_daemon(broker: Broker, tmp_path: Path, driver: Any, cached_bundle: Path) -> None:
+    """The same operator loop against the real `edge-asd listen` (an enrolled synthetic fan,
+    a new bearing whine from 40 s, audio at real time) and the real mosquitto."""
+    import subprocess
+    import sys
+
+    import yaml
+    from selenium.webdriver.common.by import By
+
+    from edge_asd.core.audio_io import write_wav
+    from edge_asd.core.synth import make_site_recording
+
+    edge_asd = [sys.executable, "-c", "from edge_asd.cli import main; main()"]
+    state = tmp_path / "state"
+    normal, _ = make_site_recording("tone", 300.0, None, seed=3, take=0)
+    monitored, _ = make_site_recording("tone", 75.0, 40.0, None, seed=3, take=1)
+    subprocess.run(
+        edge_asd + ["enrol", "--bundle", str(cached_bundle), "--wav", str(write_wav(tmp_path / "n.wav", normal)),
+                    "--stream", "fan1", "--state-dir", str(state), "--backend", "onnxruntime"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "bundle": str(cached_bundle), "backend": "onnxruntime", "state_dir": str(state), "node_id": "site",
+        "mqtt": {"url": broker.url, "stats_interval_s": 5},
+        "sources": [{"name": "line", "type": "file", "path": str(write_wav(tmp_path / "m.wav", monitored)),
+                     "realtime": True}],
+        "streams": [{"name": "fan1", "source": "line"}],
+    }))  # fmt: skip
+    console = start_console(console_settings(broker.url, tmp_path, state_dir=state, node_id="site"))
+    log = tmp_path / "listen.log"
+    daemon = subprocess.Popen(edge_asd + ["listen", "--config", str(config)], stdout=log.open("w"),
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        driver.get(console.url)
+        _wait(driver, "return document.documentElement.dataset.live === 'open'", what="the live stream opened")
+        _wait(driver, "return !!document.querySelector('[data-key=\"site/fan1\"]')", 60, "the daemon's stream")
+        driver.execute_script("window.__sameDocument = true")
+        _wait(driver, "return !!document.querySelector('#open-events li[data-event^=\"site/\"]')", 120,
+              "the whine's event, live")  # fmt: skip
+        assert driver.execute_script("return window.__sameDocument === true")
+        driver.find_element(By.CSS_SELECTOR, '#open-events li[data-event^="site/"] a').click()
+        _wait(driver, "return document.body.dataset.page === 'event'", what="the event page")
+        _wait(driver, "const a = document.getElementById('evidence-audio'); return a && a.readyState >= 1",
+              what="the <audio> element loaded the WAV's metadata")
+        assert driver.execute_script("return document.getElementById('evidence-audio').duration") == pytest.approx(
+            10.0, abs=0.05)
+        _wait(driver, "return document.documentElement.dataset.live === 'open'", what="the live stream opened")
+        driver.find_element(By.CSS_SELECTOR, "#feedback-form button[value=normal]").click()
+        # The daemon learns the open event's windows and answers with its re-derived threshold.
+        _wait(driver, "return /threshold now [0-9.]+/.test(document.getElementById('feedback-log').textContent)",
+              60, "the daemon's answer")  # fmt: skip
+        text = driver.find_element(By.ID, "feedback-log").text
+        attributes = console.call(lambda: console.server.state.find("site", "fan1").threshold)
+        assert f"threshold now {attributes:.3f}" in text, (text, attributes)
+        driver.save_screenshot(str(tmp_path / "real-daemon-event.png"))
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        console.stop()
+        print(log.read_text()[-2000:])
