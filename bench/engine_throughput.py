@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 # The random bundle that the tests use lives with the test fixtures (not product code).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import cpu_description
 
 logger = logging.getLogger("bench.engine_throughput")
 
@@ -40,18 +40,6 @@ HOP = 512
 FRAMES = 313
 N_BINS = N_FFT // 2 + 1
 N_MELS = 128
-
-
-def cpu_description() -> dict:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
 
 
 def frontend_flops(lowering: str) -> float:

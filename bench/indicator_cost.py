@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from collections import deque
@@ -35,7 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
+from bench.machine import cpu_description  # noqa: E402
 from edge_asd.core import indicators  # noqa: E402
 from edge_asd.core.audio_io import fit_length, read_audio  # noqa: E402
 from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES  # noqa: E402
@@ -46,22 +45,8 @@ DEFAULT_INFERENCE_JSON = REPO / "bench" / "results" / "engine_cpu.json"
 TARGET_SHARE = 0.05
 
 
-def cpu_description() -> dict:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "logical_cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
+def machine_description() -> dict:
+    return {**cpu_description(), "numpy": np.__version__}
 
 
 def test_signal() -> tuple[np.ndarray, str]:
@@ -155,7 +140,7 @@ def main() -> None:
         "hop (block_stats + combine)": timed(hop, args.repeats),
     }
     model_ms = args.inference_ms if args.inference_ms is not None else inference_ms(args.inference_json)
-    machine = cpu_description()
+    machine = machine_description()
     machine["load_average"] = list(os.getloadavg())
 
     print(f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, numpy {machine['numpy']}")
