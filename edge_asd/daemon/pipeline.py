@@ -252,10 +252,10 @@ class Pipeline:
         self._infer_ms.append((time.monotonic() - t0) * 1000.0)
         self.engine_s += time.monotonic() - t0
         self.batches += 1
-        # The bundle's score for the streams that have classes (the fallback before enrolment).
-        with_classes = [i for i, (s, _, _) in enumerate(batch) if s.class_indices]
-        bundle_rows = dict(zip(with_classes, self.scorer.score_rows(
-            out.select(with_classes), [batch[i][0].class_indices for i in with_classes]))) if with_classes else {}
+        # The bundle's score only for the streams that use it (not enrolled): an enrolled stream's
+        # knn against the bundle's references would be computed for nothing on every hop.
+        fallback = [i for i, (s, _, _) in enumerate(batch) if s.class_indices and not (s.site and s.site.enrolled)]
+        bundle_rows = dict(zip(fallback, self._bundle_rows(out, batch, fallback)))
         finite = np.isfinite(out.scores).all(axis=1) & np.isfinite(out.embedding).all(axis=1)
         for i, (stream, window, end_index) in enumerate(batch):
             if not finite[i]:  # a broken engine must not look like a quiet machine
@@ -263,7 +263,7 @@ class Pipeline:
                 self._set_status(stream, FAULT, "the model gave non-finite output (NaN or Inf): check the engine")
                 self._decide(stream, end_index, None, window, fault=True)
                 continue
-            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows.get(i))
+            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows)
             stream.counters.windows += 1
             stream.last_score = score
             stream.last_threshold = threshold
@@ -278,8 +278,18 @@ class Pipeline:
         elif self.systemd is not None and self.batches % 10 == 0:
             self.systemd.status(self.status_line())
 
+    def _bundle_rows(
+        self, out: Inference, batch: list[tuple[Stream, np.ndarray, int]], which: list[int],
+        rows: list[int] | None = None,
+    ) -> list[RowScore]:
+        """The bundle's score of ``batch[which]`` (``rows``: their rows of ``out``, default ``which``)."""
+        if not which:
+            return []
+        return self.scorer.score_rows(out.select(rows or which), [batch[j][0].class_indices for j in which])
+
     def _window_score(
-        self, stream: Stream, window: np.ndarray, end_index: int, out: Inference, i: int, bundle_row: RowScore | None
+        self, stream: Stream, window: np.ndarray, end_index: int, out: Inference, i: int,
+        bundle_rows: dict[int, RowScore],
     ) -> tuple[float, float, dict | None]:
         """(score, threshold, detail) of one window: the fused site score of an enrolled
         stream, else the bundle's score. ``detail`` is only built for a window over its
@@ -298,6 +308,9 @@ class Pipeline:
                 # The enrolment's threshold: `streams[].threshold` is for the bundle's score.
                 detail = site.detail(fused, row) if fused.fused > fused.threshold else None
                 return fused.fused, fused.threshold, detail
+        bundle_row = bundle_rows.get(i)
+        if bundle_row is None and stream.class_indices:  # its enrolment was just disabled
+            bundle_row = self._bundle_rows(out, [(stream, window, end_index)], [0], rows=[i])[0]
         if bundle_row is None:  # not enrolled and no classes: build_daemon refuses such a stream
             raise RuntimeError(f"stream {stream.name} has neither an enrolment nor bundle classes")
         threshold = stream.threshold_override if stream.threshold_override is not None else bundle_row.threshold
