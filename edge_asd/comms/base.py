@@ -49,7 +49,8 @@ def as_stream_info(stream: Any) -> StreamInfo:
 
 class Communicator(abc.ABC):
     """Publishes a node's state and events. Every ``publish_*`` is thread-safe and never blocks
-    on the network; ``publish_event`` is durable (it survives a broker outage and a restart).
+    on the network; ``publish_event`` is durable (it survives a broker outage and a restart):
+    when it returns the event is committed, so the pipeline publishes ``anomaly ON`` after it.
 
     ``on_enabled(stream, enabled)`` is called (from a comms thread) when an operator switches a
     stream on or off remotely; the pipeline sets it before ``start()``.
@@ -85,7 +86,10 @@ class Communicator(abc.ABC):
 
     @abc.abstractmethod
     def publish_event(self, kind: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
-        """An event change (new | update | end); written to durable storage before sending."""
+        """An event change (new | update | end); committed to durable storage before it returns.
+
+        Never raises for a failing disk: the event is then held in memory and a node fault
+        raised (``publish_node_fault("outbox", ...)``), so alerting goes on."""
 
     @abc.abstractmethod
     def publish_stats(self, stats: dict[str, Any]) -> None:
@@ -102,3 +106,28 @@ class Communicator(abc.ABC):
 
     def publish_enrolment(self, stream: str, state: dict[str, Any]) -> None:  # noqa: B027
         """Retained state of a stream's (re-)enrolment: enrolling, ok or failed, and progress."""
+
+    def publish_node_fault(self, key: str, message: str | None) -> None:
+        """Raise (``message``) or clear (``None``) a fault of the node itself, named by ``key``.
+
+        Why node-level: a full disk under the outbox, a broker that refuses events or a second
+        daemon on the state directory are not any one stream's fault, yet an operator must
+        see them. ``key`` ("outbox", "delivery", "lock", ...) lets independent parts raise and
+        clear their own fault. Here: logged on change (WARNING raised, INFO cleared); the MQTT
+        communicator also publishes the node's faults, retained.
+        """
+        faults: dict[str, str] = self.__dict__.setdefault("_node_faults", {})
+        if message is None:
+            if faults.pop(key, None) is not None:
+                logger.info("node fault %s cleared", key)
+            return
+        if faults.get(key) != message:
+            faults[key] = message
+            logger.warning("node fault %s: %s", key, message)
+
+    def delivery_stats(self) -> dict[str, Any]:
+        """How event delivery is doing: ``outbox_depth`` (events not yet acknowledged),
+        ``oldest_undelivered_s`` (age of the oldest, None when none), ``memory_queue`` (events
+        held in memory because the outbox file fails) and ``refused`` (events the broker
+        refused). Zeros here: a communicator without an outbox delivers nothing later."""
+        return {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}

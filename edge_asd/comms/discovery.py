@@ -2,7 +2,8 @@
 
 Why per-component (not device-based) discovery: it works on every HA release still in use.
 Each stream gets an anomaly ``binary_sensor`` (device_class problem), a score ``sensor``, an
-``enabled`` switch and diagnostics; the node gets diagnostics fed from ``stats``. Entities
+``enabled`` switch and diagnostics; the node gets diagnostics fed from ``stats`` and a
+"Node problem" ``binary_sensor`` fed from its own ``status`` (outbox, delivery, lock faults). Entities
 are available only while the node is online **and** the stream's status is ``online``
 (``availability_mode: all``); a stream in ``fault`` shows as unavailable, not as "no problem".
 Entity ids use ``default_entity_id`` (``object_id`` is deprecated since HA 2025.10).
@@ -19,7 +20,7 @@ from typing import Any
 from edge_asd import __version__
 from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.topics import Topics, unique_id
-from edge_asd.core.constants import OFFLINE, ONLINE, STREAM_STATES
+from edge_asd.core.constants import FAULT, OFFLINE, ONLINE, STREAM_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,20 @@ def discovery_messages(
             "state_topic": topics.stats,
             "value_template": _stats_template("mqtt", "outbox_pending"),
             "state_class": "measurement",
+            "availability": [node_avail],
+            "entity_category": "diagnostic",
+        },
+    )
+    add(
+        "binary_sensor",
+        unique_id(node, "problem"),
+        {
+            # the node's own faults (outbox, delivery, lock); their text is on status/message
+            "name": "Node problem",
+            "device_class": "problem",
+            "state_topic": topics.node_status,
+            "payload_on": FAULT,
+            "payload_off": ONLINE,
             "availability": [node_avail],
             "entity_category": "diagnostic",
         },

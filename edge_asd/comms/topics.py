@@ -3,6 +3,8 @@
 Layout (``<p>`` prefix, ``<n>`` node id, ``<s>`` stream)::
 
     <p>/<n>/available                 retained, QoS 1, LWT: online | offline
+    <p>/<n>/status                    retained, QoS 1: online | fault (the node's own faults)
+    <p>/<n>/status/message            retained, QoS 1: the node's faults, "; "-joined (empty = none)
     <p>/<n>/<s>/status                retained, QoS 1: online | offline | fault | disabled
     <p>/<n>/<s>/status/message        retained, QoS 1: text of the fault (empty = cleared)
     <p>/<n>/<s>/anomaly               retained, QoS 1: ON | OFF
@@ -39,6 +41,17 @@ class Topics:
     @property
     def available(self) -> str:
         return f"{self.base}/available"
+
+    @property
+    def node_status(self) -> str:
+        """The node's own health (outbox, delivery, lock): ``online`` or ``fault``."""
+        return f"{self.base}/status"
+
+    @property
+    def node_status_message(self) -> str:
+        """What the node's faults are (empty when none). Cannot clash with a stream's topics:
+        those have a stream level between the node and ``status``."""
+        return f"{self.base}/status/message"
 
     @property
     def events(self) -> str:

@@ -58,6 +58,10 @@ class StreamView:
 @dataclass
 class NodeView:
     available: str = "?"
+    status: str = "?"
+    """The node's own health (outbox, delivery, lock): ``online`` or ``fault``."""
+    message: str = ""
+    """The node's faults, "; "-joined (empty when none)."""
     streams: dict[str, StreamView] = field(default_factory=dict)
     open_events: dict[str, dict[str, Any]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +89,10 @@ class WatchState:
         leaf = parts[1:]
         if leaf == ["available"]:
             node.available = msg.payload
+        elif leaf == ["status"]:
+            node.status = msg.payload
+        elif leaf == ["status", "message"]:  # the node's; a stream's has the stream level too
+            node.message = msg.payload
         elif leaf == ["events"]:
             self._event(parts[0], node, msg)
         elif leaf == ["stats"]:

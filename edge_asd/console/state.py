@@ -170,8 +170,8 @@ class ConsoleState:
             if not isinstance(event, dict) or not isinstance(event.get("after"), dict):
                 return None
             return Update(EVENT, node_name, str(event["after"].get("stream") or ""), event)
-        if len(leaf) < 2 or not leaf[0]:
-            return None
+        if len(leaf) < 2 or not leaf[0] or leaf == ["status", "message"]:
+            return None  # <node>/status/message is the node's own fault text, not a stream's
         return self._stream_topic(node_name, leaf[0], leaf[1:], payload, ts)
 
     def _stream_topic(self, node: str, name: str, leaf: list[str], payload: str, ts: float) -> Update | None:

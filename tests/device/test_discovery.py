@@ -44,6 +44,9 @@ def test_payloads_per_stream() -> None:
     overflows = msgs["homeassistant/sensor/edge_asd_line-1_fan_a_overflows/config"]
     assert overflows["state_topic"] == "edge-asd/line-1/stats" and "overflows" in overflows["value_template"]
     assert msgs["homeassistant/sensor/edge_asd_line-1_inference_ms/config"]["unit_of_measurement"] == "ms"
+    problem = msgs["homeassistant/binary_sensor/edge_asd_line-1_problem/config"]
+    assert problem["state_topic"] == "edge-asd/line-1/status" and problem["device_class"] == "problem"
+    assert (problem["payload_on"], problem["payload_off"]) == ("fault", "online")
     switch = msgs["homeassistant/switch/edge_asd_line-1_fan_a_enabled/config"]
     assert switch["command_topic"] == "edge-asd/line-1/fan_a/enabled/set"
     for topic, payload in msgs.items():

@@ -407,3 +407,49 @@ def test_memory_communicator_records_calls() -> None:
         comm.publish_status("a", "broken")
     with pytest.raises(ValueError):
         comm.publish_event("begin", None, {})
+
+
+def test_node_faults_are_retained_joined_cleared_and_forgotten_by_the_next_run(
+    broker: Broker, comm_factory, tmp_path: Path
+) -> None:
+    status, message = f"edge-asd/{NODE}/status", f"edge-asd/{NODE}/status/message"
+    comm = comm_factory(broker.url)
+    comm.start()
+    comm.publish_node_fault("outbox", "event outbox full")  # before the connect: said at connect
+    assert comm.wait_connected(10)
+    comm.publish_node_fault("lock", "another daemon uses the state directory")
+    assert wait_until(lambda: retained_snapshot(broker.port, message, 0.3).get(message)
+                      == "another daemon uses the state directory; event outbox full")  # fmt: skip
+    assert retained_snapshot(broker.port, status)[status] == "fault"
+    comm.publish_node_fault("lock", None)
+    assert wait_until(lambda: retained_snapshot(broker.port, message, 0.3).get(message) == "event outbox full")
+    comm.publish_node_fault("nothing-raised", None)  # clearing an unknown key is harmless
+    comm.stop(timeout_s=1)
+    assert retained_snapshot(broker.port, status)[status] == "fault"  # the dead run's last word
+    comm = comm_factory(broker.url, state_dir=tmp_path / "state2")
+    comm.start()
+    assert comm.wait_connected(10)
+    assert wait_until(lambda: retained_snapshot(broker.port, status, 0.3).get(status) == "online")
+    assert message not in retained_snapshot(broker.port, message)  # an empty retained message clears it
+
+
+def test_node_faults_without_a_broker_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from edge_asd.comms.log import LogCommunicator
+    from edge_asd.comms.null import NullCommunicator
+    from tests.fixtures.comms import MemoryCommunicator
+
+    caplog.set_level(logging.INFO)
+    for comm in (LogCommunicator(), NullCommunicator()):
+        caplog.clear()
+        comm.publish_node_fault("outbox", "disk full")
+        comm.publish_node_fault("outbox", "disk full")
+        comm.publish_node_fault("outbox", None)
+        comm.publish_node_fault("outbox", None)
+        assert caplog.text.count("node fault outbox: disk full") == 1
+        assert caplog.text.count("node fault outbox cleared") == 1
+        assert comm.delivery_stats() == {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}
+    mem = MemoryCommunicator()
+    mem.publish_node_fault("lock", "taken")
+    assert mem.node_faults == {"lock": "taken"} and mem.calls[-1] == ("node_fault", ("lock", "taken"))
+    mem.publish_node_fault("lock", None)
+    assert mem.node_faults == {}

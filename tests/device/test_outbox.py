@@ -71,3 +71,147 @@ def test_unwritable_state_dir_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="outbox"):
         Outbox(blocker / "o.sqlite3")
+
+
+def _event(eid: str, stream: str = "fan1", **kw: object) -> dict:
+    return {"id": eid, "stream": stream, "start_time": 3.0, "end_time": None, "windows": 3, "hop_s": 1.0, **kw}
+
+
+def test_open_events_are_recorded_with_their_rows_and_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    box.append("new", "t", b"n1", _event("e1"))
+    box.append("new", "t", b"n2", _event("e2", "fan2"))
+    box.append("update", "t", b"u1", _event("e1", peak_score=9.0))
+    box.append("end", "t", b"x2", _event("e2", "fan2", end_time=7.0))
+    for row in box.pending():
+        box.delete(row.seq)  # delivered: the rows go, the record of what is open stays
+    assert len(box) == 0
+    box.close()  # (a crash leaves the same state: every change was committed with its row)
+    box = Outbox(path)
+    [ev] = box.open_events()
+    assert (ev.id, ev.stream, ev.topic, ev.event["peak_score"]) == ("e1", "fan1", "t", 9.0)
+    box.append("end", "t", b"x1", _event("e1"))
+    assert box.open_events() == []
+    box.close()
+    assert Outbox(path).open_events() == []
+
+
+def test_a_full_database_degrades_to_memory_and_recovers_in_order(tmp_path: Path, caplog) -> None:
+    """The real SQLite error ("database or disk is full") through ``PRAGMA max_page_count``."""
+    faults: list[str | None] = []
+    box = Outbox(tmp_path / "o.sqlite3", on_fault=faults.append)
+    first = box.append("new", "t", b"m0", _event("e1"))
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")  # nothing more fits
+    seqs = [first] + [box.append("update", "t", b"m%d" % i + b"x" * 4000, _event("e1")) for i in range(1, 6)]
+    seqs.append(box.append("end", "t", b"m6", _event("e1")))
+    assert box.degraded and box.memory_rows >= 5 and len(box) == 7
+    assert len(faults) == 1 and "database or disk is full" in faults[0] and str(tmp_path) in faults[0]
+    assert [r.seq for r in box.pending(limit=100)] == seqs  # file and memory rows, in order
+    box.delete(seqs[1])  # a row delivered from memory
+    assert box.open_events() == []  # the end closed it, even in memory
+    assert not box.retry()  # still full: still in memory, no new fault message
+    assert len(faults) == 1
+    box._db.execute("PRAGMA max_page_count = 1000000")
+    assert box.retry() and not box.degraded and faults[-1] is None
+    assert "works again" in caplog.text
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite3")
+    assert [r.seq for r in box.pending(limit=100)] == [seqs[0]] + seqs[2:]  # same numbers, same order
+    assert box.open_events() == []
+    assert box.append("new", "t", b"later") > seqs[-1]
+    box.close()
+
+
+def test_the_memory_queue_is_bounded_dropping_updates_first(tmp_path: Path, caplog) -> None:
+    box = Outbox(tmp_path / "o.sqlite3", memory_max=4)
+    box._db.execute(f"PRAGMA max_page_count = {box._db.execute('PRAGMA page_count').fetchone()[0]}")
+    kinds = ["new", "update", "update", "end", "new", "update", "end", "update"]
+    for i, kind in enumerate(kinds):
+        box.append(kind, "t", b"p%d" % i + b"x" * 9000)
+    assert box.degraded and box.memory_rows == 4
+    on_disk = len(box) - 4
+    assert box.memory_dropped == len(kinds) - on_disk - 4
+    memory_kinds = [r.kind for r in box.pending(limit=100)][on_disk:]
+    assert memory_kinds == ["end", "new", "end", "update"]  # updates first, then the oldest (a new)
+    assert caplog.text.count("event queue in memory full") == box.memory_dropped
+    box.close()
+
+
+def test_a_garbage_outbox_is_moved_aside_and_a_fresh_one_started(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not an SQLite database, it is junk " * 100)
+    box = Outbox(path)
+    assert box.moved_aside is not None and box.moved_aside.name.startswith("outbox.sqlite3.corrupt-")
+    assert box.moved_aside.read_bytes().startswith(b"this is not")  # kept for a post-mortem
+    assert str(box.moved_aside) in caplog.text  # and named in the log
+    seq = box.append("new", "t", b"a")
+    assert seq > 10**12  # continues above any seq the old file may have used
+    assert [r.payload for r in box.pending()] == [b"a"]
+    box.close()
+
+
+@pytest.mark.parametrize("where", ["root page", "leaf page"])
+def test_a_damaged_page_is_moved_aside(tmp_path: Path, where: str) -> None:
+    """A damaged root page reads as "malformed"; a damaged leaf fails ``PRAGMA quick_check``."""
+    import sqlite3
+
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    for i in range(300):
+        box.append("update", "t", b"%04d" % i * 50)
+    box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, size = db.execute("PRAGMA page_count").fetchone()[0], db.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    page = 2 if where == "root page" else pages - 5  # 1-based; page 2 is the outbox table's root
+    start = (page - 1) * size
+    data[start + 8 : start + 200] = b"\xff" * 192  # cell pointers out of range
+    path.write_bytes(bytes(data))
+    box = Outbox(path)
+    assert box.moved_aside is not None and len(box) == 0 and not box.degraded
+    box.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 320 KiB tmpfs: a real full disk (root only; elsewhere the max_page_count test covers it)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mnt)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_file_system_degrades_and_recovers(small_disk: Path) -> None:
+    faults: list[str | None] = []
+    box = Outbox(small_disk / "state" / "outbox.sqlite3", on_fault=faults.append)
+    seqs = [box.append("new", "t", b"before", _event("e1"))]
+    filler = small_disk / "filler"
+    try:
+        with filler.open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass  # ENOSPC: the file system is full
+    seqs += [box.append("update", "t", b"u%d" % i * 1000, _event("e1")) for i in range(20)]
+    assert box.degraded and faults and faults[0] is not None
+    assert [r.seq for r in box.pending(limit=100)] == seqs
+    filler.unlink()
+    assert box.retry() and faults[-1] is None and box.memory_rows == 0
+    box.close()
+    box = Outbox(small_disk / "state" / "outbox.sqlite3")
+    assert [r.seq for r in box.pending(limit=100)] == seqs and [e.id for e in box.open_events()] == ["e1"]
+    box.close()

@@ -96,3 +96,15 @@ def test_numpy_values_in_events_are_plain_numbers(broker: Broker, live_node: Mqt
     assert rec.wait_for(lambda m: len(m) == 1)
     assert json.loads(rec.messages[0]["payload"])["after"] == {"id": "np", "peak_score": 1.5, "n": 3}
     rec.close()
+
+
+def test_watch_state_keeps_node_faults_apart_from_streams() -> None:
+    """``<node>/status`` and ``<node>/status/message`` are the node's, not a stream called "status"."""
+    state = WatchState("edge-asd")
+    state.apply(Message("edge-asd/n/status/message", "event outbox full", True, 0))
+    state.apply(Message("edge-asd/n/status", "fault", True, 0))
+    state.apply(Message("edge-asd/n/status/status", "online", True, 0))  # a stream named "status"
+    node = state.nodes["n"]
+    assert (node.status, node.message) == ("fault", "event outbox full")
+    assert list(node.streams) == ["status"] and node.streams["status"].status == "online"
+    assert node.streams["status"].message == ""

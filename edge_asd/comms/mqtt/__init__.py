@@ -5,8 +5,9 @@ One module per responsibility:
 - ``communicator``: ``MqttCommunicator``, the ``Communicator`` API and the sender thread;
 - ``session``: the paho client, its callbacks (which never publish or wait) and the
   MQTT 5 -> 3.1.1 fallback;
-- ``delivery``: the outbox delivery loop (``seq`` order, bounded in flight, delete on PUBACK);
-- ``state``: the retained per-stream state and HA discovery, republished on every connect;
+- ``delivery``: the outbox delivery loop (``seq`` order, bounded in flight, delete on a
+  successful PUBACK; a refused one is kept and retried with backoff, and raises a node fault);
+- ``state``: the retained per-stream and node state and HA discovery, republished on every connect;
 - ``commands``: the subscriptions and what arrives on them (HA birth, ``enabled/set``).
 
 paho keeps unacknowledged QoS 1 messages in memory and resends them, in order, after a

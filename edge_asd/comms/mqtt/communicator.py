@@ -46,6 +46,36 @@ from edge_asd.core.constants import ONLINE
 
 logger = logging.getLogger(__name__)
 
+OUTBOX_FAULT = "outbox"
+"""``publish_node_fault`` key: the outbox file cannot be written (events held in memory)."""
+
+DELIVERY_FAULT = "delivery"
+"""``publish_node_fault`` key: the broker refuses events (PUBACK with a failure reason code)."""
+
+STALE_END_REASON = "daemon restarted (the previous run stopped during the event)"
+"""``end_reason`` of the ``end`` a start publishes for an event its previous run left open."""
+
+
+def stale_end(last: dict[str, Any], last_written: float | None = None) -> dict[str, Any]:
+    """The ``after`` of an ``end`` for an event a previous run left open: its last known state,
+    ended at the last window that run reported (``start + (windows - 1) * hop``; for the wall
+    clock without a ``start_wall``, when the outbox last wrote about it)."""
+    after = dict(last)
+    hop = _number(after.get("hop_s"))
+    span = max(0.0, (_number(after.get("windows")) - 1) * hop)
+    after["active"] = False
+    if after.get("end_time") is None:
+        after["end_time"] = _number(after.get("start_time")) + span
+    if after.get("end_wall") is None:
+        start_wall = after.get("start_wall")
+        after["end_wall"] = _number(start_wall) + span if start_wall is not None else last_written
+    after["end_reason"] = STALE_END_REASON
+    return after
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
 
 class MqttCommunicator(Communicator):
     """Publishes one node's topics to one broker; see the module docstring for the threads."""
@@ -68,7 +98,7 @@ class MqttCommunicator(Communicator):
         self.client_id = cfg.client_id or f"edge-asd-{node_id}"
         self._wake = threading.Event()
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self.delivery = EventDelivery(cfg.max_inflight)
+        self.delivery = EventDelivery(cfg.max_inflight, on_fault=lambda msg: self.publish_node_fault(DELIVERY_FAULT, msg))
         self.session = MqttSession(
             cfg, self.topics, self.client_id, commands=self._commands, wake=self._wake,
             on_ack=self.delivery.acked, on_message=lambda msg: parse_message(cfg, self.topics, msg),
@@ -79,9 +109,14 @@ class MqttCommunicator(Communicator):
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Validate TLS/credentials (errors are fatal), open the outbox, connect in the background."""
+        """Validate TLS/credentials (errors are fatal), open the outbox, end the events the
+        previous run left open, connect in the background."""
         self.session.check_credentials()
-        self.delivery.open(self.state_dir / OUTBOX_FILE, self.cfg.outbox_max_rows)
+        self.delivery.open(
+            self.state_dir / OUTBOX_FILE, self.cfg.outbox_max_rows,
+            on_fault=lambda msg: self.publish_node_fault(OUTBOX_FAULT, msg),
+        )  # fmt: skip
+        self._close_stale_events()
         self.session.connect()
         self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
         self._sender.start()
@@ -130,8 +165,34 @@ class MqttCommunicator(Communicator):
 
     @property
     def rejected_events(self) -> int:
-        """Events the broker refused (PUBACK failure) and that were dropped."""
-        return self.delivery.rejected
+        """PUBACKs with a failure reason code (the events are kept and retried)."""
+        return self.delivery.refused
+
+    def delivery_stats(self) -> dict[str, Any]:
+        return self.delivery.stats()
+
+    def publish_node_fault(self, key: str, message: str | None) -> None:
+        """Logged (base class) and published retained: ``<prefix>/<node>/status`` online | fault
+        and ``.../status/message`` with every current fault, republished on each connect."""
+        super().publish_node_fault(key, message)
+        self.state.set_node_fault(key, message)
+
+    def _close_stale_events(self) -> None:
+        """End each event the previous run left open (it died during the event) and set its
+        stream's retained ``anomaly`` back to ``OFF``: subscribers must not hold a ``new``
+        without an ``end``, nor an ``ON`` nobody will ever clear."""
+        box = self.delivery.outbox
+        stale = box.open_events() if box is not None else []
+        for ev in stale:
+            before = dict(ev.event)
+            self.publish_event("end", before, stale_end(before, ev.updated))
+            if ev.stream:
+                self.state.correct_anomaly(ev.stream)
+        if stale:
+            logger.warning(
+                "ended %d event(s) left open by the previous run (it stopped during them): %s",
+                len(stale), ", ".join(f"{e.id} on {e.stream or '?'}" for e in stale),
+            )  # fmt: skip
 
     def announce(self, streams: Sequence[StreamInfo | Any]) -> None:
         self.state.announce([as_stream_info(s) for s in streams], connected=self.connected)
@@ -152,7 +213,7 @@ class MqttCommunicator(Communicator):
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind {kind!r} is not one of {EVENT_KINDS}")
         payload = jsonsafe.dumps({"type": kind, "before": before, "after": after}).encode()
-        self.delivery.append(kind, self.topics.events, payload)
+        self.delivery.append(kind, self.topics.events, payload, after)  # committed when this returns
         self._wake.set()
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
@@ -163,7 +224,9 @@ class MqttCommunicator(Communicator):
             "outbox_pending": self.pending_events,
             "outbox_dropped_updates": self.delivery.dropped_updates,
             "rejected_events": self.rejected_events,
+            "memory_dropped": self.outbox.memory_dropped if self.outbox is not None else 0,
         }
+        body.setdefault("delivery", self.delivery_stats())
         self.session.publish(self.topics.stats, jsonsafe.dumps(body), qos=0, retain=False)
 
     def set_enabled(self, stream: str, enabled: bool) -> None:
@@ -177,6 +240,7 @@ class MqttCommunicator(Communicator):
             self._wake.clear()
             try:
                 self._handle_commands()
+                self.delivery.maintain()
                 self.delivery.handle_acks()
                 client = self.session.client
                 if self.connected and client is not None:

@@ -4,21 +4,29 @@ paho keeps unacknowledged QoS 1 messages in memory and resends them, in order, a
 reconnect; the SQLite outbox covers what memory cannot, a process restart. This class is the
 bridge: rows go out in ``seq`` order with at most ``max_inflight`` unacknowledged, and a row
 leaves the outbox only when the broker confirmed it. Only the sender thread calls it, except
-``acked`` (paho's network thread), which just queues the message id.
+``acked`` (paho's network thread), which just queues the message id and reason code.
+
+A PUBACK with a failure reason code (MQTT 5: 0x80 and above, e.g. 0x87 "Not authorized" from
+an ACL, 0x97 "Quota exceeded") is not a delivery: the row stays, sending pauses with an
+exponential backoff (``retry_base_s`` doubling up to ``retry_cap_s``) and resumes at the
+refused row, so order is kept, and a node fault names the reason until the next acknowledged
+delivery. MQTT 3.1.1 has no such codes (README, MQTT contract).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_asd.comms.outbox import Outbox
+from edge_asd.comms.outbox import FaultHandler, Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,19 @@ EVENT_EXPIRY_S = 3600
 EVENT_SCHEMA = "1"
 """``schema`` user property of an event, for consumers that parse the payload."""
 
+REFUSED_RETRY_BASE_S = 5.0
+"""First wait before an event the broker refused is sent again; doubles on each refusal."""
+
+REFUSED_RETRY_CAP_S = 300.0
+"""Longest wait between two attempts at a refused event."""
+
+OUTBOX_RETRY_S = 10.0
+"""How often a failing outbox file (full disk, I/O error) is tried again."""
+
+NOT_AUTHORIZED = 0x87
+QUOTA_EXCEEDED = 0x97
+FAILURE = 0x80  # MQTT 5 reason codes from here on are failures
+
 
 def event_properties(seq: int, protocol: str) -> Properties | None:
     """MQTT 5 properties of an event (expiry, content type, schema, ``seq`` for de-duplication)."""
@@ -44,19 +65,41 @@ def event_properties(seq: int, protocol: str) -> Properties | None:
     return props
 
 
+def refusal_message(code: int, reason: str, topic: str) -> str:
+    """The node fault for a refused event: the broker's reason and what to check."""
+    if code == NOT_AUTHORIZED:
+        hint = f"check the broker ACL for {topic}"
+    elif code == QUOTA_EXCEEDED:
+        hint = "the broker's quota for this client is exhausted; events are kept and retried"
+    else:
+        hint = f"reason code 0x{code:02x}; events are kept and retried"
+    return f"broker refused event delivery: {reason or 'unspecified error'} ({hint})"
+
+
 class EventDelivery:
     """Owns the outbox while the communicator runs, and the in-flight map of its rows."""
 
-    def __init__(self, max_inflight: int) -> None:
+    def __init__(self, max_inflight: int, on_fault: FaultHandler | None = None) -> None:
         self.max_inflight = int(max_inflight)
+        self.on_fault = on_fault
+        """``on_fault(message | None)``: the broker refuses events (or accepts them again)."""
         self.outbox: Outbox | None = None
-        self.rejected = 0
-        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self.refused = 0
+        """PUBACKs with a failure reason code, this process (each kept and retried)."""
+        self.retry_base_s = REFUSED_RETRY_BASE_S
+        self.retry_cap_s = REFUSED_RETRY_CAP_S
+        self.outbox_retry_s = OUTBOX_RETRY_S
+        self._acks: queue.SimpleQueue[tuple[int, int, str]] = queue.SimpleQueue()
+        self._inflight: dict[int, tuple[int, int, str]] = {}  # mid -> (outbox seq, refusal generation, topic)
         self._last_sent = 0
+        self._generation = 0  # bumped by each refusal that starts a backoff
+        self._refusals_in_a_row = 0
+        self._paused_until = 0.0
+        self._fault: str | None = None
+        self._next_outbox_retry = 0.0
 
-    def open(self, path: Path, max_rows: int) -> None:
-        self.outbox = Outbox(path, max_rows)
+    def open(self, path: Path, max_rows: int, on_fault: FaultHandler | None = None) -> None:
+        self.outbox = Outbox(path, max_rows, on_fault=on_fault)
 
     def close(self) -> None:
         """Close the outbox; what was not delivered stays in it for the next start."""
@@ -70,54 +113,109 @@ class EventDelivery:
 
     @property
     def pending(self) -> int:
-        """Events not yet acknowledged by the broker (in the outbox)."""
+        """Events not yet acknowledged by the broker (in the outbox, file and memory)."""
         return len(self.outbox) if self.outbox is not None else 0
 
     @property
     def dropped_updates(self) -> int:
         return self.outbox.dropped_updates if self.outbox is not None else 0
 
-    def append(self, kind: str, topic: str, payload: bytes) -> None:
+    def stats(self) -> dict[str, Any]:
+        """``Communicator.delivery_stats()``: depth, age of the oldest, memory queue, refusals."""
+        box = self.outbox
+        return {
+            "outbox_depth": len(box) if box is not None else 0,
+            "oldest_undelivered_s": box.oldest_age_s() if box is not None else None,
+            "memory_queue": box.memory_rows if box is not None else 0,
+            "refused": self.refused,
+        }
+
+    def append(self, kind: str, topic: str, payload: bytes, event: dict[str, Any] | None = None) -> None:
         if self.outbox is None:
             raise RuntimeError("MqttCommunicator is not running: publish_event before start() or after stop()")
-        self.outbox.append(kind, topic, payload)
+        self.outbox.append(kind, topic, payload, event)
 
-    def acked(self, mid: int, failed: bool) -> None:
-        """paho's network thread: a PUBACK (or a failure reason code) for message ``mid``."""
-        self._acks.put(-mid if failed else mid)
+    def acked(self, mid: int, code: int = 0, reason: str = "") -> None:
+        """paho's network thread: a PUBACK for message ``mid`` with its reason code."""
+        self._acks.put((mid, int(code), reason))
 
     def reset(self) -> None:
         """A new paho client: its predecessor's in-flight messages will never be acknowledged."""
         self._inflight.clear()
         self._last_sent = 0
 
+    def maintain(self) -> None:
+        """Retry a failing outbox file every ``outbox_retry_s`` (sender thread)."""
+        box = self.outbox
+        if box is None or not box.degraded or time.monotonic() < self._next_outbox_retry:
+            return
+        self._next_outbox_retry = time.monotonic() + self.outbox_retry_s
+        if box.retry():
+            self._last_sent = 0  # rows unreadable while failing go out now (in-flight ones are skipped)
+
     def handle_acks(self) -> None:
-        """Delete acknowledged rows; a rejected event is dropped (it would be rejected again)."""
+        """Delete acknowledged rows; keep refused ones and back off (see the module docstring)."""
         while True:
             try:
-                mid = self._acks.get_nowait()
+                mid, code, reason = self._acks.get_nowait()
             except queue.Empty:
                 return
-            seq = self._inflight.pop(abs(mid), None)
-            if seq is None or self.outbox is None:
+            sent = self._inflight.pop(mid, None)
+            if sent is None or self.outbox is None:
                 continue  # a state publish, or an event resent after the process restarted
-            if mid < 0:
-                self.rejected += 1
-                logger.error("broker rejected event #%d (PUBACK failure); dropping it", seq)
+            seq, generation, topic = sent
+            if code >= FAILURE:
+                self._refused(seq, generation, topic, code, reason)
+                continue
             self.outbox.delete(seq)
+            if self._fault is not None and generation == self._generation:
+                logger.warning("the broker accepts events again (event #%d delivered)", seq)
+                self._refusals_in_a_row = 0
+                self._fault = None
+                self._report(None)
+
+    def _refused(self, seq: int, generation: int, topic: str, code: int, reason: str) -> None:
+        self.refused += 1
+        self._last_sent = min(self._last_sent, seq - 1)  # resume at the refused row, in order
+        if generation != self._generation:
+            return  # sent before the current backoff began: the same refusal, already handled
+        self._generation += 1
+        self._refusals_in_a_row += 1
+        delay = min(self.retry_cap_s, self.retry_base_s * 2 ** (self._refusals_in_a_row - 1))
+        self._paused_until = time.monotonic() + delay
+        message = refusal_message(code, reason, topic)
+        logger.error("%s: event #%d kept in the outbox, next attempt in %.1f s", message, seq, delay)
+        if message != self._fault:
+            self._fault = message
+            self._report(message)
+
+    def _report(self, message: str | None) -> None:
+        if self.on_fault is None:
+            return
+        try:
+            self.on_fault(message)
+        except Exception:
+            logger.exception("delivery fault handler failed")
 
     def send(self, client: mqtt.Client, protocol: str) -> None:
-        """Hand the next rows to paho, up to the in-flight limit."""
-        if self.outbox is None:
+        """Hand the next rows to paho, up to the in-flight limit (none while backing off)."""
+        if self.outbox is None or time.monotonic() < self._paused_until:
             return
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        for row in self.outbox.pending(after_seq=self._last_sent, limit=room):
+        flying = {seq for seq, _, _ in self._inflight.values()}
+        for row in self.outbox.pending(after_seq=self._last_sent, limit=room + len(flying)):
+            if row.seq in flying:
+                self._last_sent = max(self._last_sent, row.seq)
+                continue
+            if room <= 0:
+                return
             props = event_properties(row.seq, protocol)
             info = client.publish(row.topic, row.payload, qos=1, retain=False, properties=props)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 logger.debug("event #%d not handed to paho yet: %s", row.seq, mqtt.error_string(info.rc))
                 return
-            self._inflight[info.mid] = row.seq
+            self._inflight[info.mid] = (row.seq, self._generation, row.topic)
             self._last_sent = row.seq
+            room -= 1

@@ -33,7 +33,7 @@ _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason code (paho maps the 3.1.1 refusal 
 class MqttSession:
     """Owns the paho client and the ``connected`` flag; see the module docstring for threads.
 
-    ``on_ack(mid, failed)`` and ``on_message(msg) -> Command | None`` are called on paho's
+    ``on_ack(mid, reason_code, reason_name)`` and ``on_message(msg) -> Command | None`` are called on paho's
     thread; every command goes to ``commands`` and sets ``wake`` for the sender thread.
     """
 
@@ -45,7 +45,7 @@ class MqttSession:
         *,
         commands: queue.SimpleQueue[Command],
         wake: threading.Event,
-        on_ack: Callable[[int, bool], None],
+        on_ack: Callable[[int, int, str], None],
         on_message: Callable[[mqtt.MQTTMessage], Command | None],
     ) -> None:
         self.cfg = cfg
@@ -180,7 +180,10 @@ class MqttSession:
         self.connected.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self._on_ack(mid, bool(reason.is_failure))
+        # paho 2.x (callback API 2) passes the PUBACK's reason code: MQTT 5 brokers refuse with
+        # 0x80+ (0x87 Not authorized, 0x97 Quota exceeded); under 3.1.1 it is always Success.
+        code = int(getattr(reason, "value", 0) or 0)
+        self._on_ack(mid, code, str(reason) if code else "")
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -19,6 +19,7 @@ from edge_asd.comms.discovery import discovery_messages
 from edge_asd.comms.topics import Topics
 from edge_asd.config import MqttConfig
 from edge_asd.core import jsonsafe
+from edge_asd.core.constants import FAULT, ONLINE
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,18 @@ class RetainedState:
         self.status: dict[str, tuple[str, str]] = {}
         self.anomaly: dict[str, bool] = {}
         self.enabled: dict[str, bool] = {}
+        self.node_faults: dict[str, str] = {}
 
     def announce(self, infos: list[StreamInfo], connected: bool) -> None:
-        """Declare the streams; their enabled state defaults to the config's until switched."""
+        """Declare the streams; their enabled state defaults to the config's until switched.
+
+        A stream's retained ``anomaly`` starts ``OFF`` unless this run already opened an event
+        on it: an ``ON`` retained by a run that died during an event must not outlive it."""
         with self.lock:
             self.streams = {i.name: i for i in infos}
             for info in infos:
                 self.enabled.setdefault(info.name, info.enabled)
+                self.anomaly.setdefault(info.name, False)
             if connected:
                 self.republish_streams()
                 self.publish_discovery()
@@ -84,6 +90,32 @@ class RetainedState:
         with self.lock:
             self.anomaly[stream] = bool(on)
             self._publish(self.topics.anomaly(stream), on_off(on))
+
+    def correct_anomaly(self, stream: str) -> None:
+        """``OFF`` for a stream whose event a previous run left open, unless this run opened one."""
+        with self.lock:
+            if not self.anomaly.get(stream, False):
+                self.anomaly[stream] = False
+                self._publish(self.topics.anomaly(stream), on_off(False))
+
+    def set_node_fault(self, key: str, message: str | None) -> None:
+        """Raise or clear one of the node's faults; publish the node's state when it changed."""
+        with self.lock:
+            if message is None:
+                if self.node_faults.pop(key, None) is None:
+                    return
+            elif self.node_faults.get(key) == message:
+                return
+            else:
+                self.node_faults[key] = message
+            self.publish_node_status()
+
+    def publish_node_status(self) -> None:
+        """``status/message`` (the faults, "; "-joined) first, then ``status`` online | fault."""
+        with self.lock:
+            text = "; ".join(self.node_faults[k] for k in sorted(self.node_faults))
+            self._publish(self.topics.node_status_message, text)
+            self._publish(self.topics.node_status, FAULT if self.node_faults else ONLINE)
 
     def set_threshold(self, stream: str, threshold: float | None) -> None:
         """Republish the attributes when the threshold a score is compared with changed."""
@@ -110,8 +142,10 @@ class RetainedState:
             self._publish(self.topics.enabled_state(stream), on_off(enabled))
 
     def republish_streams(self) -> None:
-        """Every cached stream topic again (after a connect)."""
+        """Every cached stream topic again (after a connect), and the node's own status (which
+        also clears a fault retained by a previous run)."""
         with self.lock:
+            self.publish_node_status()
             for name, info in self.streams.items():
                 self._publish(self.topics.attributes(name), attributes_json(info))
             for name, enabled in self.enabled.items():
