@@ -34,6 +34,8 @@ def _render(state: WatchState) -> RenderableType:
         table.add_row("(no node seen yet)", "", "", "", "", "", "", "")
     for node_name, node in sorted(state.nodes.items()):
         avail = f"[green]{node.available}[/]" if node.available == ONLINE else f"[red]{node.available}[/]"
+        if node.status == "fault":  # the node's own health: outbox, delivery, state-dir lock
+            avail += f" [red]fault[/] ({node.message})" if node.message else " [red]fault[/]"
         if not node.streams:
             table.add_row(node_name, avail, "", "", "", "", "", "")
         for i, (name, view) in enumerate(sorted(node.streams.items())):

@@ -108,3 +108,25 @@ def test_watch_state_keeps_node_faults_apart_from_streams() -> None:
     assert (node.status, node.message) == ("fault", "event outbox full")
     assert list(node.streams) == ["status"] and node.streams["status"].status == "online"
     assert node.streams["status"].message == ""
+
+
+def test_watch_table_shows_a_node_fault() -> None:
+    """An operator sees the node's own fault (a full outbox, a refused delivery) in the table."""
+    from rich.console import Console
+
+    from edge_asd.cli.watch_cmd import _render
+
+    state = WatchState("edge-asd")
+    state.apply(Message("edge-asd/n/available", "online", True, 0))
+    state.apply(Message("edge-asd/n/status", "fault", True, 0))
+    state.apply(Message("edge-asd/n/status/message", "event outbox full", True, 0))
+    state.apply(Message("edge-asd/n/fan/status", "online", True, 0))
+    console = Console(width=200, record=True)
+    console.print(_render(state))
+    text = console.export_text()
+    assert "fault" in text and "event outbox full" in text
+    state.apply(Message("edge-asd/n/status", "online", True, 0))
+    state.apply(Message("edge-asd/n/status/message", "", True, 0))
+    console = Console(width=200, record=True)
+    console.print(_render(state))
+    assert "fault" not in console.export_text()
