@@ -6,13 +6,16 @@
 #
 # What it does, in order (each step is skipped when already done, so re-running it is safe
 # and is how you upgrade):
-#   checks      root, Jetson (/etc/nv_tegra_release), L4T/JetPack, CUDA (nvcc), TensorRT
+#   checks      root, Jetson (/etc/nv_tegra_release), L4T/JetPack, CUDA (nvcc), TensorRT >= 10
+#               (JetPack 6.1+; JetPack 6.0's TensorRT 8.6 stops the install)
 #   packages    apt: libportaudio2 libsndfile1 python3-venv python3-dev build-essential
+#               (the distribution's current versions, recorded in PREFIX/installed-versions.txt)
 #   user        system user edge-asd in groups audio,video
 #   venv        PREFIX/venv from the system python3 with --system-site-packages, so the
 #               JetPack TensorRT bindings (python3-libnvinfer) are importable
 #   pip         the project (--wheel or --source) with the jetson extra (pycuda, built here
-#               against /usr/local/cuda)
+#               against /usr/local/cuda), every package at the exact version of
+#               deploy/constraints.txt (copied to PREFIX/pip-constraints.txt)
 #   bundle      copied to /var/lib/edge-asd/bundle (kept when unchanged: its engine stays)
 #   engine      edge-asd build-engine, run as edge-asd (minutes on the first run)
 #   config      /etc/edge-asd/config.yaml from --config or the example; never overwritten
@@ -41,6 +44,10 @@ UNIT_DST=$ROOT/etc/systemd/system/$UNIT_NAME
 DEFAULT_SRC="$SCRIPT_DIR/edge-asd.default"
 DEFAULT_DST=$ROOT/etc/default/edge-asd
 CONFIG_EXAMPLE="$SCRIPT_DIR/config.example.yaml"
+# Exact versions of every pip package (and pip, setuptools, wheel): the same install everywhere.
+CONSTRAINTS_SRC="$SCRIPT_DIR/constraints.txt"
+# JetPack 6.0 ships TensorRT 8.6, which cannot build the exported graph; 6.1+ ships 10.3.
+MIN_TENSORRT_MAJOR=10
 ETC_DIR=$ROOT/etc/edge-asd
 STATE_DIR=$ROOT/var/lib/edge-asd
 CACHE_DIR=$ROOT/var/cache/edge-asd
@@ -291,13 +298,27 @@ check_platform() {
     trt_py=$("$SYSTEM_PYTHON" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)
     if [[ -n $trt_deb ]]; then
         info "TensorRT library: $trt_deb"
+        require_tensorrt_10 "${trt_deb#* }" "library $trt_deb"
     else
         fail_or_warn "TensorRT is not installed (no libnvinfer package). Install it with: sudo apt install nvidia-jetpack (or nvidia-tensorrt)"
     fi
     if [[ -n $trt_py ]]; then
         info "TensorRT Python bindings: $trt_py (system $SYSTEM_PYTHON)"
+        require_tensorrt_10 "$trt_py" "Python bindings $trt_py"
     else
         fail_or_warn "the TensorRT Python bindings are missing for $SYSTEM_PYTHON. Install them with: sudo apt install python3-libnvinfer"
+    fi
+}
+
+# require_tensorrt_10 VERSION WHAT: stop (also in a dry run) when TensorRT is older than 10. A
+# warning here used to end in a daemon that cannot build its engine and an error telling the
+# user to re-export a bundle that is fine.
+require_tensorrt_10() {
+    local version=$1 what=$2 major
+    major=${version%%.*}
+    major=${major##*:} # a Debian epoch ("1:8.6.2...")
+    if [[ $major =~ ^[0-9]+$ ]] && ((major < MIN_TENSORRT_MAJOR)); then
+        die "TensorRT $what is too old: edge-asd needs TensorRT $MIN_TENSORRT_MAJOR or newer, which comes with JetPack 6.1 or newer (JetPack 6.0 ships TensorRT 8.6). Upgrade the Jetson to JetPack 6.1+ (L4T R36.4; see docs/deploy.md), then run this installer again"
     fi
 }
 
@@ -349,6 +370,7 @@ check_inputs() {
         info "package: source tree $SOURCE"
     fi
     [[ -f $UNIT_SRC ]] || die "$UNIT_SRC is missing: run the script from an edge-asd checkout"
+    [[ -f $CONSTRAINTS_SRC ]] || die "$CONSTRAINTS_SRC is missing: run the script from an edge-asd checkout"
 }
 
 # --- install steps ----------------------------------------------------------------------------
@@ -412,11 +434,12 @@ create_venv() {
     # --system-site-packages: JetPack's TensorRT bindings live in the system dist-packages
     # and cannot be pip-installed on a Jetson.
     run "$SYSTEM_PYTHON" -m venv --system-site-packages "$VENV"
-    run "$VENV/bin/python" -m pip install --upgrade pip
+    # pip itself at the pinned version too
+    run "$VENV/bin/python" -m pip install --constraint "$CONSTRAINTS_SRC" --upgrade pip
 }
 
 pip_install() {
-    local extra="[onnx]" target constraints
+    local extra="[onnx]" target constraints=$PREFIX/pip-constraints.txt
     if ((IS_JETSON)); then
         extra="[jetson]"
     fi
@@ -426,15 +449,13 @@ pip_install() {
         target=$SOURCE
     fi
     step "Installing edge-asd${extra} into $VENV from $target"
-    local pip=("$VENV/bin/python" -m pip install)
-    if ((IS_JETSON)); then
-        # TensorRT 10.3's bindings on JetPack 6 are built against NumPy 1.x.
-        constraints=$PREFIX/pip-constraints.txt
-        printf 'numpy<2\n' | write_file "$constraints" 0644 root:root
-        pip+=(--constraint "$constraints")
-    fi
+    # Every package at the exact version of deploy/constraints.txt (numpy 1.x among them:
+    # TensorRT 10.3's bindings on JetPack 6 are built against NumPy 1.x). The copy next to the
+    # venv is the record of what this install asked for, and what a manual pip must use.
+    write_file "$constraints" 0644 root:root <"$CONSTRAINTS_SRC"
+    local pip=(env "PIP_CONSTRAINT=$constraints" "$VENV/bin/python" -m pip install --constraint "$constraints")
     # pycuda has no aarch64 wheel: it compiles against the device's CUDA, so nvcc and the
-    # headers must be found.
+    # headers must be found. PIP_CONSTRAINT pins its isolated build environment as well.
     local cuda_env=(env "PATH=$CUDA_HOME_DEFAULT/bin:$SAFE_PATH" "CUDA_ROOT=$CUDA_HOME_DEFAULT"
         "CUDA_HOME=$CUDA_HOME_DEFAULT" "CPATH=$CUDA_HOME_DEFAULT/include"
         "LIBRARY_PATH=$CUDA_HOME_DEFAULT/lib64")
@@ -446,6 +467,22 @@ pip_install() {
     if ((IS_JETSON)); then
         run "$VENV/bin/python" -c 'import tensorrt, pycuda.driver; print("tensorrt", tensorrt.__version__)'
     fi
+    record_versions
+}
+
+# apt packages are not pinned to exact versions: Ubuntu's archive keeps only the current
+# (security-patched) build of a package, so an exact pin would break every install after the
+# next update. What was installed is written down instead, next to the pip constraints.
+record_versions() {
+    local manifest=$PREFIX/installed-versions.txt pkg
+    {
+        printf '# what install-jetson.sh installed, %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        for pkg in "${APT_PACKAGES[@]}"; do
+            dpkg-query -W -f='apt ${Package}=${Version}\n' "$pkg" 2>/dev/null || printf 'apt %s=(not installed)\n' "$pkg"
+        done
+        dpkg-query -W -f='apt ${Package}=${Version}\n' 'libnvinfer[0-9]*' 2>/dev/null || true
+        "$VENV/bin/python" -m pip freeze --all 2>/dev/null | sed 's/^/pip /' || true
+    } | write_file "$manifest" 0644 root:root
 }
 
 install_bundle() {

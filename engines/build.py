@@ -1,15 +1,32 @@
 """TensorRT engine builds from a bundle's ``model.onnx``, on the device that will run them.
 
 A TensorRT plan only runs on the TensorRT version and GPU it was built with, so plans live
-under ``BUNDLE/engines/<trt version>_<gpu>_sm<cc>/`` with a sidecar ``engine.json`` (never a
-header inside the plan: ``trtexec --loadEngine`` must still read it). A plan whose TensorRT,
-GPU, compute capability, ONNX sha256 or max batch does not match is rebuilt (or refused with
-the reason when building is not allowed).
+under ``BUNDLE/engines/<trt version>_<gpu>_sm<cc>_<n>SMs_<m>GiB/`` with a sidecar
+``engine.json`` (never a header inside the plan: ``trtexec --loadEngine`` must still read it).
+Every Orin module reports the same GPU name and compute capability (``Orin (nvgpu)``, 8.7),
+but an AGX Orin 64 GB has 16 SMs and an Orin Nano 4 GB has 4: tactics timed on one are not the
+best on the other, so the SM count and the memory are part of the key (an image cloned from
+one module to another builds its own plan). A plan whose TensorRT, GPU, compute capability,
+SM count, memory, ONNX sha256 or max batch does not match is rebuilt (or refused with the
+reason when building is not allowed).
 
 Precision comes from the ONNX graph: the network is created ``STRONGLY_TYPED`` (required on
 10.x for that, implied and the flag gone on 11.x), so the float32 front end and head and the
 float16 backbone are built exactly as exported. ``BuilderFlag.FP16`` is only a fallback for a
-10.x without strong typing. TensorRT API: 10.x (JetPack 6 ships 10.3), forward-compatible 11.x.
+10.x without strong typing. TensorRT API: 10.x (JetPack 6.1 and 6.2 ship 10.3),
+forward-compatible 11.x. TensorRT 8.6 (JetPack 6.0) is refused when it is imported, with a
+message that names the JetPack to install: its ``create_network`` cannot build the graph and
+its own error would send the user to re-export a bundle that is fine.
+
+The optimisation profile is tuned (``opt``) for ``max_batch``: the daemon asks for
+``min(16, streams)`` and scores all due windows as one batch, so that is the batch it runs.
+The timing cache is written atomically and a corrupt or foreign one is ignored with a warning.
+
+CUDA contexts: the caller's thread never gets one. A build runs in a short-lived thread that
+retains and pushes the device's primary context and, when done, only pops it and drops the
+reference (what ``pycuda.autoprimaryctx`` does). ``Context.detach()`` after ``pop()`` is
+wrong for a primary context: pycuda pushes it again and calls ``cuDevicePrimaryCtxRelease``,
+which never pops, so a released context would stay current on the caller's thread.
 
 Builds take minutes on a Jetson: ``progress`` is called during the build (TensorRT's progress
 monitor plus a heartbeat) so the daemon can send systemd ``EXTEND_TIMEOUT_USEC``.
@@ -25,9 +42,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_asd.config.runtime import TensorRTRuntimeConfig
+from edge_asd.core.atomic import atomic_write_bytes, atomic_write_text
+from edge_asd.core.errors import UserError
 from engines.bundle import MODEL_ONNX, Bundle, as_bundle
 from engines.errors import BackendUnavailableError, EngineBuildError
 
@@ -46,15 +65,38 @@ TRT_INSTALL_HINT = (
     "with --system-site-packages; on x86 `pip install tensorrt`"
 )
 PYCUDA_INSTALL_HINT = "install pycuda: `pip install 'edge-asd[jetson]'` (needs nvcc on PATH and the CUDA headers)"
+MIN_TENSORRT_MAJOR = 10
+"""TensorRT 10 (JetPack 6.1 or newer) is the oldest that builds the exported graph: the network
+API (``create_network`` flags, strong typing, ``execute_async_v3``) changed in 10.0."""
 
 ProgressFn = Callable[[str], None]
+T = TypeVar("T")
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """Why this TensorRT cannot build or run our plans, None when it can. Pure: unit-tested.
+
+    A version that does not start with a number is let through: the build itself says more.
+    """
+    match = re.match(r"\s*(\d+)", version)
+    if match is None or int(match.group(1)) >= MIN_TENSORRT_MAJOR:
+        return None
+    return (
+        f"TensorRT {version} is too old: edge-asd needs TensorRT {MIN_TENSORRT_MAJOR} or newer, which comes with "
+        "JetPack 6.1 or newer (JetPack 6.0 ships TensorRT 8.6). Upgrade the Jetson to JetPack 6.1+ "
+        "(L4T R36.4; docs/deploy.md), or run on the CPU with `runtime: {type: onnxruntime}`"
+    )
 
 
 def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, refused with the JetPack to install when it is older than 10."""
     try:
         import tensorrt as trt
     except ImportError as err:
         raise BackendUnavailableError(f"TensorRT is not importable: {TRT_INSTALL_HINT}") from err
+    problem = tensorrt_version_problem(str(getattr(trt, "__version__", "")))
+    if problem is not None:
+        raise BackendUnavailableError(problem)
     return trt
 
 
@@ -68,15 +110,23 @@ def import_pycuda() -> Any:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """What a plan is specific to."""
+    """What a plan is specific to.
+
+    ``sm_count`` and ``memory_gib`` tell Orin modules apart (same name and compute capability
+    on all of them); 0 means unknown and leaves them out of the key.
+    """
 
     trt_version: str
     gpu_name: str
     compute_capability: str  # "8.7"
+    sm_count: int = 0
+    memory_gib: int = 0
 
     @property
     def dir_name(self) -> str:
-        return engine_dir_name(self.trt_version, self.gpu_name, self.compute_capability)
+        return engine_dir_name(
+            self.trt_version, self.gpu_name, self.compute_capability, self.sm_count, self.memory_gib
+        )
 
 
 def sanitise(name: str) -> str:
@@ -85,12 +135,19 @@ def sanitise(name: str) -> str:
     return cleaned or "gpu"
 
 
-def engine_dir_name(trt_version: str, gpu_name: str, compute_capability: str) -> str:
-    return f"{sanitise(trt_version)}_{sanitise(gpu_name)}_sm{compute_capability.replace('.', '')}"
+def engine_dir_name(
+    trt_version: str, gpu_name: str, compute_capability: str, sm_count: int = 0, memory_gib: int = 0
+) -> str:
+    """``10.3.0.30_Orin-nvgpu_sm87_8SMs_15GiB``: the folder of the plan for this TensorRT and GPU."""
+    name = f"{sanitise(trt_version)}_{sanitise(gpu_name)}_sm{compute_capability.replace('.', '')}"
+    if sm_count > 0:
+        name += f"_{int(sm_count)}SMs_{int(memory_gib)}GiB"
+    return name
 
 
 def current_device(device_index: int = 0) -> DeviceInfo:
-    """TensorRT version and the GPU's name and compute capability (initialises CUDA)."""
+    """TensorRT version and the GPU's name, compute capability, SM count and memory (initialises
+    CUDA, creates no context)."""
     trt = import_tensorrt()
     cuda = import_pycuda()
     cuda.init()
@@ -98,7 +155,13 @@ def current_device(device_index: int = 0) -> DeviceInfo:
         raise EngineBuildError(f"no CUDA GPU {device_index} on this machine ({cuda.Device.count()} found)")
     dev = cuda.Device(device_index)
     major, minor = dev.compute_capability()
-    return DeviceInfo(trt_version=str(trt.__version__), gpu_name=str(dev.name()), compute_capability=f"{major}.{minor}")
+    return DeviceInfo(
+        trt_version=str(trt.__version__),
+        gpu_name=str(dev.name()),
+        compute_capability=f"{major}.{minor}",
+        sm_count=int(dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
+        memory_gib=round(int(dev.total_memory()) / 2**30),
+    )
 
 
 def engine_paths(bundle: Bundle, device: DeviceInfo) -> tuple[Path, Path]:
@@ -110,12 +173,17 @@ def stale_reason(meta: dict[str, Any] | None, device: DeviceInfo, onnx_sha256: s
     """Why an existing plan cannot be used here (None when it can). Pure: unit-tested without a GPU."""
     if meta is None:
         return "no engine.json next to the plan"
-    checks = (
+    checks = [
         ("TensorRT version", meta.get("tensorrt_version"), device.trt_version),
         ("GPU", meta.get("gpu_name"), device.gpu_name),
         ("compute capability", meta.get("compute_capability"), device.compute_capability),
-        ("ONNX sha256", meta.get("onnx_sha256"), onnx_sha256),
-    )
+    ]
+    if device.sm_count > 0:  # known on a real device; a plan from before the key had them is rebuilt
+        checks += [
+            ("SM count", meta.get("sm_count"), device.sm_count),
+            ("GPU memory (GiB)", meta.get("memory_gib"), device.memory_gib),
+        ]
+    checks.append(("ONNX sha256", meta.get("onnx_sha256"), onnx_sha256))
     for what, built, here in checks:
         if built != here:
             return f"plan was built for {what} {built!r}, this is {here!r}"
@@ -172,6 +240,117 @@ def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
             return None
 
     return Monitor()
+
+
+def detached_error(err: BaseException, what: str) -> BaseException:
+    """``err`` cut loose from its traceback and chained errors, for handing to another thread.
+
+    A traceback holds every frame it passed through, and those frames hold the TensorRT
+    engine, the execution context and the CUDA buffers: an exception stored in a Future (and
+    re-raised in the caller's thread) would keep them alive, to be freed later in a thread
+    without the CUDA context, or never. The full traceback is logged at DEBUG first. Our own
+    errors keep their message; anything else becomes an ``EngineBuildError`` that says
+    ``what`` failed and how.
+    """
+    logger.debug("%s failed", what, exc_info=err)
+    if isinstance(err, UserError) or not isinstance(err, Exception):
+        clean: BaseException = err  # a message that already says what to do, or KeyboardInterrupt/SystemExit
+    else:
+        clean = EngineBuildError(
+            f"{what} failed: {type(err).__name__}: {err}. If the GPU is out of memory, stop other GPU programs "
+            "or lower `runtime.max_batch`; `journalctl -u edge-asd` has TensorRT's own messages"
+        )
+    seen: set[int] = set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:  # every error of the chain holds frames
+        seen.add(id(node))
+        node.__traceback__ = None
+        node = node.__cause__ or node.__context__
+    clean.__traceback__ = None
+    clean.__cause__ = None
+    clean.__context__ = None
+    clean.__suppress_context__ = True
+    return clean
+
+
+def run_in_cuda_thread(device_index: int, work: Callable[[], T], what: str) -> T:
+    """Run ``work()`` in a new thread that holds the device's primary context, and wait for it.
+
+    The thread retains and pushes the context, and at the end only pops it and drops the
+    reference, so pycuda's destructor releases it in the same thread. Whatever the driver
+    leaves current on that thread (pycuda's release pushes the context back and never pops
+    it) ends with the thread; the caller's thread never has a context made current.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        ctx: Any = None
+        pushed = False
+        try:
+            cuda = import_pycuda()
+            ctx = cuda.Device(device_index).retain_primary_context()
+            ctx.push()
+            pushed = True
+            outcome["result"] = work()
+        except BaseException as err:  # handed to the caller's thread without its frames
+            outcome["error"] = detached_error(err, what)
+        finally:
+            if pushed:
+                try:
+                    ctx.pop()
+                except Exception:
+                    logger.exception("could not pop the CUDA context after %s", what)
+            ctx = None  # the last reference: pycuda releases the primary context here, in this thread
+
+    thread = threading.Thread(target=target, name="cuda-work", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome["result"]  # type: ignore[no-any-return]
+
+
+def _attach_timing_cache(config: Any, path: Path | None) -> Any:
+    """Give the builder the timing cache of earlier builds; returns the cache object, which
+    must stay alive until the build ends.
+
+    A cache that cannot be read, does not parse or comes from another TensorRT or GPU is
+    ignored with a warning (the build then times every layer again and a fresh cache is
+    written): a cache only saves minutes, it must never stop a build.
+    """
+    blob = b""
+    if path is not None:
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            blob = b""
+        except OSError as err:
+            logger.warning("cannot read the TensorRT timing cache %s (%s): building without it", path, err.strerror)
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+            attached = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False) is not False
+        except Exception as err:  # the bindings raise on a blob they cannot parse
+            logger.debug("TensorRT rejected the timing cache %s: %s", path, err)
+            attached = False
+        if attached:
+            return cache
+        logger.warning(
+            "ignoring the TensorRT timing cache %s: it is corrupt or from another TensorRT or GPU; this build "
+            "times every layer again and writes a fresh cache", path,
+        )  # fmt: skip
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    """Write the timing cache atomically: a crash or a full disk leaves the old one or none,
+    never half a file. A failure only costs the next build time, so it is a warning."""
+    try:
+        atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
+    except OSError as err:
+        logger.warning("could not save the TensorRT timing cache %s (%s): the next build takes longer", path, err.strerror)
 
 
 class _Heartbeat:
@@ -237,11 +416,12 @@ def build_plan(
         config.progress_monitor = monitor
     input_tensor = network.get_input(0)
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_tensor.name, (1, window_samples), (1, window_samples), (max_batch, window_samples))
+    # Tuned for max_batch: the daemon asks for min(16, streams) and runs every due window of a
+    # tick as one batch, so that is the shape it runs; smaller batches (a late stream) still fit.
+    batch_shape = (max_batch, window_samples)
+    profile.set_shape(input_tensor.name, (1, window_samples), batch_shape, batch_shape)
     config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = _attach_timing_cache(config, timing_cache)
     say(f"building TensorRT {trt.__version__} engine (max batch {max_batch}, workspace {workspace_mib} MiB)")
     started = time.monotonic()
     with _Heartbeat(say):
@@ -253,11 +433,12 @@ def build_plan(
             "above); try a larger --workspace-mib or a smaller --max-batch"
         )
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        _save_timing_cache(config, timing_cache)
+    del cache
     outputs = {network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)}
     facts = {
         "strongly_typed": strongly_typed,
+        "opt_batch": int(max_batch),
         "build_seconds": round(seconds, 1),
         "input": {input_tensor.name: [-1, window_samples]},
         "outputs": outputs,
@@ -323,14 +504,12 @@ def ensure_engine(
         timing_cache=bundle.engines_dir / device.dir_name / TIMING_CACHE,
         progress=progress,
     )
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan_path.with_suffix(".plan.tmp")
-    tmp.write_bytes(plan)
-    tmp.replace(plan_path)
     meta = {
         "tensorrt_version": device.trt_version,
         "gpu_name": device.gpu_name,
         "compute_capability": device.compute_capability,
+        "sm_count": device.sm_count,
+        "memory_gib": device.memory_gib,
         "onnx_sha256": onnx_sha,
         "onnx_file": MODEL_ONNX,
         "precision": bundle.manifest.onnx.precision,
@@ -340,7 +519,16 @@ def ensure_engine(
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **facts,
     }
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    try:
+        # The plan first, then its engine.json: a crash in between leaves a plan without a
+        # matching engine.json, which the next start rebuilds, never a mismatched pair.
+        atomic_write_bytes(plan_path, plan)
+        atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    except OSError as err:
+        raise EngineBuildError(
+            f"cannot write the TensorRT engine to {plan_path.parent}: {err.strerror}; free space on that file system "
+            "or make it writable for the service user"
+        ) from None
     logger.info("TensorRT engine written to %s in %.1f s", plan_path, facts["build_seconds"])
     return EngineFiles(plan_path, meta_path, built=True)
 
@@ -355,13 +543,13 @@ def build_engine(
     device_index: int = 0,
     progress: ProgressFn | None = None,
 ) -> EngineFiles:
-    """``edge-asd build-engine``: ``ensure_engine`` inside a CUDA context pushed for this thread."""
+    """``edge-asd build-engine``: ``ensure_engine`` in a thread of its own that holds the CUDA
+    context (``run_in_cuda_thread``), so the caller's thread is left without one."""
     device = current_device(device_index)  # TensorRT first: its message is the one a user needs
-    cuda = import_pycuda()
-    ctx = cuda.Device(device_index).retain_primary_context()
-    ctx.push()
-    try:
-        return ensure_engine(
+    bundle = as_bundle(bundle)
+    return run_in_cuda_thread(
+        device_index,
+        lambda: ensure_engine(
             bundle,
             max_batch=max_batch,
             workspace_mib=workspace_mib,
@@ -370,26 +558,29 @@ def build_engine(
             device=device,
             progress=progress,
             verify=True,
-        )
-    finally:
-        ctx.pop()
-        ctx.detach()
+        ),
+        f"building the TensorRT engine for {bundle.path}",
+    )
 
 
 __all__ = [
     "ENGINE_JSON",
     "PLAN_NAME",
+    "MIN_TENSORRT_MAJOR",
     "DeviceInfo",
     "EngineFiles",
     "build_engine",
     "build_plan",
     "current_device",
+    "detached_error",
     "engine_dir_name",
     "ensure_engine",
     "import_pycuda",
     "import_tensorrt",
     "plan_deserializes",
     "read_engine_json",
+    "run_in_cuda_thread",
     "sanitise",
     "stale_reason",
+    "tensorrt_version_problem",
 ]

@@ -1,15 +1,27 @@
 """Where the MQTT password comes from, and checks of TLS files before connecting.
 
-Why files: a password in the YAML ends up in backups and bug reports. systemd's
-``LoadCredential=mqtt_password:/etc/edge-asd/mqtt_password`` exposes it as a file in
-``$CREDENTIALS_DIRECTORY`` readable only by the service. The password is never logged.
+Why files: a password in the YAML ends up in backups and bug reports, one in a ``--broker``
+URL shows in ``ps``. systemd's ``LoadCredential=mqtt_password:/etc/edge-asd/mqtt_password``
+exposes it as a file in ``$CREDENTIALS_DIRECTORY`` readable only by the service. The password
+is never logged.
+
+What is checked, each time a daemon, ``watch`` or the console connects:
+
+* a password sent over plain ``mqtt://`` to a host that is not this machine: a warning (anyone
+  on the plant network can read it); the fix is TLS (``mqtts://``, deploy/mosquitto/README.md);
+* a client key (``mqtt.tls.key_file``) that every user can read: refused, since whoever holds
+  it is the node to the broker; readable by a group other than the service's own: a warning.
+  ``root:edge-asd 0640`` (the group of the service user) and ``edge-asd 0600`` are both fine;
+* a ``password_file`` readable by every user: a warning.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import ssl
+import stat
 from pathlib import Path
 
 from edge_asd.config import ConfigError, MqttConfig
@@ -28,15 +40,40 @@ def _read_secret(path: Path, what: str) -> str:
     return lines[0] if lines else ""
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine (a literal loopback address or ``localhost``); names
+    are not resolved: a warning must not wait on DNS."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def resolve_password(cfg: MqttConfig) -> str | None:
     """The password: inline, else ``password_file``, else ``$CREDENTIALS_DIRECTORY/<credential>``.
 
     An empty file means "no password": the installer creates an empty credential file when the
     broker is anonymous, because systemd's ``LoadCredential=`` fails the start without one.
+    A password that would cross the network in clear text gets a warning.
     """
+    password = _find_password(cfg)
+    if password and not cfg.tls.enabled and not is_loopback_host(cfg.host):
+        logger.warning(
+            "SECURITY: the MQTT password for %s goes to %s:%d over plain mqtt:// (no TLS): anyone on the network "
+            "path can read it. Use TLS: mqtts://%s (mqtt.tls; deploy/mosquitto/README.md sets up a broker with it)",
+            cfg.username or "(no user)", cfg.host, cfg.effective_port, cfg.host,
+        )  # fmt: skip
+    return password
+
+
+def _find_password(cfg: MqttConfig) -> str | None:
     if cfg.password is not None:
         return cfg.password.get_secret_value() or None
     if cfg.password_file is not None:
+        _warn_if_world_readable(cfg.password_file, "mqtt.password_file")
         return _read_secret(cfg.password_file, "mqtt.password_file") or None
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
@@ -45,6 +82,40 @@ def resolve_password(cfg: MqttConfig) -> str | None:
             logger.info("MQTT password taken from credential %s", cfg.password_credential)
             return _read_secret(path, "credential file") or None
     return None
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None  # reading it says what is wrong
+
+
+def _warn_if_world_readable(path: Path, what: str) -> None:
+    mode = _mode(path)
+    if mode is not None and mode & stat.S_IROTH:
+        logger.warning("SECURITY: %s %s is readable by every user (mode %04o): chmod 600 %s", what, path, mode, path)
+
+
+def check_key_permissions(path: Path, what: str = "mqtt.tls.key_file") -> None:
+    """Refuse a private key that every user can read; warn when a group other than the
+    service's own can. The key is the node's identity to the broker."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # the open below reports it, naming the file
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{what} {path} is readable by every user on this machine (mode {mode:04o}): whoever reads it can "
+            f"connect as this node. Run `chmod 600 {path}` (owned by the user the daemon runs as, or "
+            "`chmod 640` with the service's group), then start again"
+        )
+    if mode & stat.S_IRGRP and st.st_gid != os.getegid():
+        logger.warning(
+            "SECURITY: %s %s is readable by group %d, which is not this service's group (mode %04o): "
+            "chmod 600 %s (or chgrp it to the service's group)", what, path, st.st_gid, mode, path,
+        )  # fmt: skip
 
 
 def check_tls_files(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -56,6 +127,8 @@ def check_tls_files(cfg: MqttConfig) -> ssl.SSLContext | None:
     tls = cfg.tls
     if not tls.enabled:
         return None
+    if tls.key_file is not None:
+        check_key_permissions(Path(tls.key_file))
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, key)
         if path is None:

@@ -7,6 +7,14 @@ device's primary context, deserializes the engine, allocates page-locked host an
 buffers once for ``max_batch``, serves ``infer`` requests from a queue, and frees everything and
 pops the context when closed. Callers on any thread just wait for the result.
 
+Construction is exception-safe: everything the worker does, the context push included, is
+inside one ``try`` whose ``finally`` resolves the start-up Future, so the constructor never
+waits on a worker that died; a failed load frees the engine and buffers in the worker (with
+the context still current) before the error, cut loose from its traceback
+(``engines.build.detached_error``), reaches the caller. Teardown pops the context and drops
+the reference, never ``detach()`` after ``pop()`` (see ``engines.build``). TensorRT older
+than 10 (JetPack 6.0) is refused by ``import_tensorrt`` with the JetPack to install.
+
 Per chunk: ``set_input_shape`` -> async H2D -> ``execute_async_v3(stream.handle)`` (its bool
 is checked) -> async D2H -> ``stream.synchronize()``. Tensor addresses are set once: the
 buffers never move. TensorRT 10.x API, forward-compatible with 11.x.
@@ -31,6 +39,7 @@ from edge_asd.core.constants import EMBEDDING_DIM
 from engines.build import (
     ProgressFn,
     current_device,
+    detached_error,
     ensure_engine,
     import_pycuda,
     import_tensorrt,
@@ -44,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 BACKEND_KEY: str = TensorRTRuntimeConfig.model_fields["type"].default
 _STOP = object()
+_FREE_ORDER = ("context", "engine", "runtime", "dev", "host", "stream", "trt_logger")
+"""Dependants first: the execution context before its engine before the runtime, then buffers."""
 
 
 def available() -> str | None:
@@ -82,7 +93,15 @@ class TensorRTBackend(Runtime):
         self._ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._worker, name="tensorrt-infer", daemon=True)
         self._thread.start()
-        self._ready.result()  # re-raises a load/build failure in the caller's thread
+        try:
+            self._ready.result()  # re-raises a load/build failure in the caller's thread
+        except BaseException:
+            # A failed load: the worker is freeing what it made; wait for it so a retry (or the
+            # onnxruntime fallback) starts with the GPU memory back. Interrupted while a build
+            # runs (Ctrl-C): the worker stops once the build is done.
+            self._requests.put(_STOP)
+            self._thread.join(timeout=30.0)
+            raise
 
     def describe(self) -> str:
         return f"tensorrt {self.plan_path} on {self.device_name}"
@@ -102,38 +121,49 @@ class TensorRTBackend(Runtime):
 
     # -- everything below runs in the worker thread ------------------------------------------
     def _worker(self) -> None:
+        ctx: Any = None
+        pushed = False
+        state: dict[str, Any] = {}
         try:
             trt = import_tensorrt()
             cuda = import_pycuda()
             cuda.init()
             device = current_device(self.device_index)
-            self.device_name = f"{device.gpu_name} (sm {device.compute_capability}, TensorRT {device.trt_version})"
+            self.device_name = (
+                f"{device.gpu_name} (sm {device.compute_capability}, {device.sm_count} SMs, "
+                f"TensorRT {device.trt_version})"
+            )
             ctx = cuda.Device(self.device_index).retain_primary_context()
-        except BaseException as err:  # handed to the constructor's thread
-            self._ready.set_exception(err)
-            return
-        ctx.push()
-        state: dict[str, Any] = {}
-        try:
+            ctx.push()
+            pushed = True
             self._load(trt, cuda, device, state)
             self._ready.set_result(None)
             self._serve(cuda, state)
-        except BaseException as err:  # handed to the constructor's thread
-            if not self._ready.done():
-                self._ready.set_exception(err)
+        except BaseException as err:
+            if not self._ready.done():  # handed to the constructor's thread, without the frames
+                self._ready.set_exception(detached_error(err, f"loading the TensorRT engine of {self.bundle.path}"))
             else:
                 logger.exception("TensorRT worker failed")
         finally:
-            # Free while the CUDA context is still current, dependants first:
-            # execution context before engine before runtime, then buffers and stream.
-            for key in ("context", "engine", "runtime", "dev", "host", "stream"):
+            # Free while the CUDA context is still current, dependants first.
+            for key in _FREE_ORDER:
                 state.pop(key, None)
             state.clear()
-            ctx.pop()
-            ctx.detach()
+            if pushed:
+                try:
+                    ctx.pop()
+                except Exception:
+                    logger.exception("could not pop the CUDA context of the TensorRT worker")
+            # The last reference: pycuda releases the retained primary context here, in this
+            # thread, which then ends (see engines.build for why not detach()).
+            ctx = None
+            if not self._ready.done():  # unreachable by design; a hung constructor is worse than a message
+                self._ready.set_exception(EngineBuildError("the TensorRT worker ended before the engine was loaded"))
             self._fail_pending()
 
     def _load(self, trt: Any, cuda: Any, device: Any, state: dict[str, Any]) -> None:
+        """Deserialize the plan and allocate the buffers; each object goes into ``state`` as soon
+        as it exists, so a failure half-way still frees it in order, in this thread."""
         files = ensure_engine(
             self.bundle,
             max_batch=self.max_batch,
@@ -143,9 +173,9 @@ class TensorRTBackend(Runtime):
             progress=self.progress,
         )
         self.plan_path = str(files.plan)
-        trt_logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(trt_logger)
-        engine = runtime.deserialize_cuda_engine(files.plan.read_bytes())
+        trt_logger = state["trt_logger"] = trt.Logger(trt.Logger.WARNING)
+        runtime = state["runtime"] = trt.Runtime(trt_logger)
+        engine = state["engine"] = runtime.deserialize_cuda_engine(files.plan.read_bytes())
         if engine is None:
             if not self.allow_build:
                 raise EngineBuildError(
@@ -157,10 +187,10 @@ class TensorRTBackend(Runtime):
                 self.bundle, max_batch=self.max_batch, workspace_mib=self.workspace_mib, force=True,
                 device=device, progress=self.progress,
             )
-            engine = runtime.deserialize_cuda_engine(files.plan.read_bytes())
+            engine = state["engine"] = runtime.deserialize_cuda_engine(files.plan.read_bytes())
             if engine is None:
                 raise EngineBuildError(f"TensorRT cannot deserialize the freshly built {files.plan}")
-        context = engine.create_execution_context()
+        context = state["context"] = engine.create_execution_context()
         if context is None:
             raise EngineBuildError(f"TensorRT could not create an execution context for {files.plan} (out of GPU memory?)")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -172,8 +202,8 @@ class TensorRTBackend(Runtime):
             "scores": (self.max_batch, self.num_classes),
             "embedding": (self.max_batch, EMBEDDING_DIM),
         }
-        host: dict[str, np.ndarray] = {}
-        dev: dict[str, Any] = {}
+        host: dict[str, np.ndarray] = state.setdefault("host", {})
+        dev: dict[str, Any] = state.setdefault("dev", {})
         for name in names:
             dtype = trt.nptype(engine.get_tensor_dtype(name))
             if np.dtype(dtype) != np.float32:
@@ -181,9 +211,7 @@ class TensorRTBackend(Runtime):
             host[name] = cuda.pagelocked_empty(shapes[name], np.float32)
             dev[name] = cuda.mem_alloc(host[name].nbytes)
             context.set_tensor_address(name, int(dev[name]))
-        state.update(
-            runtime=runtime, engine=engine, context=context, host=host, dev=dev, stream=cuda.Stream(), trt_logger=trt_logger
-        )
+        state["stream"] = cuda.Stream()
         logger.info("TensorRT engine %s loaded on %s (max batch %d)", files.plan, self.device_name, self.max_batch)
 
     def _serve(self, cuda: Any, state: dict[str, Any]) -> None:
