@@ -33,6 +33,11 @@ SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
 MODEL_ONNX = "model.onnx"
 MODEL_CPU_ONNX = "model_cpu.onnx"
+MODEL_CPU_LOGMEL_ONNX = "model_cpu_logmel.onnx"
+"""Optional (bundles exported since issue 13): the CPU graph without its front end, inputs
+``audio`` and ``logmel`` [batch, 128, 313]; the device's streaming numpy front end fills the
+log-mel. Older bundles lack it and run ``model_cpu.onnx``; readers that predate it ignore it."""
+LOGMEL_INPUT_NAME = "logmel"
 EMBEDDINGS_DIR = "embeddings"
 ENGINES_DIR = "engines"
 
@@ -192,6 +197,22 @@ class Bundle:
         return self.path / MODEL_CPU_ONNX
 
     @property
+    def logmel_onnx_path(self) -> Path | None:
+        """The CPU graph with a log-mel input, or None for a bundle exported without it."""
+        return self.path / MODEL_CPU_LOGMEL_ONNX if MODEL_CPU_LOGMEL_ONNX in self.manifest.files else None
+
+    @property
+    def graphs(self) -> dict[str, str]:
+        """Each ONNX graph of the bundle and where its log-mel comes from (``conv``, ``stft``, ``input``)."""
+        lowering = self.manifest.frontend.get("lowering")
+        known = lowering if isinstance(lowering, dict) else {}
+        return {
+            name: str(known.get(name, "input" if name == MODEL_CPU_LOGMEL_ONNX else "?"))
+            for name in sorted(self.manifest.files)
+            if name.endswith(".onnx")
+        }
+
+    @property
     def engines_dir(self) -> Path:
         return self.path / ENGINES_DIR
 
@@ -302,6 +323,8 @@ __all__ = [
     "BUNDLE_FORMAT",
     "EMBEDDINGS_DIR",
     "ENGINES_DIR",
+    "LOGMEL_INPUT_NAME",
+    "MODEL_CPU_LOGMEL_ONNX",
     "MODEL_CPU_ONNX",
     "MODEL_JSON",
     "MODEL_ONNX",

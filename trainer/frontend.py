@@ -29,70 +29,23 @@ from torch import nn
 
 from edge_asd.core.constants import SAMPLE_RATE
 
-N_FFT = 2048
-HOP = 512
-N_MELS = 128
-N_BINS = N_FFT // 2 + 1
-EPS = 2.220446049250313e-16  # sys.float_info.epsilon, as in the public code
-BASIS_SCALE = 1.0 / 16.0
-# Adding this in dB undoes the basis scale on the power (power scales with BASIS_SCALE**2).
-SCALE_DB = -20.0 * math.log10(BASIS_SCALE)
+# The parameters, the Hann window and the slaney filterbank have one source, shared with the
+# device's numpy front end (edge_asd.core.logmel); this module adds the torch lowerings.
+from edge_asd.core.logmel import (
+    BASIS_SCALE,
+    EPS,
+    HOP,
+    N_BINS,
+    N_FFT,
+    N_MELS,
+    SCALE_DB,
+    hann_window,
+    mel_filterbank,
+)
+
 _TEN_OVER_LN10 = 10.0 / math.log(10.0)
 
 Lowering = Literal["conv", "stft"]
-
-
-def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above (as librosa with htk=False)."""
-    hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    mels = hz / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    log_region = hz >= min_log_hz
-    mels = np.where(log_region, min_log_mel + np.log(np.maximum(hz, 1e-12) / min_log_hz) / logstep, mels)
-    return mels
-
-
-def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
-    mels = np.asarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    hz = f_sp * mels
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), hz)
-
-
-def mel_filterbank(
-    sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS, f_min: float = 0.0, f_max: float | None = None
-) -> np.ndarray:
-    """Slaney-scale, area-normalised triangular filterbank, shape ``(n_fft//2+1, n_mels)``.
-
-    Written out here (rather than taken from torchaudio or librosa) so the device and the
-    export need neither; the tests compare it with librosa to 1e-6.
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    mel_points = np.linspace(_hz_to_mel_slaney(np.array(f_min)), _hz_to_mel_slaney(np.array(f_max)), n_mels + 2)
-    hz_points = _mel_to_hz_slaney(mel_points)
-    widths = np.diff(hz_points)
-    ramps = hz_points[:, None] - fft_freqs[None, :]
-    weights = np.zeros((n_mels, fft_freqs.size))
-    for i in range(n_mels):
-        lower = -ramps[i] / widths[i]
-        upper = ramps[i + 2] / widths[i + 1]
-        weights[i] = np.maximum(0.0, np.minimum(lower, upper))
-    enorm = 2.0 / (hz_points[2 : n_mels + 2] - hz_points[:n_mels])
-    weights *= enorm[:, None]
-    return weights.T.astype(np.float32)
-
-
-def hann_window(n: int = N_FFT) -> np.ndarray:
-    """Periodic Hann window (``torch.hann_window(n, periodic=True)``)."""
-    k = np.arange(n, dtype=np.float64)
-    return 0.5 - 0.5 * np.cos(2.0 * math.pi * k / n)
 
 
 def dft_basis(n_fft: int = N_FFT, scale: float = BASIS_SCALE) -> np.ndarray:
@@ -157,3 +110,9 @@ class LogMel(nn.Module):
         # Clip; the floor never drops below the dtype's smallest normal (float16 safety).
         floor = max(EPS * BASIS_SCALE**2, torch.finfo(mel.dtype).tiny)
         return torch.log(torch.clamp(mel, min=floor)) * _TEN_OVER_LN10 + SCALE_DB
+
+
+__all__ = [
+    "BASIS_SCALE", "EPS", "HOP", "N_BINS", "N_FFT", "N_MELS", "SAMPLE_RATE", "SCALE_DB",
+    "LogMel", "Lowering", "dft_basis", "hann_window", "mel_filterbank",
+]  # fmt: skip

@@ -1,6 +1,6 @@
 """``edge-asd export``: a trained run -> a self-contained, verified bundle (workstation only, torch).
 
-Two graphs are written because the two targets disagree on what they can run:
+Three graphs are written because the targets disagree on what they can run fast:
 
 * ``model.onnx`` for TensorRT 10.3 (JetPack 6): the front end's STFT is a Conv1d with a
   windowed DFT basis (TensorRT 10.3 cannot parse ONNX ``STFT``). With ``--precision fp16`` the
@@ -9,6 +9,10 @@ Two graphs are written because the two targets disagree on what they can run:
   head stay float32, the backbone runs float16 between explicit ``Cast`` nodes.
 * ``model_cpu.onnx`` for onnxruntime on a CPU: float32 with the front end lowered to ONNX
   ``STFT`` (opset >= 17), which onnxruntime runs several times faster than a 2050-channel conv.
+* ``model_cpu_logmel.onnx``, the same float32 network without its front end: inputs ``audio``
+  (for the Tgram branch) and ``logmel`` [batch, 128, 313], which the device computes with its
+  streaming numpy front end (``edge_asd.core.logmel``), reusing the frames a stream already
+  has instead of recomputing 313 FFTs per window. The TensorRT graph stays self-contained.
 
 The work is split by responsibility:
 
@@ -20,10 +24,11 @@ The work is split by responsibility:
   embeddings and thresholds that always belong to the exported weights.
 """
 
-from engines.export.graph import Precision, build_export_module
+from engines.export.graph import Precision, build_export_module, build_logmel_input_module
 from engines.export.onnx_file import (
     DEFAULT_OPSET,
     INPUT_NAME,
+    LOGMEL_LOWERING,
     MAX_TRT_OPSET,
     MIN_STFT_OPSET,
     OUTPUT_NAMES,
@@ -35,12 +40,14 @@ from engines.export.writer import ProgressFn, export_run
 __all__ = [
     "DEFAULT_OPSET",
     "INPUT_NAME",
+    "LOGMEL_LOWERING",
     "MAX_TRT_OPSET",
     "MIN_STFT_OPSET",
     "OUTPUT_NAMES",
     "Precision",
     "ProgressFn",
     "build_export_module",
+    "build_logmel_input_module",
     "export_onnx",
     "export_run",
     "frontend_parameters",

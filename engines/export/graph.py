@@ -1,4 +1,5 @@
-"""The torch module that ``torch.onnx.export`` traces: ``audio -> (scores, embedding)``.
+"""The torch modules that ``torch.onnx.export`` traces: ``audio -> (scores, embedding)``, and
+``(audio, logmel) -> (scores, embedding)`` for the CPU graph fed by the streaming front end.
 
 For fp16 the backbone is a ``.half()`` copy fed ``audio.half()`` and ``logmel.half()``, and its
 embedding is cast back with ``.float()``; the front end and the ArcFace head are the float32
@@ -51,4 +52,29 @@ def build_export_module(model: Any, precision: Precision, lowering: str) -> Any:
     return ExportGraph().eval()
 
 
-__all__ = ["Precision", "build_export_module"]
+def build_logmel_input_module(model: Any) -> Any:
+    """``(audio, logmel) -> (scores, embedding)`` in float32: the network without its front end.
+
+    The log-mel comes from the device's streaming numpy front end (``edge_asd.core.logmel``),
+    which keeps the frames a stream already has; the raw audio still goes in for the Tgram
+    branch, which needs the whole window. Deep-copied like ``build_export_module``.
+    """
+    import torch
+    from torch import nn
+
+    fp32 = copy.deepcopy(model).float().eval()
+
+    class LogMelInputGraph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fp32 = fp32
+
+        def forward(self, audio: torch.Tensor, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            embedding = self.fp32.backbone(audio, logmel)
+            scores = self.fp32.scores_from_cosine(self.fp32.head_cosine(embedding))
+            return scores, embedding
+
+    return LogMelInputGraph().eval()
+
+
+__all__ = ["Precision", "build_export_module", "build_logmel_input_module"]

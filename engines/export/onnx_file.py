@@ -1,5 +1,9 @@
 """One ONNX file from a ``TASTgramMFN``: trace, rewrite, check, simplify, save.
 
+``lowering`` says where the log-mel comes from: ``conv`` (DFT as a Conv1d, TensorRT),
+``stft`` (ONNX ``STFT``, onnxruntime) or ``input`` (a second graph input ``logmel``
+``[batch, 128, 313]``, filled by the device's streaming numpy front end; fp32 only).
+
 After ``torch.onnx.export`` the graph gets two rewrites that keep it portable
 (``_fold_static_eyelike``; ``_decompose_prelu`` for the CPU graph only), onnxslim's constant
 folding, and the checks a device would otherwise fail on much later: ``onnx.checker``, the I/O
@@ -17,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from edge_asd.core.constants import EMBEDDING_DIM, WINDOW_SAMPLES
+from edge_asd.core.logmel import N_MELS, n_frames
+from engines.bundle import LOGMEL_INPUT_NAME
 from engines.errors import ExportError
-from engines.export.graph import Precision, build_export_module
+from engines.export.graph import Precision, build_export_module, build_logmel_input_module
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +34,8 @@ MIN_STFT_OPSET = 17
 MAX_TRT_OPSET = 20
 """TensorRT 10.0-10.3 parse opsets 9..20."""
 INPUT_NAME = "audio"
+LOGMEL_LOWERING = "input"
+"""The ``lowering`` of the graph whose log-mel is an input (``model_cpu_logmel.onnx``)."""
 OUTPUT_NAMES = ("scores", "embedding")
 _TRACE_BATCH = 2  # > 1 so the tracer cannot specialise the batch dimension to 1
 
@@ -56,10 +64,20 @@ def export_onnx(
     path = Path(path)
     if lowering == "stft" and opset < MIN_STFT_OPSET:
         raise ExportError(f"the STFT lowering needs opset >= {MIN_STFT_OPSET}, got {opset}")
-    module = build_export_module(model, precision, lowering)
     dummy = torch.zeros(_TRACE_BATCH, window_samples, dtype=torch.float32)
     dummy[:, ::97] = 0.05  # not all zeros: keeps no branch of the trace degenerate
-    dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    inputs: tuple[Any, ...] = (dummy,)
+    input_names = [INPUT_NAME]
+    if lowering == LOGMEL_LOWERING:
+        if precision != "fp32":
+            raise ExportError(f"the graph with a log-mel input is float32 only, got {precision}")
+        module = build_logmel_input_module(model)
+        with torch.no_grad():
+            inputs = (dummy, module.fp32.logmel(dummy))  # a real log-mel: no degenerate branch
+        input_names.append(LOGMEL_INPUT_NAME)
+    else:
+        module = build_export_module(model, precision, lowering)
+    dynamic = {name: {0: "batch"} for name in (*input_names, *OUTPUT_NAMES)}
     raw = path.with_suffix(".raw.onnx")
     started = time.perf_counter()
     try:
@@ -69,9 +87,9 @@ def export_onnx(
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(
                 module,
-                (dummy,),
+                inputs,
                 str(raw),
-                input_names=[INPUT_NAME],
+                input_names=input_names,
                 output_names=list(OUTPUT_NAMES),
                 dynamic_axes=dynamic,
                 opset_version=opset,
@@ -96,6 +114,8 @@ def export_onnx(
     onnx_checks.check_signature(graph, where, window_samples, num_classes, EMBEDDING_DIM)
     if lowering == "conv":
         onnx_checks.check_tensorrt_ops(graph, where)
+    if lowering == LOGMEL_LOWERING:
+        _check_logmel_input(graph, where, n_frames(window_samples))
     if precision == "fp16":
         report = onnx_checks.check_fp16_precision(graph, where)
         logger.info(
@@ -108,6 +128,28 @@ def export_onnx(
     onnx.save(graph, str(path))
     logger.info("exported %s (%s, %s, opset %d) in %.1f s", path, precision, lowering, opset, time.perf_counter() - started)
     return path
+
+
+def _check_logmel_input(graph: Any, where: str, frames: int) -> None:
+    """The log-mel graph takes ``logmel`` f32 ``[batch, 128, frames]`` and computes no front end.
+
+    A front-end op left in it would mean the input is ignored (or the export traced the wrong
+    module): the device would pay for the log-mel twice and its cache would change nothing.
+    """
+    from onnx import TensorProto
+
+    from engines import onnx_checks
+
+    found = {vi.name: vi for vi in graph.graph.input}
+    vi = found.get(LOGMEL_INPUT_NAME)
+    if vi is None:
+        raise ExportError(f"{where} has no input named {LOGMEL_INPUT_NAME!r}")
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+    if vi.type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 3 or not isinstance(dims[0], str) or dims[1:] != [N_MELS, frames]:
+        raise ExportError(f"{where}: {LOGMEL_INPUT_NAME} has shape {dims}, expected float32 [batch, {N_MELS}, {frames}]")
+    front = onnx_checks.op_types(graph) & onnx_checks.FORBIDDEN_FRONT_END_OPS
+    if front:
+        raise ExportError(f"{where} takes the log-mel as an input but still computes a front end ({', '.join(sorted(front))})")
 
 
 def _fold_static_eyelike(graph: Any) -> Any:
@@ -201,4 +243,4 @@ def _slim(graph: Any, name: str) -> Any:
     return slimmed if slimmed is not None else graph
 
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "MAX_TRT_OPSET", "MIN_STFT_OPSET", "OUTPUT_NAMES", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "LOGMEL_LOWERING", "MAX_TRT_OPSET", "MIN_STFT_OPSET", "OUTPUT_NAMES", "export_onnx"]

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engines.bundle import MODEL_CPU_ONNX, MODEL_ONNX, ClassCalibration, Thresholds
+from engines.bundle import MODEL_CPU_LOGMEL_ONNX, MODEL_CPU_ONNX, MODEL_ONNX, ClassCalibration, Thresholds
 from engines.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -115,28 +115,15 @@ def read_thresholds(run_dir: Path, classes: list[str]) -> Thresholds | None:
 
 
 def frontend_parameters() -> dict[str, Any]:
-    """Front-end parameters as recorded in model.json (the device checks sample rate and window)."""
-    from trainer import frontend as fe
+    """Front-end parameters as recorded in model.json (the device checks sample rate and window,
+    and runs ``model_cpu_logmel.onnx`` only when its own numpy front end has these parameters)."""
+    from edge_asd.core.logmel import front_end_parameters
 
     return {
-        "kind": "log-mel",
-        "sample_rate": fe.SAMPLE_RATE,
-        "n_fft": fe.N_FFT,
-        "win_length": fe.N_FFT,
-        "hop_length": fe.HOP,
-        "n_mels": fe.N_MELS,
-        "window": "hann (periodic)",
-        "center": True,
-        "pad_mode": "constant",
-        "mel_scale": "slaney",
-        "mel_norm": "slaney",
-        "f_min": 0.0,
-        "f_max": fe.SAMPLE_RATE / 2,
-        "power": 2.0,
-        "db": "10*log10(max(mel, eps))",
-        "eps": fe.EPS,
-        "basis_scale": fe.BASIS_SCALE,
-        "lowering": {MODEL_ONNX: "conv", MODEL_CPU_ONNX: "stft"},
+        **front_end_parameters(),
+        # where each graph's log-mel comes from; "input": the device's streaming numpy front
+        # end (edge_asd.core.logmel) feeds the graph's `logmel` input
+        "lowering": {MODEL_ONNX: "conv", MODEL_CPU_ONNX: "stft", MODEL_CPU_LOGMEL_ONNX: "input"},
     }
 
 

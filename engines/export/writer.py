@@ -25,6 +25,7 @@ from edge_asd.core.errors import UserError
 from edge_asd.core.scoring import DEFAULT_KNN_K
 from engines.bundle import (
     EMBEDDINGS_DIR,
+    MODEL_CPU_LOGMEL_ONNX,
     MODEL_CPU_ONNX,
     MODEL_JSON,
     MODEL_ONNX,
@@ -42,7 +43,13 @@ from engines.bundle import (
 )
 from engines.errors import ExportError
 from engines.export.graph import Precision
-from engines.export.onnx_file import DEFAULT_OPSET, MAX_TRT_OPSET, MIN_STFT_OPSET, export_onnx
+from engines.export.onnx_file import (
+    DEFAULT_OPSET,
+    LOGMEL_LOWERING,
+    MAX_TRT_OPSET,
+    MIN_STFT_OPSET,
+    export_onnx,
+)
 from engines.export.run_info import (
     frontend_parameters,
     read_json,
@@ -167,7 +174,13 @@ def export_run(
         export_onnx(
             model, staging / MODEL_CPU_ONNX, precision="fp32", lowering="stft", opset=cpu_opset, decompose_prelu=True
         )
-        files = {rel: file_entry(staging / rel) for rel in (MODEL_ONNX, MODEL_CPU_ONNX, *embedded)}
+        say(f"exporting {MODEL_CPU_LOGMEL_ONNX} (fp32, log-mel input for the streaming front end, opset {cpu_opset})")
+        export_onnx(
+            model, staging / MODEL_CPU_LOGMEL_ONNX, precision="fp32", lowering=LOGMEL_LOWERING, opset=cpu_opset,
+            decompose_prelu=True,
+        )
+        graphs = (MODEL_ONNX, MODEL_CPU_ONNX, MODEL_CPU_LOGMEL_ONNX)
+        files = {rel: file_entry(staging / rel) for rel in (*graphs, *embedded)}
         knn_k = int((thresholds.knn_k if thresholds is not None and thresholds.knn_k else None) or DEFAULT_KNN_K)
         write_manifest(staging, _manifest(run_dir, run_config, model, which, mode, knn_k, thresholds, note,
                                           ref_dir != run_dir, precision, opset, cpu_opset, files))

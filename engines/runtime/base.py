@@ -5,6 +5,11 @@ whether TensorRT, onnxruntime or torch computes the numbers. The base validates 
 (the error names the expected shape instead of failing inside a native library) and splits
 batches larger than the backend's ``max_batch`` into chunks, so backends only implement one
 fixed-size step.
+
+A backend whose graph takes the log-mel as an input (onnxruntime with ``model_cpu_logmel.onnx``)
+sets ``accepts_logmel``; its caller may then pass ``infer(audio, logmel=...)`` from the
+streaming front end (``edge_asd.core.logmel``). Every other backend computes its own front end
+and ignores a log-mel it is given (the same numbers), so callers need no special case.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from edge_asd.core.constants import EMBEDDING_DIM, WINDOW_SAMPLES
+from edge_asd.core.logmel import N_MELS, n_frames
 from engines.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,18 @@ def validate_audio(audio: object, window_samples: int = WINDOW_SAMPLES) -> np.nd
     return np.ascontiguousarray(audio)
 
 
+def validate_logmel(logmel: object, batch: int, window_samples: int = WINDOW_SAMPLES) -> np.ndarray:
+    """Return ``logmel`` as a C-contiguous float32 (B, 128, frames) array or raise ``InputError``."""
+    frames = n_frames(window_samples)
+    expected = f"float32 array of shape ({batch}, {N_MELS}, {frames}) in dB (edge_asd.core.logmel), one row per audio row"
+    if not isinstance(logmel, np.ndarray) or logmel.dtype != np.float32 or logmel.shape != (batch, N_MELS, frames):
+        got = f"{logmel.dtype} {logmel.shape}" if isinstance(logmel, np.ndarray) else type(logmel).__name__
+        raise InputError(f"runtime log-mel input is {got}; expected a {expected}")
+    if not np.all(np.isfinite(logmel)):
+        raise InputError(f"runtime log-mel input contains NaN or infinite values; expected a {expected}")
+    return np.ascontiguousarray(logmel)
+
+
 class Runtime(ABC):
     """A loaded model that maps (B, 160000) float32 audio to an ``Inference``.
 
@@ -61,6 +79,8 @@ class Runtime(ABC):
     """
 
     type_key: str = ""
+    accepts_logmel: bool = False
+    """True when ``infer(audio, logmel=...)`` feeds the given log-mel to the graph (see module doc)."""
 
     def __init__(self, classes: list[str], max_batch: int = 16, window_samples: int = WINDOW_SAMPLES) -> None:
         if max_batch < 1:
@@ -82,14 +102,26 @@ class Runtime(ABC):
         """One line for logs and ``/stats``: backend, device and graph."""
         return self.type_key
 
-    def infer(self, audio: np.ndarray) -> Inference:
-        """Scores and embeddings for every row of ``audio``; batches above ``max_batch`` are chunked."""
+    def infer(self, audio: np.ndarray, logmel: np.ndarray | None = None) -> Inference:
+        """Scores and embeddings for every row of ``audio``; batches above ``max_batch`` are chunked.
+
+        ``logmel``: the rows' log-mel ``(B, 128, 313)``, used where ``accepts_logmel`` (else
+        ignored: the backend computes the same numbers itself).
+        """
         if self._closed:
             raise RuntimeError(f"{self.type_key} runtime is closed")
         audio = validate_audio(audio, self.window_samples)
+        if logmel is not None and self.accepts_logmel:
+            logmel = validate_logmel(logmel, audio.shape[0], self.window_samples)
+        else:
+            logmel = None
         scores, embeddings = [], []
         for lo in range(0, audio.shape[0], self.max_batch):
-            s, e = self._infer_batch(audio[lo : lo + self.max_batch])
+            chunk = audio[lo : lo + self.max_batch]
+            if logmel is None:
+                s, e = self._infer_batch(chunk)
+            else:
+                s, e = self._infer_batch_logmel(chunk, logmel[lo : lo + self.max_batch])
             scores.append(np.asarray(s, dtype=np.float32))
             embeddings.append(np.asarray(e, dtype=np.float32))
         out = Inference(
@@ -106,6 +138,10 @@ class Runtime(ABC):
     @abstractmethod
     def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run one chunk of at most ``max_batch`` validated rows."""
+
+    def _infer_batch_logmel(self, audio: np.ndarray, logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run one chunk with its log-mel; only called where ``accepts_logmel``."""
+        raise NotImplementedError(f"{self.type_key} takes no log-mel input")
 
     def close(self) -> None:
         self._closed = True
@@ -157,4 +193,4 @@ class PredictorRuntime(Runtime):
         super().close()
 
 
-__all__ = ["Inference", "Predictor", "PredictorRuntime", "Runtime", "validate_audio"]
+__all__ = ["Inference", "Predictor", "PredictorRuntime", "Runtime", "validate_audio", "validate_logmel"]

@@ -1,11 +1,16 @@
 """ONNX Runtime backend: the CPU path (workstation, CI, a Jetson without TensorRT).
 
-Graph choice: on the CPU provider we run ``model_cpu.onnx`` (fp32, ONNX ``STFT`` front end),
-because onnxruntime's STFT kernel is an FFT and much cheaper than the 2050-channel DFT
-convolution of ``model.onnx``. When the CUDA provider is present we run ``model.onnx``
-instead: it is the graph TensorRT builds from (so a CUDA-EP run checks it), every op in it
-has a CUDA kernel, and its fp16 backbone uses the tensor cores; whether the CUDA EP covers
-``STFT`` depends on the onnxruntime build, the conv graph does not. ``onnx_file`` forces either.
+Graph choice: on the CPU provider we run ``model_cpu_logmel.onnx`` where the bundle has it
+(exported since issue 13): the fp32 network without its front end, fed the log-mel by the
+caller's streaming numpy front end (``edge_asd.core.logmel``: each stream computes only the
+frames it does not have yet), or by the stateless numpy front end when the caller gives audio
+only. Older bundles, and bundles whose recorded front end differs from ours, run
+``model_cpu.onnx`` (fp32, ONNX ``STFT`` front end: onnxruntime's STFT kernel is an FFT and
+much cheaper than the 2050-channel DFT convolution of ``model.onnx``). When the CUDA provider
+is present we run ``model.onnx`` instead: it is the graph TensorRT builds from (so a CUDA-EP
+run checks it), every op in it has a CUDA kernel, and its fp16 backbone uses the tensor
+cores; whether the CUDA EP covers ``STFT`` depends on the onnxruntime build, the conv graph
+does not. ``onnx_file`` forces one of the self-contained graphs.
 
 Settings: ``runtime: {type: onnxruntime, threads, max_batch, onnx_file}``
 (``edge_asd.config.OnnxRuntimeConfig``). onnxruntime itself is imported only when a session
@@ -22,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from edge_asd.config import OnnxRuntimeConfig
-from engines.bundle import MODEL_CPU_ONNX, MODEL_ONNX, Bundle
+from edge_asd.core.logmel import LogMelFrontEnd, parameters_match
+from engines.bundle import LOGMEL_INPUT_NAME, MODEL_CPU_LOGMEL_ONNX, MODEL_CPU_ONNX, MODEL_ONNX, Bundle
 from engines.errors import BackendUnavailableError, BundleError
 from engines.runtime.base import Runtime
 from engines.runtime.registry import RuntimeEntry, register
@@ -64,7 +70,7 @@ class OnnxRuntimeBackend(Runtime):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         onnx_file = config.onnx_file
         if onnx_file is None:
-            onnx_file = MODEL_ONNX if providers[0] == "CUDAExecutionProvider" else MODEL_CPU_ONNX
+            onnx_file = MODEL_ONNX if providers[0] == "CUDAExecutionProvider" else _cpu_graph(bundle)
         self.onnx_path: Path = bundle.path / onnx_file
         options = ort.SessionOptions()
         # Whole cores for one inference at a time: the daemon batches every stream into one call.
@@ -80,18 +86,42 @@ class OnnxRuntimeBackend(Runtime):
         self.providers = self.session.get_providers()
         self.threads = options.intra_op_num_threads
         self._outputs = ["scores", "embedding"]
+        inputs = {i.name for i in self.session.get_inputs()}
+        self.accepts_logmel = LOGMEL_INPUT_NAME in inputs
+        self._front_end = LogMelFrontEnd(self.window_samples) if self.accepts_logmel else None
         logger.info("onnxruntime %s: %s on %s (%d threads)", ort.__version__, onnx_file, self.providers[0], self.threads)
 
     def describe(self) -> str:
-        return f"onnxruntime {self.onnx_path.name} on {self.providers[0]} ({self.threads} threads)"
+        front = " + numpy log-mel" if self.accepts_logmel else ""
+        return f"onnxruntime {self.onnx_path.name}{front} on {self.providers[0]} ({self.threads} threads)"
 
     def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._front_end is not None:  # audio only: the stateless numpy front end fills the input
+            return self._infer_batch_logmel(audio, self._front_end.window(audio))
         scores, embedding = self.session.run(self._outputs, {"audio": audio})
+        return scores, embedding
+
+    def _infer_batch_logmel(self, audio: np.ndarray, logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, embedding = self.session.run(self._outputs, {"audio": audio, LOGMEL_INPUT_NAME: logmel})
         return scores, embedding
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
         super().close()
+
+
+def _cpu_graph(bundle: Bundle) -> str:
+    """``model_cpu_logmel.onnx`` when the bundle has it and its front end is ours, else ``model_cpu.onnx``."""
+    if bundle.logmel_onnx_path is None:
+        return MODEL_CPU_ONNX
+    differ = parameters_match(bundle.manifest.frontend)
+    if differ:
+        logger.warning(
+            "%s: its front end differs from this edge-asd's numpy log-mel (%s): running %s instead",
+            bundle.path / MODEL_CPU_LOGMEL_ONNX, ", ".join(differ), MODEL_CPU_ONNX,
+        )
+        return MODEL_CPU_ONNX
+    return MODEL_CPU_LOGMEL_ONNX
 
 
 ENTRY = register(RuntimeEntry(BACKEND_KEY, OnnxRuntimeConfig, OnnxRuntimeBackend, available))
