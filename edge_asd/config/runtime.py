@@ -82,7 +82,8 @@ class OnnxRuntimeConfig(ConfigModel):
     onnx_file: Literal["model.onnx", "model_cpu.onnx"] | None = Field(
         None,
         title="ONNX file",
-        description="Graph to run; model_cpu.onnx on the CPU, model.onnx with the CUDA provider if unset.",
+        description="Forces one self-contained graph (front end inside). Unset: on the CPU the streaming-front-end "
+        "graph model_cpu_logmel.onnx where the bundle has it, else model_cpu.onnx; model.onnx with the CUDA provider.",
     )
 
 
