@@ -157,12 +157,39 @@ def describe_inputs(devices: list[InputDevice]) -> str:
     return "available inputs:\n" + "\n".join(rows)
 
 
-def resolve_device(spec: str | int, devices: list[InputDevice] | None = None) -> InputDevice:
-    """Find the input named by ``spec``: an index, a stable id, or a name substring.
+def default_input_index(sd: Any | None = None) -> int | None:
+    """PortAudio's default input device (``sounddevice.default`` or the host's), or None."""
+    try:
+        sd = sd or import_sounddevice()
+        info = sd.query_devices(kind="input")
+        return int(info["index"])
+    except Exception as err:  # no default input (-1), or a PortAudio that cannot say
+        logger.debug("no default input device: %s", err)
+        return None
+
+
+def is_default_spec(spec: str | int | None) -> bool:
+    """``device:`` unset (or empty) in a config means the default input, not a device named 'None'."""
+    return spec is None or not str(spec).strip()
+
+
+def resolve_device(
+    spec: str | int | None, devices: list[InputDevice] | None = None, default_index: int | None = None
+) -> InputDevice:
+    """Find the input named by ``spec``: an index, a stable id, or a name substring; None or
+    empty is the default input (``default_index``, else the first input there is).
 
     Raises ``AudioDeviceError`` listing the available inputs when nothing or several match.
     """
     devices = list_inputs() if devices is None else devices
+    if is_default_spec(spec):
+        for d in devices:
+            if d.index == default_index:
+                return d
+        if devices:
+            logger.info("no default input device known to PortAudio: using the first input, %s", devices[0].name)
+            return devices[0]
+        raise AudioDeviceError(f"no default input device. {describe_inputs(devices)}")
     text = str(spec).strip()
     if text.isdigit():
         for d in devices:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge_asd.config.base import (
@@ -25,12 +25,29 @@ from edge_asd.config.base import (
     default_state_dir,
 )
 from edge_asd.config.runtime import RUNTIME_TYPES, AutoRuntimeConfig, RuntimeConfig, RuntimeType
+from edge_asd.core.constants import MAX_AUDIO_RATE, MIN_AUDIO_RATE
 from edge_asd.core.site.enrolment import DEFAULT_FALSE_ALARMS_PER_DAY
 
 logger = logging.getLogger(__name__)
 
 
 # --- MQTT -----------------------------------------------------------------------------------
+
+
+def check_topic_prefix(value: str) -> str:
+    """``value`` as the first level(s) of MQTT topic names, or ValueError saying what is wrong."""
+    if not value:
+        raise ValueError("must not be empty (Home Assistant's default is homeassistant)")
+    bad = sorted({c for c in value if c in "+#\x00"})
+    if bad:
+        raise ValueError(
+            f"{value!r} contains {' and '.join(repr(c) for c in bad)}: wildcards cannot be published to; "
+            "use the plain prefix, e.g. homeassistant"
+        )
+    if any(level == "" for level in value.split("/")):
+        raise ValueError(f"{value!r} has an empty topic level (a leading, trailing or double '/'): e.g. homeassistant")
+    return value
+
 
 
 class TlsConfig(ConfigModel):
@@ -64,8 +81,18 @@ class DiscoveryConfig(ConfigModel):
 
     enabled: bool = Field(True, title="HA discovery", description="Publish Home Assistant MQTT discovery configs.")
     prefix: str = Field(
-        "homeassistant", title="Discovery prefix", description="Home Assistant's discovery prefix."
+        "homeassistant",
+        title="Discovery prefix",
+        description="Home Assistant's discovery prefix: topic levels without wildcards (+, #) or empty levels.",
     )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_topic(cls, value: str) -> str:
+        """A prefix the node publishes under must be a valid topic name: ``ha/#`` makes every
+        discovery publish fail, and with it the connect sequence, so the node would never
+        say ``online``; refuse it at start instead."""
+        return check_topic_prefix(value)
 
 
 class MqttConfig(ConfigModel):
@@ -84,7 +111,10 @@ class MqttConfig(ConfigModel):
         "edge-asd", title="Topic prefix", description="First topic level; unique per installation."
     )
     client_id: str | None = Field(
-        None, title="Client id", description="MQTT client id; edge-asd-<node_id> if unset (must be unique)."
+        None,
+        title="Client id",
+        description="MQTT client id (must be unique on the broker); if unset, edge-asd-<node_id>-<suffix> with a "
+        "random suffix kept in the state directory, so restarts keep it and cloned images differ.",
     )
     username: str | None = Field(None, title="User name", description="MQTT user name.")
     password: SecretStr | None = Field(
@@ -147,6 +177,15 @@ class MqttConfig(ConfigModel):
             data["username"] = unquote(parts.username)
         if parts.password:
             data["password"] = unquote(parts.password)
+            # A warning, not a refusal: an upgrade must not turn a working node into a restart
+            # loop. The password is never part of the message.
+            logger.warning(
+                "SECURITY: the MQTT broker URL carries a password: on the command line (--broker) it shows in `ps` "
+                "and the shell history, in config.yaml it ends up in backups and bug reports. Keep only the user in "
+                "the URL (%s://%s@%s) and put the password in a file: the systemd credential /etc/edge-asd/mqtt_password "
+                "(root 0600, `install-jetson.sh --mqtt-password-file`), or `mqtt.password_file` (chmod 600)",
+                parts.scheme, unquote(parts.username or "USER"), parts.hostname,
+            )  # fmt: skip
         if parts.scheme == "mqtts":
             tls = dict(data.get("tls") or {})
             tls["enabled"] = True
@@ -179,7 +218,11 @@ class DeviceSourceConfig(_SourceBase):
         description="Device index, a substring of its name, or a stable id; the default input if unset.",
     )
     samplerate: int | None = Field(
-        None, gt=0, title="Sample rate", description="Capture rate in Hz; the device's native rate if unset."
+        None,
+        ge=MIN_AUDIO_RATE,
+        le=MAX_AUDIO_RATE,
+        title="Sample rate",
+        description="Capture rate in Hz; the device's native rate if unset (48000 while the device is missing).",
     )
     channels: int | None = Field(
         None, ge=1, le=64, title="Channels", description="Channels to open; enough for the streams if unset."
@@ -289,7 +332,12 @@ class StreamConfig(ConfigModel):
         description="Override of the active score's threshold: the enrolment's for an enrolled stream, "
         "else the bundle's calibrated one (finite and positive).",
     )
-    enabled: bool = Field(True, title="Enabled", description="Initial state of <stream>/enabled.")
+    enabled: bool = Field(
+        True,
+        title="Enabled",
+        description="Initial state of <stream>/enabled; an operator's enabled/set command, kept in the state "
+        "directory, wins over it.",
+    )
     decision: DecisionConfig = Field(
         default_factory=DecisionConfig, title="Decision", description="Alert state machine parameters."
     )
@@ -355,6 +403,18 @@ class LoggingConfig(ConfigModel):
     )
 
 
+class MetricsConfig(ConfigModel):
+    """The Prometheus endpoint of the daemon (edge_asd.daemon.metrics): off unless enabled, and
+    on loopback by default because it has no authentication (scrape it through a local agent
+    or an SSH tunnel, or bind it to a plant-network address on purpose)."""
+
+    enabled: bool = Field(False, title="Metrics", description="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+    host: str = Field(
+        "127.0.0.1", title="Host", description="Bind address; anything but loopback serves the metrics to the network."
+    )
+    port: int = Field(9464, ge=0, le=65535, title="Port", description="TCP port (0: any free port, logged at start).")
+
+
 class AppConfig(ConfigModel):
     """A whole config file: the bundle, the runtime, the broker, the audio inputs and the streams."""
 
@@ -391,6 +451,9 @@ class AppConfig(ConfigModel):
     site: SiteConfig = Field(default_factory=SiteConfig, title="Site learning", description="Site learning.")
     console: ConsoleConfig = Field(
         default_factory=ConsoleConfig, title="Console", description="The operator's web console."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, title="Metrics", description="Prometheus endpoint (opt-in)."
     )
 
     @model_validator(mode="before")
@@ -465,6 +528,7 @@ __all__ = [
     "FileSourceConfig",
     "LevelsConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "SiteConfig",
     "ConsoleConfig",
     "MqttConfig",

@@ -58,7 +58,7 @@ def calibrate_streams(
             "threshold `edge-asd enrol` sets; calibrate only the streams that use the bundle's score"
         )
     cfg = cfg.model_copy(update={"site": cfg.site.model_copy(update={"enabled": False})})
-    daemon = build_daemon(cfg, comms=NullCommunicator(), require_thresholds=False)
+    daemon = build_daemon(cfg, comms=NullCommunicator(), require_thresholds=False, service=False)
     pipeline = daemon.pipeline
     for stream in pipeline.streams:  # scores only: no events while the thresholds are being set
         stream.threshold_override = float("inf")

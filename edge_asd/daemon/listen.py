@@ -1,18 +1,29 @@
 """``edge-asd listen``: build the pipeline from a validated config and run it until stopped.
 
-Start-up order matters for systemd: the config is validated (by the caller), the bundle and
-the runtime of the config's ``runtime:`` section are loaded (an engine build extends the start
-timeout), the communicator starts (an unreachable broker is not fatal: it retries and queues),
-the audio inputs open, and READY is sent only once the first windows have been scored.
+Start-up order matters for systemd: the config is validated (by the caller), the state
+directory is locked (a second ``listen`` on it exits 2 naming the first one's pid), the bundle
+and the runtime of the config's ``runtime:`` section are loaded (an engine build extends the
+start timeout while it reports progress, up to a cap), the communicator starts (an
+unreachable broker is not fatal: it retries and queues), the audio inputs open (a missing
+device is not fatal either: its streams are ``fault`` and it is retried with backoff), and
+READY is sent once the monitoring loop runs, whatever the streams' state.
 SIGTERM and SIGINT let the current windows finish, end open events, flush the outbox for a
 few seconds, publish the final state and return 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
 import logging
+import os
+import secrets
 import signal
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +33,144 @@ from edge_asd.audio.sources import AudioSource, FileSource, SoundDeviceSource, S
 from edge_asd.comms.base import Communicator, StreamInfo
 from edge_asd.comms.factory import create_communicator
 from edge_asd.config import AppConfig, ConfigError, MqttConfig, SourceConfig
+from edge_asd.core.atomic import atomic_write_text
 from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SECONDS
+from edge_asd.core.errors import UserError
+from edge_asd.daemon.metrics import MetricsServer, create_metrics
 from edge_asd.daemon.pipeline import Pipeline
 from edge_asd.daemon.site import StreamSite
-from edge_asd.daemon.streams import Stream
+from edge_asd.daemon.streams import EnabledStates, Stream
 from edge_asd.decisions import DecisionEngine
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelMonitor
 from edge_asd.sdnotify import SystemdIntegration
 from edge_asd.site.storage import bundle_sha
 from engines.bundle import Bundle, load_bundle
-from engines.runtime import Runtime, open_runtime, resolve_config
+from engines.runtime import Runtime, get_entry, open_runtime, resolve_config
 from engines.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
 STOP_FLUSH_S = 5.0
+
+LOCK_FILE = "listen.lock"
+"""Under the state directory: held (``flock``) by the running ``listen``; holds its pid."""
+
+CLIENT_ID_FILE = "mqtt_client_id.json"
+"""Under the state directory: the random part of the default MQTT client id, and the machine
+it was made on."""
+
+
+class StateDirError(UserError):
+    """The state directory is in use by another ``listen``."""
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``<state_dir>/listen.lock`` for the daemon's lifetime.
+
+    Why: two daemons on one state directory (a manual ``sudo edge-asd listen`` beside the
+    service) would share one outbox and one evidence folder and publish as the same node, each
+    undoing the other's retained states. The kernel drops the lock when the process dies (even
+    by SIGKILL), so a crash never leaves a stale lock behind. A state directory that cannot be
+    written at all is left to the parts that need it (nothing to protect there).
+    """
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.path = Path(state_dir) / LOCK_FILE
+        self._fd: int | None = None
+        self.error: str | None = None
+        """Why the lock could not be taken (an unwritable state directory); None when held."""
+
+    def acquire(self) -> StateDirLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            self.error = f"cannot lock the state directory {self.path.parent} ({err}): a second listen on it is not refused"
+            logger.warning("%s", self.error)
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            other = _read_pid(fd)
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StateDirError(f"cannot lock {self.path}: {err}") from err
+            raise StateDirError(
+                f"another edge-asd listen (pid {other or 'unknown'}) is using the state directory {self.path.parent}: "
+                "stop it first (`systemctl stop edge-asd` for the service) or give this one its own --state-dir"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let go (closing the file drops the lock; the file stays, unlinking would race)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+def _machine_fingerprint() -> str:
+    """What tells two machines apart even when one is a clone of the other's disk image: the
+    systemd machine id (regenerated on first boot of a prepared image) and the network MAC."""
+    parts = []
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            parts.append(Path(path).read_text(encoding="ascii", errors="replace").strip())
+            break
+    node = uuid.getnode()
+    if not (node >> 40) & 1:  # a real MAC (uuid sets the multicast bit on a random stand-in)
+        parts.append(f"{node:012x}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def installation_client_id(state_dir: str | Path, node_id: str) -> str:
+    """The default MQTT client id: ``edge-asd-<node_id>-<suffix>``.
+
+    The suffix is random, kept in ``<state_dir>/mqtt_client_id.json`` so restarts keep their
+    id (the broker resumes the session), and made again when the file was written on another
+    machine: cloned images, which share host name and state directory, would otherwise take
+    each other off the broker (a broker drops the older of two connections with one id).
+    """
+    path = Path(state_dir) / CLIENT_ID_FILE
+    machine = _machine_fingerprint()
+    data: object = None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring %s (%s): making a new MQTT client id", path, err)
+    suffix = None
+    if isinstance(data, dict):
+        kept = data.get("suffix")
+        if data.get("machine") == machine and isinstance(kept, str) and kept.isalnum() and 4 <= len(kept) <= 16:
+            suffix = kept
+        else:
+            logger.warning("%s was made on another machine (a cloned image?): this one gets its own MQTT client id", path)
+    if suffix is None:
+        suffix = secrets.token_hex(4)
+        try:
+            atomic_write_text(path, json.dumps({"suffix": suffix, "machine": machine}) + "\n")
+        except OSError as err:
+            logger.warning("cannot keep the MQTT client id in %s (%s): it changes at every start", path, err)
+    return f"edge-asd-{node_id}-{suffix}"
 
 
 @dataclass
@@ -49,8 +182,12 @@ class Daemon:
     runtime: Runtime
     comms: Communicator
     systemd: SystemdIntegration
+    lock: StateDirLock | None = None
+    metrics: MetricsServer | None = None  # the Prometheus endpoint (metrics.enabled)
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         for capture in self.captures:
             try:
                 capture.stop()
@@ -59,14 +196,22 @@ class Daemon:
         try:
             self.pipeline.publish_stats()
         finally:
-            self.comms.stop(STOP_FLUSH_S)
-            self.runtime.close()
+            try:
+                self.comms.stop(STOP_FLUSH_S)
+                self.runtime.close()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
 
 
-def make_source(cfg: SourceConfig, channels_needed: int) -> AudioSource:
-    """The audio source a config entry describes (devices open in ``Capture.start``)."""
+def make_source(cfg: SourceConfig, channels_needed: int, *, wait_for_device: bool = False) -> AudioSource:
+    """The audio source a config entry describes (devices open in ``Capture.start``).
+
+    ``wait_for_device``: a device that is missing is not an error (the daemon): the source is
+    sized for ``channels_needed`` and retried until it is there."""
     if cfg.type == "device":
-        return SoundDeviceSource(cfg.device, channels=cfg.channels, sample_rate=cfg.samplerate)
+        return SoundDeviceSource(cfg.device, channels=cfg.channels, sample_rate=cfg.samplerate,
+                                 wait_for_device=wait_for_device, min_channels=channels_needed)  # fmt: skip
     if cfg.type == "file":
         return FileSource(cfg.path, realtime=cfg.realtime, loop=cfg.loop)
     source = SyntheticSource(cfg.machine_type, cfg.machine_id, seed=cfg.seed, channels=max(cfg.channels, channels_needed))
@@ -86,16 +231,22 @@ def resolve_classes(bundle: Bundle, names: list[str], where: str) -> list[int]:
     return indices
 
 
-def open_configured_runtime(cfg: AppConfig, bundle: Bundle, streams: int) -> Runtime:
+def open_configured_runtime(
+    cfg: AppConfig, bundle: Bundle, streams: int, progress: Callable[..., None] | None = None
+) -> Runtime:
     """The runtime of the config's ``runtime:`` section (``auto`` resolved on this device).
 
     All due windows go through the engine together, in chunks of at most ``max_batch``; the
     daemon never has more windows per tick than streams, so it asks for no larger batch (a
-    smaller TensorRT profile, smaller buffers).
+    smaller TensorRT profile, smaller buffers). ``progress(message)`` goes to a backend that
+    reports build progress (TensorRT): each report extends systemd's start timeout.
     """
     chosen = resolve_config(cfg.runtime)
     max_batch = max(1, min(chosen.max_batch, streams))
-    return open_runtime(bundle, chosen.model_copy(update={"max_batch": max_batch}))
+    extras = {}
+    if progress is not None and "progress" in getattr(get_entry(chosen.type), "extras", ()):
+        extras["progress"] = progress
+    return open_runtime(bundle, chosen.model_copy(update={"max_batch": max_batch}), **extras)
 
 
 def build_daemon(
@@ -105,10 +256,36 @@ def build_daemon(
     systemd: SystemdIntegration | None = None,
     runtime: Runtime | None = None,
     require_thresholds: bool = True,
+    service: bool = True,
 ) -> Daemon:
-    """Open the bundle, engine, communicator and inputs a config describes (not started)."""
+    """Open the bundle, engine, communicator and inputs a config describes (not started).
+
+    ``service``: the long-running daemon (``listen``): the state directory is locked, a
+    missing audio device is a stream fault that is retried instead of an error, and the
+    operators' ``enabled/set`` switches kept in the state directory win over the config.
+    False for a one-off run that someone watches (``calibrate``).
+    """
     if cfg.bundle is None:
         raise ConfigError("no model bundle: pass --bundle DIR or set `bundle:` in the config (make one with `edge-asd export`)")
+    lock = StateDirLock(cfg.state_dir).acquire() if service else None
+    try:
+        return _build(cfg, comms, systemd, runtime, require_thresholds, service, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(
+    cfg: AppConfig,
+    comms: Communicator | None,
+    systemd: SystemdIntegration | None,
+    runtime: Runtime | None,
+    require_thresholds: bool,
+    service: bool,
+    lock: StateDirLock | None,
+) -> Daemon:
+    assert cfg.bundle is not None
     systemd = systemd or SystemdIntegration.from_env()
     bundle = load_bundle(cfg.bundle)
     scorer = Scorer(bundle)
@@ -122,7 +299,7 @@ def build_daemon(
             channels_by_source[stream.source].append(stream.channel)
     captures: dict[str, Capture] = {}
     for name, channels in channels_by_source.items():
-        source = make_source(sources[name], max(channels) + 1)
+        source = make_source(sources[name], max(channels) + 1, wait_for_device=service)
         if max(channels) >= source.channels:
             raise ConfigError(
                 f"source {name!r} ({source.name}) has {source.channels} channel(s) but a stream asks for channel "
@@ -132,6 +309,8 @@ def build_daemon(
 
     streams = []
     hop_samples = int(round(cfg.hop_s * SAMPLE_RATE))
+    enabled_store = EnabledStates(cfg.state_dir) if service else None
+    kept = enabled_store.load([sc.name for sc in cfg.streams]) if enabled_store is not None else {}
     for i, sc in enumerate(cfg.streams):
         where = f"streams[{i}] ({sc.name})"
         indices = resolve_classes(bundle, sc.classes, where)
@@ -174,15 +353,21 @@ def build_daemon(
                 ),
                 levels=LevelMonitor(sc.levels),
                 hop_samples=hop_samples,
-                enabled=sc.enabled,
+                enabled=_initial_enabled(sc.name, sc.enabled, kept),
                 site=site,
             )
         )
 
     if runtime is None:
-        with systemd.extending_timeout(status="loading the inference engine"):
-            runtime = open_configured_runtime(cfg, bundle, len(streams))
-    comms = comms or create_communicator(cfg, model=f"{model['name']}@{model['sha']}")
+        with systemd.extending_timeout(status="loading the inference engine") as progress:
+            runtime = open_configured_runtime(cfg, bundle, len(streams), progress=progress)
+    if comms is None:
+        if cfg.mqtt is not None and cfg.mqtt.client_id is None:
+            client_id = installation_client_id(cfg.state_dir, cfg.node_id)
+            cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"client_id": client_id})})
+        comms = create_communicator(cfg, model=f"{model['name']}@{model['sha']}")
+    if lock is not None and lock.error is not None:
+        _node_fault(comms, "lock", lock.error)
     evidence = None
     if cfg.evidence.enabled:
         evidence = EvidenceStore(
@@ -195,6 +380,7 @@ def build_daemon(
         stats_interval_s=(cfg.mqtt or MqttConfig()).stats_interval_s,
         systemd=systemd,
         realtime=realtime,
+        enabled_store=enabled_store,
     )
     comms.announce([
         StreamInfo(
@@ -206,7 +392,30 @@ def build_daemon(
         )
         for s in streams
     ])
-    return Daemon(pipeline, list(captures.values()), runtime, comms, systemd)
+    metrics = create_metrics(getattr(cfg, "metrics", None), pipeline.stats)  # read at scrape time
+    return Daemon(pipeline, list(captures.values()), runtime, comms, systemd, lock, metrics=metrics)
+
+
+def _node_fault(comms: Communicator, key: str, message: str | None) -> None:
+    """Raise (or clear) a node-level fault where the communicator reports them."""
+    publish = getattr(comms, "publish_node_fault", None)
+    if publish is None:
+        return
+    try:
+        publish(key, message)
+    except Exception:  # reporting a fault must never be one
+        logger.exception("publishing the node fault %s failed", key)
+
+
+def _initial_enabled(name: str, configured: bool, kept: dict[str, bool]) -> bool:
+    """The operator's last switch of a stream (kept in the state directory), else the config's."""
+    if name not in kept:
+        return configured
+    if kept[name] != configured:
+        logger.warning("stream %s starts %s as an operator switched it (the config says %s; switch it with "
+                       "<stream>/enabled/set)", name, "enabled" if kept[name] else "disabled",
+                       "enabled" if configured else "disabled")  # fmt: skip
+    return kept[name]
 
 
 def _initial_threshold(stream: Stream, scorer: Scorer) -> float | None:
@@ -235,6 +444,8 @@ def run_daemon(daemon: Daemon, *, install_signals: bool = True, on_started: Call
         daemon.comms.start()
         for capture in daemon.captures:
             capture.start()
+        if daemon.metrics is not None:
+            daemon.metrics.start()  # a port it cannot bind is logged, not fatal
         if on_started is not None:
             on_started(daemon)
         pipeline.run()

@@ -6,6 +6,13 @@ microphone is a stream fault, never a machine anomaly), puts the scorable window
 the engine in one batch, turns the outputs into one score per stream (``engines.scorer``),
 feeds the per-stream decision state machines and publishes what changed. Nothing here blocks
 on the network: the communicator queues (and, for events, spools to disk).
+
+A stream is never unmonitored while it says ``online``: a missing, failed or stalled input
+is ``fault`` (``offline`` for a file that ended) with the reason in ``status/message``, a
+window spanning an audio gap is counted and makes the stream ``fault`` until windows are
+whole again, and an open event ends (with ``end_reason``) as soon as its stream stops being
+scored. The loop itself is what the systemd watchdog watches: every pass pings, whatever the
+streams' state, so unplugged or silent microphones never get the service killed.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from edge_asd.comms.base import Communicator
 from edge_asd.core.constants import DISABLED, FAULT, OFFLINE, ONLINE, SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.core.errors import UserError
 from edge_asd.daemon.site import EVENT_ID, FeedbackResult, WindowRow
-from edge_asd.daemon.streams import Stream
+from edge_asd.daemon.streams import EnabledStates, Stream
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelReport
 from edge_asd.sdnotify import SystemdIntegration, format_status
@@ -38,6 +45,26 @@ FAULT_TEXT = {
     "dead": "microphone dead (digital zero, constant or NaN samples)",
     "clipping": "microphone clipping (reduce the input gain)",
 }
+
+
+GAP_TEXT = "audio gap (input overflow or restart): windows over it are not scored"
+
+STALL_S = 10.0
+"""A real-time input that delivered nothing for this long (and at least three hops) is a
+stream fault: a source that hangs without an error must not leave a stream ``online``."""
+
+STATUS_LINE_EVERY_S = 5.0
+"""How often the ``systemctl status`` line is refreshed (also while nothing is scored)."""
+
+DELIVERY_ZERO = {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}
+"""``stats()["delivery"]`` of a communicator that keeps no delivery figures."""
+
+# ``end_reason`` of an event the daemon ends because its stream stopped being scored.
+END_DISABLED = "stream disabled"
+END_OFFLINE = "stream offline"
+END_FAULT = "stream fault"
+END_STOPPING = "daemon stopping"
+END_OF_INPUT = "end of input"
 
 
 def fault_message(report: LevelReport) -> str:
@@ -70,6 +97,8 @@ class Pipeline:
         systemd: SystemdIntegration | None = None,
         realtime: bool = True,
         clock: Callable[[], float] = time.time,
+        enabled_store: EnabledStates | None = None,
+        stall_s: float | None = None,
     ) -> None:
         self.streams = streams
         self.by_name = {s.name: s for s in streams}
@@ -86,6 +115,12 @@ class Pipeline:
         self.started_wall = clock()
         self.started_mono = time.monotonic()
         self.ready_sent = False
+        self.first_scored = False
+        self.enabled_store = enabled_store
+        self.stall_s = float(stall_s) if stall_s is not None else max(STALL_S, 3.0 * self.hop_s)
+        self._last_tick_mono: float | None = None
+        self._loop_started_mono: float | None = None
+        self._last_status_line = 0.0
         self.batches = 0
         self._infer_ms: deque[float] = deque(maxlen=256)
         self._tick_ms: deque[float] = deque(maxlen=256)
@@ -97,15 +132,24 @@ class Pipeline:
         self.comms.on_stream_command = self._on_stream_command
         self._commands: queue.SimpleQueue[tuple[str, str, dict]] = queue.SimpleQueue()
         self._site_published: dict[str, dict] = {}
+        # Hold a fast file source from the start, not from the first tick: a file read ahead
+        # of the first tick would overrun the ring and lose its first windows.
+        self._apply_backpressure()
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
         self.stop_event.set()
 
     def _on_enabled(self, stream: str, on: bool) -> None:
-        """MQTT ``<stream>/enabled/set`` (called from the network thread: only flip a flag)."""
-        if stream in self.by_name:
-            self.by_name[stream].enabled = bool(on)
+        """MQTT ``<stream>/enabled/set`` (called from the network thread: only flip a flag, and
+        keep the operator's choice for the next start); unknown streams are ignored."""
+        target = self.by_name.get(stream)
+        if target is None:
+            logger.warning("ignored enabled/set for unknown stream %r", stream)
+            return
+        target.enabled = bool(on)
+        if self.enabled_store is not None:
+            self.enabled_store.save(stream, bool(on), list(self.by_name))
 
     def _on_stream_command(self, stream: str, name: str, payload: dict) -> None:
         """MQTT ``<stream>/feedback/set`` or ``enrol/set`` (network thread): queued for the loop."""
@@ -192,41 +236,54 @@ class Pipeline:
     def run(self) -> None:
         """Tick until ``stop()`` or until finite sources are exhausted; then end open events."""
         poll = min(0.1, self.hop_s / 4) if self.realtime else 0.005
+        reason = END_STOPPING
         try:
             while not self.stop_event.is_set():
                 scored = self.tick()
                 if self.finished:
                     logger.info("all sources finished")
+                    reason = END_OF_INPUT
                     break
                 if scored == 0:
                     self.stop_event.wait(poll)
         finally:
-            self.close_events()
+            self.close_events(reason)
 
     def tick(self) -> int:
-        """One pass over the streams; returns the number of windows scored."""
+        """One pass over the streams; returns the number of windows scored.
+
+        Every pass is proof of life for the systemd watchdog and the first one sends READY:
+        the loop turning is what matters, not whether any stream had a window to score."""
         t0 = time.monotonic()
+        if self._loop_started_mono is None:
+            self._loop_started_mono = t0
+        dt = 0.0 if self._last_tick_mono is None else t0 - self._last_tick_mono
+        self._last_tick_mono = t0
         self.run_commands()
-        self._update_capture_status()
+        self._update_capture_status(t0, dt)
         batch: list[tuple[Stream, np.ndarray, int]] = []
         for stream in self.streams:
             if not stream.enabled:
                 self._set_status(stream, DISABLED, "disabled by command")
+                self._end_event(stream, END_DISABLED)
+                stream.idle()
                 continue
             due = stream.due_window()
             if due is None:
                 continue
             audio, end_index, has_gap = due
             stream.last_window_end_s = end_index / SAMPLE_RATE
-            if has_gap:
+            if has_gap:  # not heard whole: unmonitored for now, and said so
                 stream.counters.gapped += 1
+                self._set_status(stream, FAULT, GAP_TEXT)
+                self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
                 continue
             report = stream.levels.check(stream.name, audio)
             stream.level = report.to_dict()
             if not report.scorable:
                 stream.counters.faults += 1
                 self._set_status(stream, FAULT, fault_message(report))
-                self._decide(stream, end_index, None, audio, fault=True)
+                self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
                 continue
             if stream.capture.status == ONLINE:
                 self._set_status(stream, ONLINE, "")
@@ -234,9 +291,7 @@ class Pipeline:
         self._apply_backpressure()
         if batch:
             self._score(batch)
-        # Watchdog pings only while windows flow (or every stream was switched off on purpose).
-        if (batch or not any(s.enabled for s in self.streams)) and self.systemd is not None:
-            self.systemd.progress()
+        self._notify_systemd()
         elapsed = time.monotonic() - t0
         self._tick_ms.append(elapsed * 1000.0)
         if batch:
@@ -245,10 +300,28 @@ class Pipeline:
             self.publish_stats()
         return len(batch)
 
+    def _notify_systemd(self) -> None:
+        """READY after the first pass, a watchdog ping after every pass, the status line now and then."""
+        now = time.monotonic()
+        if not self.ready_sent:
+            self.ready_sent = True
+            self._last_status_line = now
+            if self.systemd is not None:
+                self.systemd.ready(self.status_line())
+            logger.info("monitoring loop running: ready (%d stream(s))", len(self.streams))
+        elif self.systemd is not None and now - self._last_status_line >= STATUS_LINE_EVERY_S:
+            self._last_status_line = now
+            self.systemd.status(self.status_line())
+        if self.systemd is not None:
+            self.systemd.progress()
+
     def _score(self, batch: list[tuple[Stream, np.ndarray, int]]) -> None:
         audio = np.stack([a for _, a, _ in batch]).astype(np.float32, copy=False)
         t0 = time.monotonic()
-        out = self.runtime.infer(audio)
+        logmel = None  # a graph with a log-mel input: each stream computes only the frames it lacks
+        if getattr(self.runtime, "accepts_logmel", False):
+            logmel = np.stack([s.logmel.window(a, end - WINDOW_SAMPLES, s.hop_samples) for s, a, end in batch])
+        out = self.runtime.infer(audio) if logmel is None else self.runtime.infer(audio, logmel=logmel)
         self._infer_ms.append((time.monotonic() - t0) * 1000.0)
         self.engine_s += time.monotonic() - t0
         self.batches += 1
@@ -261,22 +334,19 @@ class Pipeline:
             if not finite[i]:  # a broken engine must not look like a quiet machine
                 stream.counters.faults += 1
                 self._set_status(stream, FAULT, "the model gave non-finite output (NaN or Inf): check the engine")
-                self._decide(stream, end_index, None, window, fault=True)
+                self._decide(stream, end_index, None, window, fault=True, end_reason=END_FAULT)
                 continue
             score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows)
             stream.counters.windows += 1
+            stream.last_scored_mono = time.monotonic()
             stream.last_score = score
             stream.last_threshold = threshold
             self.comms.publish_score(stream.name, score, threshold)
             self._decide(stream, end_index, score, window, threshold=threshold, detail=detail)
             self._publish_site_state(stream)
-        if not self.ready_sent:
-            self.ready_sent = True
-            if self.systemd is not None:
-                self.systemd.ready(self.status_line())
-            logger.info("first windows scored: ready")
-        elif self.systemd is not None and self.batches % 10 == 0:
-            self.systemd.status(self.status_line())
+        if not self.first_scored:
+            self.first_scored = True
+            logger.info("first windows scored")
 
     def _bundle_rows(
         self, out: Inference, batch: list[tuple[Stream, np.ndarray, int]], which: list[int],
@@ -326,20 +396,27 @@ class Pipeline:
         threshold: float | None = None,
         fault: bool = False,
         detail: dict | None = None,
+        end_reason: str | None = None,
     ) -> None:
+        """Feed one window to the stream's decisions; ``end_reason`` goes into an ``end`` it causes
+        (a fault window that ends an event: the event ended because the stream went deaf)."""
         threshold = stream.last_threshold if threshold is None else threshold
         if threshold is None:
             threshold = float("inf")
         transitions = stream.decisions.update(
             end_index / SAMPLE_RATE, self.clock(), score, threshold, fault=fault, detail=detail
         )
-        self._publish_transitions(stream, transitions, window)
+        self._publish_transitions(stream, transitions, window, end_reason=end_reason)
 
-    def _publish_transitions(self, stream: Stream, transitions: list, window: np.ndarray | None) -> None:
+    def _publish_transitions(
+        self, stream: Stream, transitions: list, window: np.ndarray | None, end_reason: str | None = None
+    ) -> None:
         """Evidence first, then the event into the durable outbox, and only then the retained
         ``anomaly`` state: a crash between the two leaves an event that the next start closes,
-        never an ``ON`` without its event."""
+        never an ``ON`` without its event. An ``end`` the daemon forced carries ``end_reason``."""
         for kind, before, after in transitions:
+            if kind == "end" and end_reason is not None:
+                after = {**after, "end_reason": end_reason}
             if kind == "new":
                 stream.counters.events += 1
                 if self.evidence is not None and window is not None:
@@ -369,12 +446,17 @@ class Pipeline:
                 self.comms.publish_anomaly(stream.name, False)
                 logger.warning("anomaly on %s ended: event %s at %.1f s", stream.name, after["id"], after["end_time"])
 
-    def close_events(self) -> None:
+    def close_events(self, reason: str = END_STOPPING) -> None:
         """End every open event (shutdown or end of input) so subscribers see its end."""
         for stream in self.streams:
-            if stream.decisions.active:
-                end_s = stream.last_window_end_s or 0.0
-                self._publish_transitions(stream, stream.decisions.close(end_s, self.clock()), None)
+            self._end_event(stream, reason)
+
+    def _end_event(self, stream: Stream, reason: str) -> None:
+        """End the stream's open event now (it is not scored any more), with ``reason``."""
+        if stream.decisions.active:
+            end_s = stream.last_window_end_s or 0.0
+            logger.warning("stream %s: ending its open event (%s)", stream.name, reason)
+            self._publish_transitions(stream, stream.decisions.close(end_s, self.clock()), None, end_reason=reason)
 
     # -- status and stats ------------------------------------------------------------------
     def _set_status(self, stream: Stream, status: str, message: str) -> None:
@@ -384,12 +466,43 @@ class Pipeline:
             if status in (FAULT, OFFLINE):
                 logger.warning("stream %s is %s: %s", stream.name, status, message)
 
-    def _update_capture_status(self) -> None:
+    def _update_capture_status(self, now: float, dt: float) -> None:
+        """Streams whose input gives no audio: ``fault`` (or ``offline``) with the reason, their
+        open event ended, the time counted. They come back by themselves: a device source
+        retries in the background and the next whole window sets ``online`` again."""
         for stream in self.streams:
-            if stream.enabled and stream.capture.status == OFFLINE:
-                error = getattr(stream.capture.source, "last_error", None)
-                self._set_status(stream, OFFLINE, f"audio input {stream.capture.source.name} unavailable" + (
-                    f": {error}" if error else ""))
+            if not stream.enabled:
+                continue
+            problem = self._input_problem(stream, now)
+            if problem is None:
+                continue
+            status, message = problem
+            stream.counters.unavailable_s += dt
+            self._set_status(stream, status, message)
+            self._end_event(stream, END_OFFLINE if status == OFFLINE else END_FAULT)
+
+    def _input_problem(self, stream: Stream, now: float) -> tuple[str, str] | None:
+        """``(status, message)`` when the stream's input delivers nothing, else None."""
+        capture = stream.capture
+        source = capture.source
+        if capture.error is not None:
+            return FAULT, f"capture of audio input {source.name} failed: {capture.error}"
+        if capture.status == OFFLINE:
+            error = getattr(source, "last_error", None) or getattr(source, "error", None)
+            text = f"audio input {source.name} unavailable" + (f": {error}" if error else "")
+            if getattr(source, "wait_for_device", False):
+                text += "; retrying"
+            return FAULT, text
+        if capture.finished.is_set() and stream.buffer.end_index < stream.next_end:
+            if all(c.finished.is_set() for c in self._captures.values()):
+                return None  # the whole run ends now; no need to say so per stream
+            return OFFLINE, f"audio input {source.name} ended"
+        if self.realtime and capture.status == ONLINE:
+            last = capture.last_block_monotonic
+            reference = last if last is not None else self._loop_started_mono
+            if reference is not None and now - reference > self.stall_s:
+                return FAULT, f"no audio from input {source.name} for {self.stall_s:.0f} s (stalled)"
+        return None
 
     def _apply_backpressure(self) -> None:
         """For sources that are not real time, hold the oldest sample a stream still needs."""
@@ -404,17 +517,21 @@ class Pipeline:
             {s.name: s.last_score for s in self.streams},
             thresholds={s.name: s.last_threshold for s in self.streams if s.last_threshold is not None},
             anomalous={s.name: s.decisions.active for s in self.streams},
-            faults={s.name: s.published_status[1] for s in self.streams if s.published_status and s.published_status[0] == FAULT},
+            faults={s.name: s.published_status[1] for s in self.streams
+                    if s.published_status and s.published_status[0] in (FAULT, OFFLINE)},  # fmt: skip
         )
 
     def stats(self) -> dict:
         infer = list(self._infer_ms)
         ticks = list(self._tick_ms)
+        now = time.monotonic()
         streams = {}
         for s in self.streams:
             cap = s.capture.stats()
+            scored_at = s.last_scored_mono if s.last_scored_mono is not None else self._loop_started_mono
             streams[s.name] = {
                 "status": s.published_status[0] if s.published_status else cap["status"],
+                "message": s.published_status[1] if s.published_status else "",
                 "enabled": s.enabled,
                 "windows": s.counters.windows,
                 "skipped": s.counters.skipped,
@@ -428,6 +545,9 @@ class Pipeline:
                 "gaps": cap["gaps"],
                 "restarts": cap["restarts"],
                 "last_window_s": s.last_window_end_s,
+                # how long the stream has gone unscored (disabled, input missing, faults, gaps)
+                "unscored_s": None if scored_at is None else round(now - scored_at, 1),
+                "unavailable_s": round(s.counters.unavailable_s, 1),
                 "queue_s": round(max(0, s.buffer.end_index - s.next_end + s.hop_samples) / SAMPLE_RATE, 3),
                 "dbfs": s.level.get("rms_dbfs"),
                 "peak_dbfs": s.level.get("peak_dbfs"),
@@ -451,7 +571,19 @@ class Pipeline:
             "window_s": WINDOW_SAMPLES / SAMPLE_RATE,
             "hop_s": self.hop_s,
             "streams": streams,
+            "delivery": self._delivery_stats(),
         }
+
+    def _delivery_stats(self) -> dict:
+        """The communicator's event delivery figures (outbox depth, oldest undelivered, ...)."""
+        get = getattr(self.comms, "delivery_stats", None)
+        if get is None:
+            return dict(DELIVERY_ZERO)
+        try:
+            return {**DELIVERY_ZERO, **dict(get())}
+        except Exception:  # stats must never stop monitoring
+            logger.debug("delivery_stats failed", exc_info=True)
+            return dict(DELIVERY_ZERO)
 
     def publish_stats(self) -> None:
         self._last_stats = time.monotonic()

@@ -4,19 +4,25 @@ The scheduling rule lives here because it is per stream: windows end on a grid o
 samples of the stream's own audio clock, so a file replayed as fast as possible gives the
 same windows as the same audio heard live (the offline path is the live path). A stream whose
 audio ran more than one hop ahead of the scorer skips to the newest grid point and counts
-the windows it skipped.
+the windows it skipped. ``EnabledStates`` keeps the operator's on/off switch of each stream
+across restarts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from edge_asd.audio.capture import Capture
 from edge_asd.audio.stream_buffer import StreamBuffer
+from edge_asd.core.atomic import atomic_write_text
 from edge_asd.core.constants import WINDOW_SAMPLES
+from edge_asd.core.logmel import LogMelStream
 from edge_asd.daemon.site import StreamSite
 from edge_asd.decisions import DecisionEngine
 from edge_asd.levels import LevelMonitor
@@ -31,6 +37,7 @@ class StreamCounters:
     gapped: int = 0  # windows not scored because they span an overflow or gap
     faults: int = 0  # windows not scored because the microphone level is faulty
     events: int = 0
+    unavailable_s: float = 0.0  # seconds the input was missing, failed or silent (no audio at all)
 
 
 @dataclass
@@ -50,12 +57,16 @@ class Stream:
     site: StreamSite | None = None
     """Site learning (enrolment, features, feedback); None when site learning is off."""
     next_end: int = WINDOW_SAMPLES  # end sample index of the next window on the hop grid
+    logmel: LogMelStream = field(default_factory=LogMelStream, repr=False)
+    """Log-mel frames kept for this stream's next windows (the CPU graph with a log-mel input)."""
     counters: StreamCounters = field(default_factory=StreamCounters)
     last_score: float | None = None
     last_threshold: float | None = None
     last_window_end_s: float | None = None
     level: dict = field(default_factory=dict)
     published_status: tuple[str, str] | None = None
+    last_scored_mono: float | None = None
+    """``time.monotonic()`` of the last scored window (None before the first one)."""
 
     def due_window(self) -> tuple[np.ndarray, int, bool] | None:
         """The next window to score, as ``(audio, end_index, has_gap)``, or None if not due.
@@ -76,9 +87,65 @@ class Stream:
         if got is None:  # the buffer moved under us: take the newest grid point next time
             return None
         audio, has_gap = got
+        if has_gap:  # an overflow or a capture restart: reuse no frame across it
+            self.logmel.reset("gap in the stream's audio")
         self.next_end = target + self.hop_samples
         return audio, target, has_gap
 
     def hold_index(self) -> int:
         """First sample this stream still needs (backpressure for non-real-time sources)."""
         return self.next_end - WINDOW_SAMPLES
+
+    def idle(self) -> None:
+        """Not scored on purpose (disabled): let the grid follow the audio without counting
+        the windows as skipped, so switching the stream on again scores the newest window."""
+        end = self.buffer.end_index
+        if end >= self.next_end:
+            self.next_end += ((end - self.next_end) // self.hop_samples + 1) * self.hop_samples
+
+
+ENABLED_FILE = "enabled.json"
+"""Under the state directory: ``{"<stream>": true|false}`` as operators last switched them."""
+
+
+class EnabledStates:
+    """The operators' ``enabled/set`` choices, kept across restarts (atomically written).
+
+    Why: an operator who switches a stream off (a machine under maintenance) expects it to stay
+    off after a reboot or a watchdog restart; the config's ``enabled`` is only where a stream
+    starts before anyone switched it. Entries of streams this node no longer has are ignored
+    when read and dropped at the next write. Losing the file (unwritable state directory) is
+    logged, never fatal: monitoring goes on with the config's values.
+    """
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.path = Path(state_dir) / ENABLED_FILE
+        self._lock = threading.Lock()
+        self._states: dict[str, bool] = {}
+
+    def load(self, streams: list[str]) -> dict[str, bool]:
+        """The kept states of ``streams`` (only those an operator switched)."""
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raw = {}
+        except (OSError, ValueError) as err:
+            logger.warning("ignoring %s (%s): streams start as the config says", self.path, err)
+            raw = {}
+        if not isinstance(raw, dict):
+            logger.warning("ignoring %s: not a JSON object; streams start as the config says", self.path)
+            raw = {}
+        with self._lock:
+            self._states = {k: v for k, v in raw.items() if k in streams and isinstance(v, bool)}
+            return dict(self._states)
+
+    def save(self, stream: str, enabled: bool, streams: list[str]) -> None:
+        """Remember an operator's switch of ``stream`` (any thread)."""
+        with self._lock:
+            self._states[stream] = bool(enabled)
+            self._states = {k: v for k, v in self._states.items() if k in streams}
+            try:
+                atomic_write_text(self.path, json.dumps(self._states, sort_keys=True) + "\n")
+            except OSError as err:
+                logger.error("cannot keep the enabled state of %s in %s (%s): it resets to the config's at "
+                             "the next start", stream, self.path, err)  # fmt: skip

@@ -1,8 +1,11 @@
-"""The progress-gated watchdog: ``WATCHDOG=1`` pings only while the pipeline does work.
+"""The progress-gated watchdog: ``WATCHDOG=1`` pings only while the pipeline loop turns.
 
-A timer thread that pings blindly would keep a wedged daemon (dead capture thread, hung
-inference) alive forever, which is exactly what ``WatchdogSec=`` is there to catch; so pings
-stop when progress stops, and systemd restarts the service one interval later.
+A timer thread that pings blindly would keep a wedged daemon (hung inference, a loop stuck
+in a call) alive forever, which is exactly what ``WatchdogSec=`` is there to catch; so pings
+stop when progress stops, and systemd restarts the service one interval later. Progress is
+a pass of the loop, not a scored window: a microphone that is silent or unplugged is a
+stream fault the loop reports and recovers from, and killing the service for it would only
+turn one deaf stream into a node that restarts in a loop.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def watchdog_interval_from_env(environ: Mapping[str, str] | None = None) -> floa
 class Watchdog:
     """Pings ``WATCHDOG=1`` every half interval, but only while progress keeps coming.
 
-    The pipeline calls :meth:`progress` after each scored batch. When no progress has been
+    The pipeline calls :meth:`progress` after each pass of its loop. When no progress has been
     reported for ``stall_after_s`` (default: the watchdog interval), pings stop, and systemd
     kills and restarts the service one interval later. Pings resume if progress does.
     """

@@ -136,6 +136,27 @@ def test_cross_field_checks(tmp_path: Path) -> None:
     assert "no stream configured" in errors_of(tmp_path, "bundle: x\n")
 
 
+def test_discovery_prefix_must_be_a_topic_to_publish_to(tmp_path: Path) -> None:
+    """``ha/#`` (or ``+``, or an empty level) would make every discovery publish fail and the node
+    would never say online: a config error naming the field instead."""
+    for bad, why in (("ha/#", "'#'"), ("ha/+/x", "'+'"), ("/ha", "empty topic level"), ("ha//x", "empty topic level"),
+                     ("ha/", "empty topic level"), ("''", "must not be empty")):  # fmt: skip
+        msg = errors_of(tmp_path, GOOD.replace("  password: hunter2-secret\n",
+                                               f"  password: hunter2-secret\n  discovery: {{prefix: {bad}}}\n"))
+        assert "mqtt.discovery.prefix" in msg and why in msg, (bad, msg)
+    ok = GOOD.replace("  password: hunter2-secret\n", "  password: hunter2-secret\n  discovery: {prefix: site/ha}\n")
+    assert load_config(write(tmp_path, ok)).mqtt.discovery.prefix == "site/ha"
+
+
+def test_device_unset_and_capture_rate_bounds(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace('device: "USB Audio", ', "")))
+    assert cfg.sources[0].device is None  # the default input (edge_asd.audio.devices.resolve_device)
+    for bad in (999983, 4000):
+        msg = errors_of(tmp_path, GOOD.replace("channels: 2}", f"channels: 2, samplerate: {bad}}}"))
+        assert "sources[0]" in msg and "samplerate" in msg, (bad, msg)
+    assert load_config(write(tmp_path, GOOD.replace("channels: 2}", "channels: 2, samplerate: 44100}"))).sources[0].samplerate == 44100
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

@@ -127,8 +127,8 @@ def test_noop_without_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     sd.progress()
     sd.status("y")
     sd.extend_timeout(10)
-    with sd.extending_timeout(10, 0.01):
-        pass
+    with sd.extending_timeout(10, 0.01) as progress:
+        progress("building")
     sd.stopping()
     sd.close()
     assert sd.watchdog.pings == 0
@@ -230,16 +230,46 @@ def test_watchdog_tick_is_progress_gated_with_a_fake_clock(receiver: Receiver) -
     assert dog.pings == 3
 
 
-def test_extending_timeout_repeats_while_the_body_runs(receiver: Receiver) -> None:
+def test_extending_timeout_only_while_progress_is_reported(receiver: Receiver) -> None:
+    """A start that reports no progress gets no extension (systemd's TimeoutStartSec applies);
+    each report extends, rate-limited; nothing after the body ended."""
     sd = SystemdIntegration(Notifier(receiver.env_value))
-    with sd.extending_timeout(extend_s=120, every_s=0.05, status="building TensorRT engine"):
-        got = receiver.drain(0.4)
-    assert got[0] == {"STATUS": "building TensorRT engine"}
+    with sd.extending_timeout(extend_s=120, min_interval_s=0.0, status="building TensorRT engine") as progress:
+        assert receiver.recv() == {"STATUS": "building TensorRT engine"}
+        assert receiver.drain(0.3) == [], "extended without any progress"
+        progress()
+        progress("TensorRT build: tactics (12 steps)")
+        got = receiver.drain(0.3)
+    assert got == [{"EXTEND_TIMEOUT_USEC": "120000000"}, {"EXTEND_TIMEOUT_USEC": "120000000"},
+                   {"STATUS": "TensorRT build: tactics (12 steps)"}]
+    assert progress.extensions == 2
+    progress("a stray builder thread after the body ended")
+    assert receiver.drain(0.2) == []
+
+
+def test_extending_timeout_is_rate_limited_and_capped(receiver: Receiver) -> None:
+    """A builder reporting many times a second sends one datagram per interval, and after the
+    cap no report extends any more: a start hung in a loop of "progress" still times out."""
+    sd = SystemdIntegration(Notifier(receiver.env_value))
+    with sd.extending_timeout(extend_s=30, cap_s=0.6, min_interval_s=0.2) as progress:
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            progress()
+            time.sleep(0.01)
+        got = receiver.drain(0.2)
     extends = [m for m in got if "EXTEND_TIMEOUT_USEC" in m]
-    assert len(extends) >= 2
-    assert all(m == {"EXTEND_TIMEOUT_USEC": "120000000"} for m in extends)
-    receiver.drain(0.1)  # one in flight at exit
-    assert receiver.drain(0.3) == []  # and nothing after the body ended
+    assert 2 <= len(extends) <= 4, extends  # ~0.6 s / 0.2 s, not ~100
+    assert progress.extensions == len(extends)
+
+
+def test_start_progress_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_asd.sdnotify import StartProgress
+
+    notifier = Notifier("/nonexistent/notify.sock")
+    monkeypatch.setattr(notifier, "extend_timeout", lambda s: 1 / 0)
+    hook = StartProgress(notifier, 10, 100, 0)
+    hook("still building")  # swallowed and logged: a lost extension must not fail the build
+    assert hook.extensions == 0 and hook.last_message == "still building"
 
 
 def test_ready_is_sent_once(receiver: Receiver) -> None:

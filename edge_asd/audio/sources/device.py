@@ -1,8 +1,11 @@
 """A PortAudio input (``sounddevice``) as a source: the production microphone.
 
-Unlike a file, a sound card can vanish (USB unplugged, driver error) or go silent without an
-error, and a monitor that stops hearing must notice and recover by itself; so this source has
-a liveness supervisor that reopens the device, found again by its stable id, with backoff.
+Unlike a file, a sound card can vanish (USB unplugged, driver error), be missing when the
+service starts (a USB interface that enumerates late, one unplugged for maintenance) or go
+silent without an error, and a monitor that stops hearing must notice and recover by itself;
+so this source has a liveness supervisor that (re)opens the device, found again by its stable
+id, with backoff. In the daemon (``wait_for_device``) a device that cannot be opened is never
+fatal: the source stays ``offline`` with the reason in ``last_error`` until it can.
 """
 
 from __future__ import annotations
@@ -16,17 +19,39 @@ import numpy as np
 from edge_asd.audio.devices import (
     AudioDeviceError,
     InputDevice,
+    default_input_index,
     describe_inputs,
     import_sounddevice,
+    is_default_spec,
     list_inputs,
     refresh_portaudio,
     resolve_device,
 )
 from edge_asd.audio.ring import CaptureRing
 from edge_asd.audio.sources.base import AudioSource
-from edge_asd.core.constants import OFFLINE, ONLINE
+from edge_asd.core.constants import MAX_AUDIO_RATE, MIN_AUDIO_RATE, OFFLINE, ONLINE
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_DEVICE_RATE = 48000
+"""Capture rate of a device that is missing at start and has no ``samplerate:`` set: the
+ring and resampler must be sized before the device can be asked, and 48 kHz is what USB
+audio interfaces support. A device that cannot do it says so in the stream's fault."""
+
+BACKOFF_MAX_S = 30.0
+"""Longest wait between two attempts to reopen a missing device: a re-plugged microphone is
+heard again within half a minute, and a device that stays away costs one attempt per 30 s."""
+
+
+def check_device_rate(rate: float, where: str) -> int:
+    """A capture rate within what audio hardware does (a bogus driver report must not size a
+    resampling filter of millions of taps)."""
+    if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:
+        raise AudioDeviceError(
+            f"{where}: sample rate {rate:g} Hz is outside what audio hardware records "
+            f"({MIN_AUDIO_RATE}-{MAX_AUDIO_RATE} Hz): set the source's `samplerate:` to one the device supports"
+        )
+    return int(round(rate))
 
 
 class SoundDeviceSource(AudioSource):
@@ -40,6 +65,12 @@ class SoundDeviceSource(AudioSource):
     device by its stable id so a re-plugged USB mic is found under its new index. A reopen
     marks a gap in the ring, so no window straddles the outage.
 
+    ``device`` None (or empty) is PortAudio's default input. ``wait_for_device``: a device
+    that is missing or cannot be opened at start is not an error; the source starts
+    ``offline`` (sized from ``channels``/``sample_rate``, else ``min_channels`` and
+    ``DEFAULT_DEVICE_RATE``) and the supervisor keeps trying. Without it (``record``,
+    ``calibrate``: someone is watching) a missing device raises ``AudioDeviceError``.
+
     PortAudio only sees a re-plugged device after re-initialising, which would kill every
     other open stream, so the device list is refreshed only while no stream is open.
     """
@@ -48,28 +79,22 @@ class SoundDeviceSource(AudioSource):
 
     def __init__(
         self,
-        device: str | int,
+        device: str | int | None,
         channels: int | None = None,
         sample_rate: int | None = None,
         latency: str | float = "high",
         blocksize: int = 0,
         stall_s: float = 5.0,
         backoff_s: float = 1.0,
-        backoff_max_s: float = 60.0,
+        backoff_max_s: float = BACKOFF_MAX_S,
         check_interval_s: float = 0.5,
+        *,
+        wait_for_device: bool = False,
+        min_channels: int = 1,
     ) -> None:
         super().__init__()
         self._sd = import_sounddevice()
-        devices = list_inputs(self._sd)
-        self.device: InputDevice = resolve_device(device, devices)
-        if channels is not None and (channels < 1 or channels > self.device.channels):
-            raise AudioDeviceError(
-                f"input device {self.device.name!r} has {self.device.channels} channel(s), "
-                f"{channels} requested. {describe_inputs(devices)}"
-            )
-        self.channels = int(channels or self.device.channels)
-        self.sample_rate = int(sample_rate or round(self.device.default_samplerate))
-        self.name = self.device.stable_id
+        self.wait_for_device = bool(wait_for_device)
         self.latency = latency
         self.blocksize = int(blocksize)
         self.stall_s = float(stall_s)
@@ -80,6 +105,33 @@ class SoundDeviceSource(AudioSource):
         self._ended = False
         self._opened_at = 0.0
         self.last_error: str | None = None
+        self._lookup: str | int | None = device  # what the supervisor resolves (the stable id once found)
+        found: InputDevice | None = None
+        try:
+            devices = list_inputs(self._sd)
+            found = resolve_device(device, devices, default_input_index(self._sd))
+        except AudioDeviceError as err:
+            if not self.wait_for_device:
+                raise
+            self.last_error = str(err).split(". available inputs:")[0]
+            logger.warning("input %s is not there (%s): its streams start in fault and it is retried",
+                           _spec_text(device), self.last_error)  # fmt: skip
+        self.device: InputDevice | None = found
+        if found is not None:
+            if channels is not None and (channels < 1 or channels > found.channels):
+                raise AudioDeviceError(
+                    f"input device {found.name!r} has {found.channels} channel(s), "
+                    f"{channels} requested. {describe_inputs(devices)}"
+                )
+            self.channels = int(channels or found.channels)
+            native = sample_rate or found.default_samplerate
+            self.sample_rate = check_device_rate(native, f"input device {found.name!r}")
+            self.name = found.stable_id
+            self._lookup = found.stable_id
+        else:
+            self.channels = int(channels or max(1, min_channels))
+            self.sample_rate = check_device_rate(sample_rate or DEFAULT_DEVICE_RATE, f"input device {_spec_text(device)}")
+            self.name = _spec_text(device)
 
     # The two PortAudio callbacks: nothing but a copy and a flag.
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -89,17 +141,31 @@ class SoundDeviceSource(AudioSource):
         self._ended = True
 
     def _open(self) -> None:
+        dev = self.device
+        if dev is None:
+            raise AudioDeviceError(self.last_error or f"input device {self.name} not found")
+        if dev.channels < self.channels:
+            raise AudioDeviceError(
+                f"input device {dev.name!r} has {dev.channels} channel(s), {self.channels} needed by the streams"
+            )
         sd = self._sd
-        stream = sd.InputStream(
-            device=self.device.index,
-            channels=self.channels,
-            samplerate=self.sample_rate,
-            dtype="float32",
-            latency=self.latency,
-            blocksize=self.blocksize,
-            callback=self._callback,
-            finished_callback=self._finished,
-        )
+        try:
+            stream = sd.InputStream(
+                device=dev.index,
+                channels=self.channels,
+                samplerate=self.sample_rate,
+                dtype="float32",
+                latency=self.latency,
+                blocksize=self.blocksize,
+                callback=self._callback,
+                finished_callback=self._finished,
+            )
+        except Exception as err:
+            hint = ""
+            if round(dev.default_samplerate) != self.sample_rate:
+                hint = (f" (opened at {self.sample_rate} Hz; its default is {dev.default_samplerate:g} Hz: "
+                        "set the source's `samplerate:` to a rate it supports)")  # fmt: skip
+            raise AudioDeviceError(f"{err}{hint}") from err
         self._ended = False
         stream.start()
         SoundDeviceSource._open_streams.add(id(self))
@@ -120,14 +186,20 @@ class SoundDeviceSource(AudioSource):
 
     def start(self, ring: CaptureRing) -> None:
         self._attach(ring, "device")
+        first_try = 0.0
         try:
             self._open()
         except Exception as err:
-            raise AudioDeviceError(
-                f"cannot open input device {self.device.name!r} ({self.name}) at {self.sample_rate} Hz "
-                f"with {self.channels} channel(s): {err}"
-            ) from err
-        self._start_thread(self._supervise, f"liveness-{self.name}")
+            what = self.device.name if self.device is not None else self.name
+            message = (f"cannot open input device {what!r} ({self.name}) at {self.sample_rate} Hz "
+                       f"with {self.channels} channel(s): {err}")  # fmt: skip
+            if not self.wait_for_device:
+                raise AudioDeviceError(message) from err
+            self.last_error = str(err)
+            self.status = OFFLINE
+            first_try = time.monotonic() + self.backoff_s
+            logger.warning("%s; retrying in the background", message)
+        self._start_thread(lambda: self._supervise(first_try), f"liveness-{self.name}")
 
     def stop(self, timeout: float = 2.0) -> None:
         self._join_thread(timeout)
@@ -144,9 +216,8 @@ class SoundDeviceSource(AudioSource):
         reference = max(last or 0.0, self._opened_at)
         return now - reference < self.stall_s
 
-    def _supervise(self) -> None:
+    def _supervise(self, next_try: float = 0.0) -> None:
         backoff = self.backoff_s
-        next_try = 0.0
         while not self._stop.wait(self.check_interval_s):
             if self._stream is not None:
                 if self.alive():
@@ -154,23 +225,38 @@ class SoundDeviceSource(AudioSource):
                 logger.warning("input %s stopped delivering audio: reopening", self.name)
                 self._close_stream()
                 self.status = OFFLINE
+                self.last_error = "the input stopped delivering audio (unplugged, or a driver error)"
                 backoff = self.backoff_s
                 next_try = time.monotonic() + backoff
                 continue
             if time.monotonic() < next_try:
                 continue
             try:
-                if not SoundDeviceSource._open_streams:
-                    refresh_portaudio()
-                self.device = resolve_device(self.name, list_inputs(self._sd))
-                self._ring.mark_gap()  # type: ignore[union-attr]
-                self._open()
+                self._reopen()
                 self.restarts += 1
                 self.last_error = None
-                logger.warning("input %s is back (index %d)", self.name, self.device.index)
                 backoff = self.backoff_s
             except Exception as err:
-                self.last_error = str(err)
+                self.last_error = str(err).split(". available inputs:")[0]
                 backoff = min(backoff * 2.0, self.backoff_max_s)
                 next_try = time.monotonic() + backoff
-                logger.info("input %s still unavailable (%s); next try in %.0f s", self.name, err, backoff)
+                logger.info("input %s still unavailable (%s); next try in %.0f s", self.name, self.last_error, backoff)
+
+    def _reopen(self) -> None:
+        """Find the device again (new index after a re-plug) and open it; raises if it cannot."""
+        if not SoundDeviceSource._open_streams:
+            refresh_portaudio()
+        found = resolve_device(self._lookup, list_inputs(self._sd), default_input_index(self._sd))
+        self.device = found
+        self._lookup = found.stable_id
+        ring = self._ring
+        assert ring is not None
+        if ring.written:  # a splice after audio; a device first found late starts the stream clean
+            ring.mark_gap()
+        self._open()
+        logger.warning("input %s is back (%s, index %d)", self.name, found.name, found.index)
+
+
+def _spec_text(spec: str | int | None) -> str:
+    """How a device spec reads in messages and as the source's name while it is missing."""
+    return "the default input" if is_default_spec(spec) else f"device:{spec}"
