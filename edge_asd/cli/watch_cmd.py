@@ -24,31 +24,36 @@ logger = logging.getLogger(__name__)
 def _render(state: WatchState) -> RenderableType:
     """Nodes/streams table, open events and the recent event log."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
+    # Everything below comes from the broker: any publisher under the prefix could send "[/]",
+    # which rich would read as markup and crash every operator's view on.
     table = Table(title=f"edge-asd nodes under '{state.prefix}/'", expand=False)
     for col in ("node", "available", "stream", "status", "anomaly", "score", "threshold", "enabled"):
         table.add_column(col)
     if not state.nodes:
         table.add_row("(no node seen yet)", "", "", "", "", "", "", "")
     for node_name, node in sorted(state.nodes.items()):
-        avail = f"[green]{node.available}[/]" if node.available == ONLINE else f"[red]{node.available}[/]"
+        shown = escape(node.available)
+        avail = f"[green]{shown}[/]" if node.available == ONLINE else f"[red]{shown}[/]"
         if node.status == "fault":  # the node's own health: outbox, delivery, state-dir lock
-            avail += f" [red]fault[/] ({node.message})" if node.message else " [red]fault[/]"
+            avail += f" [red]fault[/] ({escape(node.message)})" if node.message else " [red]fault[/]"
         if not node.streams:
-            table.add_row(node_name, avail, "", "", "", "", "", "")
+            table.add_row(Text(node_name), avail, "", "", "", "", "", "")
         for i, (name, view) in enumerate(sorted(node.streams.items())):
-            status = view.status if view.status == ONLINE else f"[yellow]{view.status}[/]"
+            status = escape(view.status) if view.status == ONLINE else f"[yellow]{escape(view.status)}[/]"
             if view.message:
-                status += f" ({view.message})"
-            anomaly = "[bold red]ON[/]" if view.anomaly == "ON" else view.anomaly
+                status += f" ({escape(view.message)})"
+            anomaly = "[bold red]ON[/]" if view.anomaly == "ON" else escape(str(view.anomaly))
             over = view.score is not None and view.threshold is not None and view.score >= view.threshold
             score = "" if view.score is None else (f"[red]{view.score:.3f}[/]" if over else f"{view.score:.3f}")
             threshold = "" if view.threshold is None else f"{view.threshold:.3f}"
             table.add_row(
-                node_name if i == 0 else "", avail if i == 0 else "", name, status, anomaly, score, threshold,
-                view.enabled,
+                Text(node_name) if i == 0 else "", avail if i == 0 else "", Text(name), status, anomaly, score,
+                threshold, Text(str(view.enabled)),
             )
     events = Table(title="open events", expand=False)
     for col in ("node", "id", "stream", "start", "peak"):
@@ -57,11 +62,12 @@ def _render(state: WatchState) -> RenderableType:
         for eid, ev in node.open_events.items():
             peak = ev.get("peak_score")
             events.add_row(
-                node_name, eid, str(ev.get("stream") or ev.get("mic") or ""), str(ev.get("start_time", "")),
+                Text(node_name), Text(eid), Text(str(ev.get("stream") or ev.get("mic") or "")),
+                Text(str(ev.get("start_time", ""))),
                 f"{peak:.3f}" if isinstance(peak, (int, float)) else "",
             )
     log = "\n".join(state.log) or "(no events yet)"
-    return Group(table, events, Panel(log, title="event log", expand=False))
+    return Group(table, events, Panel(Text(log), title="event log", expand=False))
 
 
 def register(app: typer.Typer) -> None:

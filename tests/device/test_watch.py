@@ -130,3 +130,21 @@ def test_watch_table_shows_a_node_fault() -> None:
     console = Console(width=200, record=True)
     console.print(_render(state))
     assert "fault" not in console.export_text()
+
+
+def test_watch_table_survives_markup_from_the_broker() -> None:
+    """Text from the broker is shown as text: a "[/]" in a message must not crash the view."""
+    from rich.console import Console
+
+    from edge_asd.cli.watch_cmd import _render
+
+    state = WatchState("edge-asd")
+    state.apply(Message("edge-asd/n[red]/status", "fault", True, 0))
+    state.apply(Message("edge-asd/n[red]/status/message", "outbox at /var/[/]lib full [bold]", True, 0))
+    state.apply(Message("edge-asd/n[red]/fan[b]/status", "fault", True, 0))
+    state.apply(Message("edge-asd/n[red]/fan[b]/status/message", "[/] mic", True, 0))
+    console = Console(width=200, record=True)
+    console.print(_render(state))
+    text = console.export_text()
+    assert "/var/[/]lib full [bold]" in text and "[/] mic" in text
+    assert "n[red]" in text and "fan[b]" in text
