@@ -30,6 +30,7 @@ from edge_asd import __version__
 from edge_asd.comms.base import Communicator
 from edge_asd.core.constants import DISABLED, FAULT, OFFLINE, ONLINE, SAMPLE_RATE, WINDOW_SAMPLES
 from edge_asd.core.errors import UserError
+from edge_asd.daemon.refits import Refits
 from edge_asd.daemon.site import EVENT_ID, FeedbackResult, WindowRow
 from edge_asd.daemon.streams import EnabledStates, Stream
 from edge_asd.evidence import EvidenceStore
@@ -39,6 +40,10 @@ from engines.runtime.base import Inference, Runtime
 from engines.scorer import RowScore, Scorer
 
 logger = logging.getLogger(__name__)
+
+REFIT_STOP_WAIT_S = 30.0
+"""How long a stop waits for enrolment refits still running (they take seconds; systemd's
+stop timeout is longer)."""
 
 FAULT_TEXT = {
     "silent": "microphone silent (muted or unplugged?)",
@@ -132,6 +137,12 @@ class Pipeline:
         self.comms.on_stream_command = self._on_stream_command
         self._commands: queue.SimpleQueue[tuple[str, str, dict]] = queue.SimpleQueue()
         self._site_published: dict[str, dict] = {}
+        # Enrolment refits (feedback "normal", the end of a live re-enrolment) take seconds: off
+        # this thread while monitoring live, inline on a replay so that it is repeatable.
+        self.refits = Refits(inline=not realtime)
+        for stream in streams:
+            if stream.site is not None:
+                stream.site.refits = self.refits
         # Hold a fast file source from the start, not from the first tick: a file read ahead
         # of the first tick would overrun the ring and lose its first windows.
         self._apply_backpressure()
@@ -156,7 +167,9 @@ class Pipeline:
         self._commands.put((stream, name, dict(payload)))
 
     def run_commands(self) -> None:
-        """Carry out the queued operator commands, in the pipeline thread (between ticks)."""
+        """Carry out the queued operator commands, in the pipeline thread (between ticks), and
+        announce the refits that finished since the last tick."""
+        self.refits.announce()
         while True:
             try:
                 stream_name, name, payload = self._commands.get_nowait()
@@ -191,7 +204,19 @@ class Pipeline:
                 str(event), str(label), False, "feedback needs an event id and a label normal or anomaly").to_dict())
             return
         evidence = self.evidence.wav_path(stream.name, event) if self.evidence is not None else None
-        result = stream.site.feedback(event, label, None if evidence is None else str(evidence), by)
+        site = stream.site
+
+        def refit() -> Callable[[], None]:  # on the refit worker
+            result = site.feedback(event, label, None if evidence is None else str(evidence), by)
+            return lambda: self._feedback_done(stream, label, by, result)
+
+        if not self.refits.submit(refit, f"feedback {label} on event {event} of {stream.name}"):
+            self.comms.publish_feedback_result(stream.name, FeedbackResult(
+                event, label, False, "too many feedback commands waiting: try again in a minute").to_dict())
+
+    def _feedback_done(self, stream: Stream, label: str, by: str, result: FeedbackResult) -> None:
+        """Announce a feedback refit's result (pipeline thread)."""
+        event = result.event
         if not result.ok:
             logger.warning("feedback %s on event %s of %s by %s: nothing changed (%s)",
                            label, event, stream.name, by, result.message)  # fmt: skip
@@ -248,6 +273,9 @@ class Pipeline:
                     self.stop_event.wait(poll)
         finally:
             self.close_events(reason)
+            # A refit in progress writes its enrolment atomically; let it finish and say so.
+            self.refits.close(timeout_s=REFIT_STOP_WAIT_S)
+            self.refits.announce()
 
     def tick(self) -> int:
         """One pass over the streams; returns the number of windows scored.

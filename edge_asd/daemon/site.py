@@ -12,8 +12,10 @@ The features of an event's windows are kept (``edge_asd.site.store``) so that an
 feedback can use them later: ``normal`` adds them to the stream's references and re-derives the
 threshold, ``anomaly`` keeps the evidence as a labelled example. A live re-enrolment collects
 the features of the next N minutes of scored windows and swaps the new enrolment in when done;
-the stream keeps being monitored with the old one meanwhile. Everything here runs in the
-pipeline thread; MQTT commands reach it through the pipeline's command queue.
+the stream keeps being monitored with the old one meanwhile. Features, scores and events run
+in the pipeline thread (MQTT commands reach it through the pipeline's command queue); the
+refits (feedback ``normal``, the end of a live re-enrolment) run on the pipeline's refit
+worker (``edge_asd.daemon.refits``) and swap the new enrolment in with one assignment.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from edge_asd.core.constants import WINDOW_SAMPLES
 from edge_asd.core.errors import UserError
 from edge_asd.core.site.enrolment import Enrolment, EnrolmentError, SiteScore, WindowSet, false_alarm_rate_for
 from edge_asd.core.site.holdout import WindowRef
+from edge_asd.daemon.refits import Refits
 from edge_asd.site.enrol import enrol_features
 from edge_asd.site.features import WindowFeatures
 from edge_asd.site.storage import (
@@ -134,35 +137,43 @@ class StreamSite:
         self._event_id: str | None = None
         self._event_rows: list[WindowRow] = []
         self.live: LiveEnrolment | None = None
+        self.fitting = False
+        """A live re-enrolment's windows are all in and its fit is running."""
+        self.refits = Refits(inline=True)
+        """Where refits run; ``listen`` gives every stream the pipeline's worker."""
         self.load()
 
     # -- enrolment ----------------------------------------------------------------------------
     def load(self) -> None:
-        """(Re)load the stored enrolment; a missing or stale one leaves the bundle's score."""
-        self.status = enrolment_status(self.state_dir, self.stream, self.bundle_sha)
-        self.enrolment = None
-        if self.status.ok:
+        """(Re)load the stored enrolment; a missing or stale one leaves the bundle's score.
+
+        Built in locals and swapped in at the end: a refit worker may call this while the
+        pipeline thread scores, which must never see a half-loaded state."""
+        status = enrolment_status(self.state_dir, self.stream, self.bundle_sha)
+        enrolment = None
+        if status.ok:
             try:
-                self.enrolment = load_stream_enrolment(self.state_dir, self.stream, self.bundle_sha)
+                enrolment = load_stream_enrolment(self.state_dir, self.stream, self.bundle_sha)
             except EnrolmentError as err:
-                self.status = EnrolmentStatus("stale", str(err), self.status.path)
-        if self.enrolment is not None:
-            enrolled_classes = list(self.enrolment.meta.get("classes") or [])
-            if ("ce" in self.enrolment.components or self.class_names) and enrolled_classes != self.class_names:
-                self.enrolment = None
-                self.status = EnrolmentStatus(
+                status = EnrolmentStatus("stale", str(err), status.path)
+        if enrolment is not None:
+            enrolled_classes = list(enrolment.meta.get("classes") or [])
+            if ("ce" in enrolment.components or self.class_names) and enrolled_classes != self.class_names:
+                enrolment = None
+                status = EnrolmentStatus(
                     "stale",
                     f"stream {self.stream} was enrolled with classes {enrolled_classes or 'none'} but now has "
                     f"{self.class_names or 'none'}: re-enrol it (the model's own score depends on the classes)",
-                    self.status.path,
+                    status.path,
                 )
-        if self.enrolment is not None:
+        self.enrolment, self.status = enrolment, status
+        if enrolment is not None:
             logger.info("stream %s: scored against its enrolment (%d windows, threshold %.3f)",
-                        self.stream, self.enrolment.n_windows, self.enrolment.threshold)  # fmt: skip
-        elif self.status.state == "stale":
-            logger.warning("%s; until then the bundle's score is used", self.status.message)
+                        self.stream, enrolment.n_windows, enrolment.threshold)  # fmt: skip
+        elif status.state == "stale":
+            logger.warning("%s; until then the bundle's score is used", status.message)
         else:
-            logger.info("%s; until then the bundle's score is used", self.status.message)
+            logger.info("%s; until then the bundle's score is used", status.message)
 
     def disable(self, message: str) -> None:
         """Stop using an enrolment that cannot score this stream; the bundle's score takes over."""
@@ -176,18 +187,23 @@ class StreamSite:
 
     @property
     def threshold(self) -> float | None:
-        return None if self.enrolment is None else float(self.enrolment.threshold)
+        enrolment = self.enrolment
+        return None if enrolment is None else float(enrolment.threshold)
 
     def attributes(self) -> dict[str, Any]:
         """The ``enrolment`` block of ``<stream>/attributes``."""
-        state = "enrolling" if self.live is not None else ("ok" if self.enrolled else self.status.state)
-        out: dict[str, Any] = {"state": state, "message": self.status.message}
-        if self.enrolment is not None:
-            meta = self.enrolment.meta
-            out.update(created=self.enrolment.created, windows=self.enrolment.n_windows,
-                       minutes=meta.get("minutes"), components=list(self.enrolment.components))  # fmt: skip
-        if self.live is not None:
-            out["progress"] = round(self.live.progress, 3)
+        enrolling = self.live is not None or self.fitting
+        state = "enrolling" if enrolling else ("ok" if self.enrolled else self.status.state)
+        message = "fitting the new enrolment" if self.fitting else self.status.message
+        out: dict[str, Any] = {"state": state, "message": message}
+        enrolment = self.enrolment
+        if enrolment is not None:
+            meta = enrolment.meta
+            out.update(created=enrolment.created, windows=enrolment.n_windows,
+                       minutes=meta.get("minutes"), components=list(enrolment.components))  # fmt: skip
+        live = self.live
+        if live is not None or self.fitting:
+            out["progress"] = 1.0 if live is None else round(live.progress, 3)
         return out
 
     # -- features -----------------------------------------------------------------------------
@@ -221,33 +237,33 @@ class StreamSite:
             self._event_rows.append(row)
         if self.live is not None:
             self._collect(row)
-        if self.enrolment is None:
+        enrolment = self.enrolment  # read once: a refit may swap in a new one meanwhile
+        if enrolment is None:
             return None
-        enrolment = self.enrolment
         ce = None if row.ce is None or "ce" not in enrolment.components else np.array([row.ce])
         scores = enrolment.score(row.indicators[None, :], row.embedding[None, :], ce, profiles=row.profile[None, :])
         return scores.row(0)
 
     def detail(self, site: SiteScore, row: WindowRow) -> dict[str, Any]:
         """What an event carries about its peak window: components and the explanation."""
-        assert self.enrolment is not None
-        return {
-            "score_kind": "fused",
-            "components": site.to_dict()["components"],
-            "explanation": self.enrolment.explain(row.indicators).to_dict(),
-        }
+        enrolment = self.enrolment
+        out: dict[str, Any] = {"score_kind": "fused", "components": site.to_dict()["components"]}
+        if enrolment is not None:  # None only if it was disabled since the window was scored
+            out["explanation"] = enrolment.explain(row.indicators).to_dict()
+        return out
 
     def normal_bands(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(centre Hz, normal low dB, normal high dB) of the third-octave bands, for the evidence
         plot: the enrolled median +/- 2 robust sigmas of each ``band_*`` indicator."""
-        if self.enrolment is None:
+        enrolment = self.enrolment
+        if enrolment is None:
             return None
-        names = list(self.enrolment.indicator_names)
+        names = list(enrolment.indicator_names)
         band_names = [n for n in ind.INDICATOR_NAMES if n.startswith("band_")]
         pairs = [(hz, names.index(n)) for hz, n in zip(ind.BAND_NOMINAL_HZ, band_names) if n in names]
         centres = np.array([hz for hz, _ in pairs], dtype=np.float64)
         idx = [i for _, i in pairs]
-        model = self.enrolment.indicator_model
+        model = enrolment.indicator_model
         med, scale = model.median[idx], model.scale[idx]
         return centres, med - 2 * scale, med + 2 * scale
 
@@ -300,19 +316,20 @@ class StreamSite:
             logger.warning("stream %s: event %s confirmed as an anomaly by %s (kept as %s)",
                            self.stream, event_id, by, path)  # fmt: skip
             return FeedbackResult(event_id, label, True, f"kept as a labelled anomaly: {path}", self.threshold)
-        if self.enrolment is None:
+        base = self.enrolment
+        if base is None:
             return FeedbackResult(event_id, label, False,
                                   f"stream {self.stream} is not enrolled: enrol it before teaching it what is normal")  # fmt: skip
-        learnt = list(self.enrolment.meta.get("feedback_events") or [])
+        learnt = list(base.meta.get("feedback_events") or [])
         if event_id in learnt:  # QoS 1 may deliver twice; an operator may click twice
             return FeedbackResult(event_id, label, True, "already learnt as normal", self.threshold)
         windows = self._event_windows(event_id)
         if windows is None:
             return FeedbackResult(event_id, label, False, f"no stored windows for event {event_id} on {self.stream}")
-        old = self.enrolment.threshold
+        old = base.threshold
         try:
-            updated = self.enrolment.add_normal(windows.indicators, windows.embeddings, windows.ce,
-                                                profiles=windows.profiles)  # fmt: skip
+            updated = base.add_normal(windows.indicators, windows.embeddings, windows.ce,
+                                      profiles=windows.profiles)  # fmt: skip
             updated.meta["feedback_events"] = [*learnt, event_id][-MAX_EVENT_FILES:]
             save_stream_enrolment(updated, self.state_dir, self.stream)
         except (UserError, OSError, ValueError) as err:
@@ -339,8 +356,8 @@ class StreamSite:
 
     def _event_windows(self, event_id: str) -> WindowSet | None:
         """The stored windows of an event, or those of the event still open."""
-        if event_id == self._event_id and self._event_rows:
-            rows = self._event_rows
+        rows = list(self._event_rows)  # a copy: the pipeline thread appends to it while a refit reads
+        if event_id == self._event_id and rows:
             return WindowSet(np.stack([r.indicators for r in rows]), np.stack([r.embedding for r in rows]),
                              _ce_column(rows), profiles=np.stack([r.profile for r in rows]))  # fmt: skip
         try:
@@ -368,6 +385,20 @@ class StreamSite:
         if len(live.rows) < live.windows_wanted:
             return
         self.live = None
+        self.fitting = True
+        if not self.refits.submit(lambda: self._fit_live(live), f"live re-enrolment of {self.stream}"):
+            self.fitting = False
+            self.status = EnrolmentStatus("failed", f"re-enrolment of {self.stream} could not start: "
+                                          "too many refits waiting; try again", self.status.path)  # fmt: skip
+
+    def _fit_live(self, live: LiveEnrolment) -> None:
+        """Fit, save and swap in the enrolment of a finished live re-enrolment (refit worker)."""
+        try:
+            self._fit_live_rows(live)
+        finally:
+            self.fitting = False
+
+    def _fit_live_rows(self, live: LiveEnrolment) -> None:
         segment = f"live-{time.strftime('%Y%m%dT%H%M%S', time.localtime(live.started_wall))}"
         rows = live.rows
         feats = WindowFeatures(
