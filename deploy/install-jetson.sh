@@ -14,8 +14,9 @@
 #   venv        PREFIX/venv from the system python3 with --system-site-packages, so the
 #               JetPack TensorRT bindings (python3-libnvinfer) are importable
 #   pip         the project (--wheel or --source) with the jetson extra (pycuda, built here
-#               against /usr/local/cuda), every package at the exact version of
-#               deploy/constraints.txt (copied to PREFIX/pip-constraints.txt)
+#               against /usr/local/cuda), every package and every build tool at the exact
+#               version of deploy/constraints.txt (copied to PREFIX/pip-constraints.txt;
+#               --constraint and --build-constraint)
 #   bundle      copied to /var/lib/edge-asd/bundle (kept when unchanged: its engine stays)
 #   engine      edge-asd build-engine, run as edge-asd (minutes on the first run)
 #   config      /etc/edge-asd/config.yaml from --config or the example; never overwritten
@@ -434,7 +435,8 @@ create_venv() {
     # --system-site-packages: JetPack's TensorRT bindings live in the system dist-packages
     # and cannot be pip-installed on a Jetson.
     run "$SYSTEM_PYTHON" -m venv --system-site-packages "$VENV"
-    # pip itself at the pinned version too
+    # pip itself at the pinned version too. No --build-constraint here: the venv's bundled pip
+    # (22.x on JetPack 6) predates it, and pip is a wheel, so nothing is built.
     run "$VENV/bin/python" -m pip install --constraint "$CONSTRAINTS_SRC" --upgrade pip
 }
 
@@ -453,9 +455,13 @@ pip_install() {
     # TensorRT 10.3's bindings on JetPack 6 are built against NumPy 1.x). The copy next to the
     # venv is the record of what this install asked for, and what a manual pip must use.
     write_file "$constraints" 0644 root:root <"$CONSTRAINTS_SRC"
-    local pip=(env "PIP_CONSTRAINT=$constraints" "$VENV/bin/python" -m pip install --constraint "$constraints")
+    # --constraint pins what is installed into the venv; --build-constraint pins the isolated
+    # build environments (pycuda's setuptools, wheel and numpy, edge-asd's setuptools and wheel).
+    # Since pip 26.2 constraints files, PIP_CONSTRAINT included, no longer reach those, so
+    # without it pycuda would be compiled against the newest numpy and setuptools of the day.
+    local pip=("$VENV/bin/python" -m pip install --constraint "$constraints" --build-constraint "$constraints")
     # pycuda has no aarch64 wheel: it compiles against the device's CUDA, so nvcc and the
-    # headers must be found. PIP_CONSTRAINT pins its isolated build environment as well.
+    # headers must be found.
     local cuda_env=(env "PATH=$CUDA_HOME_DEFAULT/bin:$SAFE_PATH" "CUDA_ROOT=$CUDA_HOME_DEFAULT"
         "CUDA_HOME=$CUDA_HOME_DEFAULT" "CPATH=$CUDA_HOME_DEFAULT/include"
         "LIBRARY_PATH=$CUDA_HOME_DEFAULT/lib64")

@@ -23,10 +23,15 @@ The optimisation profile is tuned (``opt``) for ``max_batch``: the daemon asks f
 The timing cache is written atomically and a corrupt or foreign one is ignored with a warning.
 
 CUDA contexts: the caller's thread never gets one. A build runs in a short-lived thread that
-retains and pushes the device's primary context and, when done, only pops it and drops the
-reference (what ``pycuda.autoprimaryctx`` does). ``Context.detach()`` after ``pop()`` is
-wrong for a primary context: pycuda pushes it again and calls ``cuDevicePrimaryCtxRelease``,
-which never pops, so a released context would stay current on the caller's thread.
+retains and pushes the device's primary context and, when done, calls ``Context.detach()``
+while the context is still current there (``release_primary_context``). Only that call
+reaches ``cuDevicePrimaryCtxRelease``: pycuda's ``~context()`` runs ``detach()`` from the base
+class destructor, where the virtual call resolves to ``cuCtxDetach``, not to the primary
+context's release, so popping and dropping the last reference (what ``pycuda.autoprimaryctx``
+does at exit) fails that clean-up ("a clean-up operation failed") and leaks one retain per
+build or backend. The release does not pop (unlike ``cuCtxDestroy``), so the driver keeps the
+handle current on the worker thread, which ends right after; ``pop()`` before ``detach()``
+would make pycuda push it again, with the same result, so ``pop()`` is never called.
 
 Builds take minutes on a Jetson: ``progress`` is called during the build (TensorRT's progress
 monitor plus a heartbeat) so the daemon can send systemd ``EXTEND_TIMEOUT_USEC``.
@@ -273,34 +278,47 @@ def detached_error(err: BaseException, what: str) -> BaseException:
     return clean
 
 
+def release_primary_context(ctx: Any, what: str) -> None:
+    """Give back one retain of the device's primary context, from the thread that retained it.
+
+    Call it while ``ctx`` is current (pushed by this thread, everything made in it freed):
+    pycuda's ``detach()`` then calls ``cuDevicePrimaryCtxRelease`` and takes the context off
+    its own per-thread stack. Dropping the reference instead would leak the retain (the
+    destructor calls ``cuCtxDetach``, which fails on a primary context), and ``pop()`` first
+    would make ``detach()`` push it again. The driver keeps the released handle current on
+    this thread (the release never pops), so the thread must end afterwards: only the
+    short-lived CUDA threads of this module and of the TensorRT backend call this. A context
+    that was retained but never pushed is pushed by ``detach()`` and released the same way.
+    """
+    try:
+        ctx.detach()
+    except Exception:
+        logger.exception("could not release the CUDA primary context after %s", what)
+
+
 def run_in_cuda_thread(device_index: int, work: Callable[[], T], what: str) -> T:
     """Run ``work()`` in a new thread that holds the device's primary context, and wait for it.
 
-    The thread retains and pushes the context, and at the end only pops it and drops the
-    reference, so pycuda's destructor releases it in the same thread. Whatever the driver
-    leaves current on that thread (pycuda's release pushes the context back and never pops
-    it) ends with the thread; the caller's thread never has a context made current.
+    The thread retains and pushes the context, and at the end releases it with
+    ``release_primary_context`` (still current, in the same thread). What the driver leaves
+    current on that thread ends with the thread; the caller's thread never has a context made
+    current.
     """
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         ctx: Any = None
-        pushed = False
         try:
             cuda = import_pycuda()
             ctx = cuda.Device(device_index).retain_primary_context()
             ctx.push()
-            pushed = True
             outcome["result"] = work()
         except BaseException as err:  # handed to the caller's thread without its frames
             outcome["error"] = detached_error(err, what)
         finally:
-            if pushed:
-                try:
-                    ctx.pop()
-                except Exception:
-                    logger.exception("could not pop the CUDA context after %s", what)
-            ctx = None  # the last reference: pycuda releases the primary context here, in this thread
+            if ctx is not None:
+                release_primary_context(ctx, what)
+            ctx = None  # already released: pycuda's destructor has nothing left to do
 
     thread = threading.Thread(target=target, name="cuda-work", daemon=True)
     thread.start()
@@ -579,6 +597,7 @@ __all__ = [
     "import_tensorrt",
     "plan_deserializes",
     "read_engine_json",
+    "release_primary_context",
     "run_in_cuda_thread",
     "sanitise",
     "stale_reason",

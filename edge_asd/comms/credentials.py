@@ -9,9 +9,13 @@ What is checked, each time a daemon, ``watch`` or the console connects:
 
 * a password sent over plain ``mqtt://`` to a host that is not this machine: a warning (anyone
   on the plant network can read it); the fix is TLS (``mqtts://``, deploy/mosquitto/README.md);
-* a client key (``mqtt.tls.key_file``) that every user can read: refused, since whoever holds
-  it is the node to the broker; readable by a group other than the service's own: a warning.
-  ``root:edge-asd 0640`` (the group of the service user) and ``edge-asd 0600`` are both fine;
+* a client key (``mqtt.tls.key_file``) that every user can actually read: refused, since
+  whoever holds it is the node to the broker. "Actually" means the file is world-readable AND
+  every directory above it lets other users through (o+x): a ``0644`` key inside a ``0750`` or
+  ``0700`` directory (how many nodes were set up before this check existed) cannot be reached,
+  so it gets a warning instead of stopping a node that worked. Readable by a group other than
+  the service's own: a warning. ``root:edge-asd 0640`` (the group of the service user) and
+  ``edge-asd 0600`` are both fine;
 * a ``password_file`` readable by every user: a warning.
 """
 
@@ -97,20 +101,46 @@ def _warn_if_world_readable(path: Path, what: str) -> None:
         logger.warning("SECURITY: %s %s is readable by every user (mode %04o): chmod 600 %s", what, path, mode, path)
 
 
+def _closed_directory(path: Path) -> tuple[Path, int] | None:
+    """The nearest directory above ``path`` (symlinks resolved: the kernel walks the real path
+    too) that other users cannot pass through (no ``o+x``), with its mode; None when every one,
+    ``/`` included, lets them through. A directory that cannot be examined counts as open: the
+    answer then errs towards refusing, as before this check looked at directories."""
+    for parent in Path(os.path.realpath(path)).parents:
+        try:
+            mode = stat.S_IMODE(parent.stat().st_mode)
+        except OSError:
+            continue
+        if not mode & stat.S_IXOTH:
+            return parent, mode
+    return None
+
+
 def check_key_permissions(path: Path, what: str = "mqtt.tls.key_file") -> None:
-    """Refuse a private key that every user can read; warn when a group other than the
-    service's own can. The key is the node's identity to the broker."""
+    """Refuse a private key that every user can reach and read; warn when it is world-readable
+    behind a closed directory, or readable by a group other than the service's own. The key is
+    the node's identity to the broker."""
     try:
         st = path.stat()
     except OSError:
         return  # the open below reports it, naming the file
     mode = stat.S_IMODE(st.st_mode)
     if mode & stat.S_IROTH:
-        raise ConfigError(
-            f"{what} {path} is readable by every user on this machine (mode {mode:04o}): whoever reads it can "
-            f"connect as this node. Run `chmod 600 {path}` (owned by the user the daemon runs as, or "
-            "`chmod 640` with the service's group), then start again"
-        )
+        closed = _closed_directory(path)
+        if closed is None:
+            raise ConfigError(
+                f"{what} {path} is readable by every user on this machine (mode {mode:04o}, and every directory "
+                f"above it lets them in): whoever reads it can connect as this node. Run `chmod 600 {path}` "
+                "(owned by the user the daemon runs as, or `chmod 640` with the service's group), then start again"
+            )
+        folder, folder_mode = closed
+        # Not reachable today, but one chmod or move of the directory away from being so.
+        logger.warning(
+            "SECURITY: %s %s is readable by every user (mode %04o); only its directory %s (mode %04o) keeps "
+            "other users out. chmod 600 %s (or 640 with the service's group)", what, path, mode, folder,
+            folder_mode, path,
+        )  # fmt: skip
+        return
     if mode & stat.S_IRGRP and st.st_gid != os.getegid():
         logger.warning(
             "SECURITY: %s %s is readable by group %d, which is not this service's group (mode %04o): "

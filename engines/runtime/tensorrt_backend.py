@@ -4,15 +4,17 @@ pycuda contexts are per thread (``pycuda.autoinit`` makes a context current only
 importing thread; inference from another thread fails with "invalid device context"). So a
 dedicated worker thread owns everything CUDA: it calls ``cuda.init()``, retains and pushes the
 device's primary context, deserializes the engine, allocates page-locked host and device
-buffers once for ``max_batch``, serves ``infer`` requests from a queue, and frees everything and
-pops the context when closed. Callers on any thread just wait for the result.
+buffers once for ``max_batch``, serves ``infer`` requests from a queue, and when closed frees
+everything and releases the context, then ends. Callers on any thread just wait for the result.
 
 Construction is exception-safe: everything the worker does, the context push included, is
 inside one ``try`` whose ``finally`` resolves the start-up Future, so the constructor never
 waits on a worker that died; a failed load frees the engine and buffers in the worker (with
 the context still current) before the error, cut loose from its traceback
-(``engines.build.detached_error``), reaches the caller. Teardown pops the context and drops
-the reference, never ``detach()`` after ``pop()`` (see ``engines.build``). TensorRT older
+(``engines.build.detached_error``), reaches the caller. Teardown calls ``detach()`` while the
+context is still current in the worker, never ``pop()``: only that reaches
+``cuDevicePrimaryCtxRelease`` (``engines.build.release_primary_context`` says why), and the
+handle the driver leaves current ends with the worker thread. TensorRT older
 than 10 (JetPack 6.0) is refused by ``import_tensorrt`` with the JetPack to install.
 
 Per chunk: ``set_input_shape`` -> async H2D -> ``execute_async_v3(stream.handle)`` (its bool
@@ -43,6 +45,7 @@ from engines.build import (
     ensure_engine,
     import_pycuda,
     import_tensorrt,
+    release_primary_context,
 )
 from engines.bundle import Bundle
 from engines.errors import BackendUnavailableError, EngineBuildError
@@ -122,7 +125,6 @@ class TensorRTBackend(Runtime):
     # -- everything below runs in the worker thread ------------------------------------------
     def _worker(self) -> None:
         ctx: Any = None
-        pushed = False
         state: dict[str, Any] = {}
         try:
             trt = import_tensorrt()
@@ -135,7 +137,6 @@ class TensorRTBackend(Runtime):
             )
             ctx = cuda.Device(self.device_index).retain_primary_context()
             ctx.push()
-            pushed = True
             self._load(trt, cuda, device, state)
             self._ready.set_result(None)
             self._serve(cuda, state)
@@ -149,13 +150,10 @@ class TensorRTBackend(Runtime):
             for key in _FREE_ORDER:
                 state.pop(key, None)
             state.clear()
-            if pushed:
-                try:
-                    ctx.pop()
-                except Exception:
-                    logger.exception("could not pop the CUDA context of the TensorRT worker")
-            # The last reference: pycuda releases the retained primary context here, in this
-            # thread, which then ends (see engines.build for why not detach()).
+            # Then give the retain back, the context still current, in this thread, which
+            # then ends (see engines.build.release_primary_context for why detach(), not pop()).
+            if ctx is not None:
+                release_primary_context(ctx, "the TensorRT worker")
             ctx = None
             if not self._ready.done():  # unreachable by design; a hung constructor is worse than a message
                 self._ready.set_exception(EngineBuildError("the TensorRT worker ended before the engine was loaded"))

@@ -1,12 +1,17 @@
 """Broker credentials handled safely: a password in the URL and a password over plain MQTT to
 another host get a warning that says how to do it right, a TLS client key that every user can
-read is refused, and the password never appears in a message."""
+reach and read is refused (one behind a directory closed to them is a warning), and the password
+never appears in a message."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +101,29 @@ def _key_pair(folder: Path) -> tuple[Path, Path]:
     return key, cert
 
 
-def test_tls_key_file_permissions(tmp_path: Path, caplog) -> None:
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can pass through, and every directory above it too (pytest's
+    ``tmp_path`` sits under a 0700 ``pytest-of-<user>``, which closes whatever is inside)."""
+    folder = Path(tempfile.mkdtemp(prefix="edge-asd-keys-"))
+    try:
+        folder.chmod(0o755)
+        closed = [str(d) for d in folder.resolve().parents if not d.stat().st_mode & stat.S_IXOTH]
+        if closed:
+            pytest.skip(f"the temporary directory is inside {closed[0]}, closed to other users")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _need_openssl() -> None:
     if subprocess.run(["which", "openssl"], capture_output=True).returncode != 0:
         pytest.skip("openssl not installed")
-    key, cert = _key_pair(tmp_path)
+
+
+def test_tls_key_file_permissions(open_dir: Path, caplog) -> None:
+    _need_openssl()
+    key, cert = _key_pair(open_dir)
     cfg = MqttConfig(url="mqtts://127.0.0.1:8883", tls={"cert_file": str(cert), "key_file": str(key)})
     key.chmod(0o644)
     with pytest.raises(ConfigError, match=r"mqtt\.tls\.key_file .*client\.key is readable by every user .*chmod 600"):
@@ -121,3 +145,35 @@ def test_tls_key_file_permissions(tmp_path: Path, caplog) -> None:
         with caplog.at_level(logging.WARNING):
             check_key_permissions(key)
         assert "readable by group" in caplog.text and f"chmod 600 {key}" in caplog.text
+
+
+@pytest.mark.parametrize("folder_mode", [0o750, 0o700])
+def test_a_world_readable_key_behind_a_closed_directory_is_a_warning(open_dir: Path, folder_mode: int, caplog) -> None:
+    """A 0644 key in a 0750/0700 directory (how nodes were set up before the check) is out of
+    other users' reach: the node keeps starting, with a warning that names the directory."""
+    _need_openssl()
+    tls_dir = open_dir / "tls"
+    tls_dir.mkdir()
+    key, cert = _key_pair(tls_dir)
+    key.chmod(0o644)
+    cfg = MqttConfig(url="mqtts://127.0.0.1:8883", tls={"cert_file": str(cert), "key_file": str(key)})
+    tls_dir.chmod(0o755)  # open all the way down: refused
+    with pytest.raises(ConfigError, match=r"client\.key is readable by every user .*every directory above it"):
+        check_tls_files(cfg)
+    tls_dir.chmod(folder_mode)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_asd.comms.credentials"):
+            assert check_tls_files(cfg) is not None
+        assert f"SECURITY: mqtt.tls.key_file {key} is readable by every user (mode 0644)" in caplog.text
+        assert f"only its directory {tls_dir.resolve()} (mode {folder_mode:04o})" in caplog.text
+        assert f"chmod 600 {key}" in caplog.text
+        # the closed directory may be any one above the key, not only its own
+        caplog.clear()
+        tls_dir.chmod(0o755)
+        open_dir.chmod(folder_mode)
+        with caplog.at_level(logging.WARNING, logger="edge_asd.comms.credentials"):
+            check_key_permissions(key)
+        assert f"only its directory {open_dir.resolve()}" in caplog.text
+    finally:
+        open_dir.chmod(0o755)
+        tls_dir.chmod(0o755)

@@ -163,18 +163,28 @@ def _fake_modules(
     owner: dict[str, object] = {}
 
     class Ctx:
+        """pycuda's primary context as far as teardown goes: ``detach()`` on the current context
+        releases it; on one that is not current (popped, or never pushed) pycuda pushes it
+        again first and the driver leaves it current."""
+
+        def __init__(self) -> None:
+            self.current_in: threading.Thread | None = None
+
         def push(self) -> None:
             calls.append(f"push in {threading.current_thread().name}")
             if push_error is not None:
                 raise push_error
-            owner["thread"] = threading.current_thread()
+            owner["thread"] = self.current_in = threading.current_thread()
 
         def pop(self) -> None:
             assert threading.current_thread() is owner["thread"], "context popped in another thread"
             calls.append("pop")
+            self.current_in = None
 
         def detach(self) -> None:
-            calls.append("detach")
+            here = threading.current_thread()
+            state = "current" if self.current_in is here else "not current"
+            calls.append(f"detach ({state}) in {here.name}")
 
     class DeviceAttribute:
         MULTIPROCESSOR_COUNT = "mp"
@@ -428,10 +438,12 @@ def test_tensorrt_runtime_worker_with_stand_ins(fake_bundle, monkeypatch) -> Non
     with open_runtime(bundle, backend="auto", max_batch=4) as rt:
         assert rt.type_key == "tensorrt" and "Orin" in rt.describe() and "8 SMs" in rt.describe()
         out = rt.infer(audio)
-    # Teardown pops the context and drops it: no detach() after pop() (that would leave a
-    # released primary context current on the thread).
+    # Teardown frees the engine, then detach()es the context while it is still current in the
+    # worker (pycuda's cuDevicePrimaryCtxRelease path); never pop(), which would make detach()
+    # push it again, and never only dropping it (the destructor leaks the retain).
     assert calls == [
-        "push in tensorrt-infer", "execute 4", "execute 4", "execute 2", "free engine in tensorrt-infer", "pop"
+        "push in tensorrt-infer", "execute 4", "execute 4", "execute 2", "free engine in tensorrt-infer",
+        "detach (current) in tensorrt-infer",
     ]
     assert set(_FakeAlloc.freed) == {"tensorrt-infer"}
     expected = audio.mean(axis=1, keepdims=True) + np.arange(bundle.num_classes)
@@ -451,7 +463,8 @@ def test_a_failing_context_push_fails_the_constructor_instead_of_hanging_it(fake
     _install_fakes(monkeypatch, fake_bundle, calls, push_error=RuntimeError("cuCtxPushCurrent failed: unknown error"))
     with pytest.raises(EngineBuildError, match="loading the TensorRT engine .* failed: RuntimeError: cuCtxPushCurrent"):
         open_runtime(fake_bundle, backend="tensorrt", max_batch=4)
-    assert calls == ["push in tensorrt-infer"]  # never popped: it was never pushed
+    # Never popped (it was never pushed), but the retain is still given back, in the worker.
+    assert calls == ["push in tensorrt-infer", "detach (not current) in tensorrt-infer"]
 
 
 def _frames(err: BaseException) -> list[str]:
@@ -473,7 +486,8 @@ def _frames(err: BaseException) -> list[str]:
 )
 def test_a_failed_load_frees_engine_and_buffers_in_the_worker(fake_bundle, monkeypatch, options, message) -> None:
     """The error that reaches the caller holds no frame of the load: the engine and every buffer
-    made before the failure are freed in the worker thread, with the context current, before pop."""
+    made before the failure are freed in the worker thread, with the context current, before the
+    context is released."""
     from engines.runtime import open_runtime
 
     calls: list[str] = []
@@ -481,7 +495,7 @@ def test_a_failed_load_frees_engine_and_buffers_in_the_worker(fake_bundle, monke
     with pytest.raises(EngineBuildError, match=message) as caught:
         open_runtime(fake_bundle, backend="tensorrt", max_batch=4)
     assert "_load" not in _frames(caught.value) and caught.value.__context__ is None
-    assert calls == ["push in tensorrt-infer", "free engine in tensorrt-infer", "pop"]
+    assert calls == ["push in tensorrt-infer", "free engine in tensorrt-infer", "detach (current) in tensorrt-infer"]
     assert _FakeAlloc.freed and set(_FakeAlloc.freed) == {"tensorrt-infer"}
 
 
@@ -525,8 +539,8 @@ def test_engine_key_tells_orin_modules_apart() -> None:
 @pytest.mark.device
 def test_build_engine_in_its_own_thread_with_opt_batch_and_atomic_timing_cache(fake_bundle, monkeypatch, caplog) -> None:
     """``build_engine``: the context lives in a thread of its own (the caller's thread never gets
-    one), pop without detach, the profile is tuned for max_batch, the timing cache is written
-    atomically and a corrupt one is ignored with a warning."""
+    one) and is released there with detach() while current, the profile is tuned for max_batch,
+    the timing cache is written atomically and a corrupt one is ignored with a warning."""
     from engines.build import TIMING_CACHE, build_engine, read_engine_json
 
     calls: list[str] = []
@@ -537,7 +551,7 @@ def test_build_engine_in_its_own_thread_with_opt_batch_and_atomic_timing_cache(f
     with caplog.at_level(logging.WARNING, logger="engines.build"):
         files = build_engine(fake_bundle, max_batch=6, workspace_mib=256)
     assert files.built and files.plan.read_bytes() == b"fake plan"
-    assert calls[0] == "push in cuda-work" and calls[-1] == "pop" and "detach" not in calls
+    assert calls[0] == "push in cuda-work" and calls[-1] == "detach (current) in cuda-work" and "pop" not in calls
     assert "build in cuda-work" in calls
     assert "profile audio min 1 opt 6 max 6" in calls  # tuned for the batch the daemon runs
     assert f"ignoring the TensorRT timing cache {cache}" in caplog.text

@@ -654,6 +654,16 @@ def test_install_upgrade_and_uninstall_against_a_scratch_root(fake_system: dict[
     assert (root / "opt" / "edge-asd" / "pip-constraints.txt").read_text() == CONSTRAINTS.read_text()
     assert "numpy==1.26.4" in CONSTRAINTS.read_text().splitlines()
     assert any(c.startswith("venv-python -m pip install --constraint") and c.endswith("--upgrade pip") for c in calls)
+    # pip >= 26.2 pins isolated build environments (pycuda's numpy and setuptools, edge-asd's
+    # setuptools) only with --build-constraint: every pip call that builds passes it, with the
+    # same file; the venv's own old pip, which only upgrades itself from a wheel, does not.
+    pinned = root / "opt" / "edge-asd" / "pip-constraints.txt"
+    builds = [c for c in pip if not c.endswith("--upgrade pip")]
+    assert len(builds) == 2 and any("--force-reinstall --no-deps" in c for c in builds), builds
+    for c in builds:
+        assert f"--constraint {pinned} --build-constraint {pinned}" in c, c
+    assert all("--build-constraint" not in c for c in pip if c.endswith("--upgrade pip")), pip
+    assert "PIP_CONSTRAINT=" not in INSTALLER.read_text()  # it no longer reaches build environments
     manifest = (root / "opt" / "edge-asd" / "installed-versions.txt").read_text()
     assert "libnvinfer10" in manifest and "apt libportaudio2=" in manifest  # (the fake dpkg-query ignores -f)
     installed = root / "var" / "lib" / "edge-asd" / "bundle"
@@ -755,8 +765,10 @@ def test_install_stops_on_tensorrt_older_than_10(
 
 
 def test_every_pip_dependency_is_pinned_exactly() -> None:
-    """deploy/constraints.txt pins every dependency of pyproject (base, jetson, onnx) and the
-    installer's own tools to one version; numpy stays 1.x for JetPack's TensorRT bindings."""
+    """deploy/constraints.txt pins every dependency of pyproject (base, jetson, onnx), the
+    installer's own tools and what the isolated builds install (edge-asd's and pycuda's
+    [build-system] requires, given to pip as --build-constraint) to one version; numpy stays 1.x
+    for JetPack's TensorRT bindings, in the venv and in pycuda's build alike."""
     import tomllib
 
     pins = {}
@@ -766,9 +778,14 @@ def test_every_pip_dependency_is_pinned_exactly() -> None:
             name, sep, version = line.partition("==")
             assert sep and version, f"not an exact pin: {line!r}"
             pins[re.sub(r"[-_.]+", "-", name.lower())] = version
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    # pycuda's own pyproject.toml (2026.1): [build-system] requires = setuptools, wheel, numpy>=1.24
+    pycuda_build = ["setuptools", "wheel", "numpy>=1.24"]
     wanted = [*project["dependencies"], *project["optional-dependencies"]["jetson"],
-              *project["optional-dependencies"]["onnx"], "pip", "setuptools", "wheel"]  # fmt: skip
+              *project["optional-dependencies"]["onnx"], "pip", "setuptools", "wheel",
+              *pyproject["build-system"]["requires"], *pycuda_build]  # fmt: skip
+    assert pins["pycuda"] == "2026.1", "pycuda changed: check its [build-system] requires above"
     for requirement in wanted:
         name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower())
         assert name in pins, f"{name} is not pinned in {CONSTRAINTS}"
