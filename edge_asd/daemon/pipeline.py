@@ -313,9 +313,7 @@ class Pipeline:
                 self._set_status(stream, FAULT, fault_message(report))
                 self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
                 continue
-            if stream.capture.status == ONLINE:
-                self._set_status(stream, ONLINE, "")
-            batch.append((stream, audio, end_index))
+            batch.append((stream, audio, end_index))  # `online` once it is scored (a broken engine is a fault)
         self._apply_backpressure()
         if batch:
             self._score(batch)
@@ -364,6 +362,8 @@ class Pipeline:
                 self._set_status(stream, FAULT, "the model gave non-finite output (NaN or Inf): check the engine")
                 self._decide(stream, end_index, None, window, fault=True, end_reason=END_FAULT)
                 continue
+            if stream.capture.status == ONLINE:
+                self._set_status(stream, ONLINE, "")
             score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows)
             stream.counters.windows += 1
             stream.last_scored_mono = time.monotonic()

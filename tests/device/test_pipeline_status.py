@@ -1,0 +1,55 @@
+"""A stream's status says what happened to its windows, once: no flapping.
+
+A broken engine (NaN output) used to make the status go ``online`` when a window passed its
+level check and ``fault`` when the engine's output came back: two retained messages and a
+warning per hop. ``online`` now means "scored", so the status stays ``fault``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_asd.core.audio_io import write_wav
+from tests.fixtures.bundles import recording_with_anomaly, synth_bundle
+from tests.fixtures.comms import MemoryCommunicator
+
+pytestmark = pytest.mark.device
+pytest.importorskip("onnxruntime")
+
+
+def test_non_finite_engine_output_is_one_fault_not_a_flapping_status(artifacts_dir: Path, tmp_path: Path) -> None:
+    from edge_asd.config import validate_config
+    from edge_asd.daemon.listen import build_daemon, run_daemon
+    from engines.bundle import load_bundle
+    from engines.runtime.base import Inference
+
+    bundle = synth_bundle(artifacts_dir)
+    cls = load_bundle(bundle).classes[0]
+    machine_type, machine_id = cls.split("/")
+    audio, _ = recording_with_anomaly(machine_type, int(machine_id[-2:]), 20.0, None, 1.0, "rattle", seed=5)
+    wav = tmp_path / "machine.wav"
+    write_wav(wav, np.asarray(audio, np.float32))
+    cfg = validate_config({
+        "bundle": str(bundle), "backend": "onnxruntime", "hop_s": 0.5, "state_dir": str(tmp_path / "state"),
+        "node_id": "n", "sources": [{"name": "mic", "type": "file", "path": str(wav), "realtime": False}],
+        "streams": [{"name": "m1", "source": "mic", "classes": [cls]}], "evidence": {"enabled": False},
+    })  # fmt: skip
+    comms = MemoryCommunicator()
+    daemon = build_daemon(cfg, comms=comms)
+    infer = daemon.runtime.infer
+
+    def broken(batch: np.ndarray, **kw: object) -> Inference:
+        out = infer(batch, **kw)  # type: ignore[arg-type]
+        return Inference(np.full_like(out.scores, np.nan), out.embedding)
+
+    daemon.runtime.infer = broken  # type: ignore[method-assign]
+    assert run_daemon(daemon, install_signals=False) == 0
+    statuses = [call[1][1] for call in comms.calls if call[0] == "status" and call[1][0] == "m1"]
+    faults = daemon.pipeline.stats()["streams"]["m1"]["faults"]
+    print(f"{faults} windows with NaN output -> status publications {statuses}")
+    assert faults >= 10
+    assert statuses == ["fault"], statuses
+    assert not [c for c in comms.calls if c[0] == "score"]
