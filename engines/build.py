@@ -226,8 +226,9 @@ class _TrtLogger:
         return Forward()
 
 
-def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
-    """A ``trt.IProgressMonitor`` (TensorRT >= 10.0) that reports phases to ``progress``."""
+def _progress_monitor(trt: Any, progress: ProgressFn, mark: Callable[[], None] = lambda: None) -> Any | None:
+    """A ``trt.IProgressMonitor`` (TensorRT >= 10.0) that reports phases to ``progress`` and
+    calls ``mark`` on every step TensorRT completes (what the heartbeat counts as progress)."""
     if not hasattr(trt, "IProgressMonitor"):
         return None
 
@@ -236,9 +237,11 @@ def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
             trt.IProgressMonitor.__init__(self)
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            mark()
             progress(f"TensorRT build: {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
+            mark()
             return True  # never cancel
 
         def phase_finish(self, phase_name: str) -> None:
@@ -372,16 +375,29 @@ def _save_timing_cache(config: Any, path: Path) -> None:
 
 
 class _Heartbeat:
-    """Calls ``progress`` every ``period`` seconds while a blocking build runs."""
+    """Calls ``progress`` every ``period`` seconds while a blocking build moves on.
 
-    def __init__(self, progress: ProgressFn, period: float = HEARTBEAT_S) -> None:
+    A beat goes out only when TensorRT completed a step since the last one (``mark``, called
+    by the progress monitor), so a hung build stops extending systemd's start timeout and
+    times out as it should; ``always`` (no monitor to tell) beats on the clock alone."""
+
+    def __init__(self, progress: ProgressFn, period: float = HEARTBEAT_S, *, always: bool = False) -> None:
         self._progress, self._period = progress, period
+        self.always = always
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trt-build-heartbeat", daemon=True)
         self._started = time.monotonic()
+        self._marked = False
+
+    def mark(self) -> None:
+        """TensorRT made progress (a step or a phase)."""
+        self._marked = True
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):
+            if not (self._marked or self.always):
+                continue
+            self._marked = False
             self._progress(f"building TensorRT engine ({time.monotonic() - self._started:.0f} s)")
 
     def __enter__(self) -> _Heartbeat:
@@ -429,7 +445,9 @@ def build_plan(
         # Old 10.x without strong typing: let TensorRT choose fp16 where the graph does not pin types.
         logger.warning("TensorRT %s has no STRONGLY_TYPED networks: falling back to BuilderFlag.FP16", trt.__version__)
         config.set_flag(trt.BuilderFlag.FP16)
-    monitor = _progress_monitor(trt, say)
+    heartbeat = _Heartbeat(say)
+    monitor = _progress_monitor(trt, say, heartbeat.mark)
+    heartbeat.always = monitor is None  # no monitor to tell: beat on the clock
     if monitor is not None:
         config.progress_monitor = monitor
     input_tensor = network.get_input(0)
@@ -442,7 +460,7 @@ def build_plan(
     cache = _attach_timing_cache(config, timing_cache)
     say(f"building TensorRT {trt.__version__} engine (max batch {max_batch}, workspace {workspace_mib} MiB)")
     started = time.monotonic()
-    with _Heartbeat(say):
+    with heartbeat:
         plan = builder.build_serialized_network(network, config)
     seconds = time.monotonic() - started
     if plan is None:

@@ -575,3 +575,26 @@ def test_build_engine_in_its_own_thread_with_opt_batch_and_atomic_timing_cache(f
     with caplog.at_level(logging.WARNING, logger="engines.build"):
         build_engine(fake_bundle, max_batch=6, workspace_mib=256, force=True)
     assert "ignoring" not in caplog.text and "timing cache b'timing cache v2'" in calls
+
+
+def test_build_heartbeat_beats_only_while_tensorrt_makes_progress() -> None:
+    """A hung build must stop extending systemd's start timeout: no step, no beat."""
+    import time
+
+    from engines.build import _Heartbeat
+
+    said: list[str] = []
+    with _Heartbeat(said.append, period=0.05) as beat:
+        time.sleep(0.3)
+        assert said == []  # nothing completed: silence
+        beat.mark()
+        deadline = time.monotonic() + 5
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(said) == 1 and "building TensorRT engine" in said[0]
+        time.sleep(0.3)
+        assert len(said) == 1  # one mark, one beat
+    clock: list[str] = []
+    with _Heartbeat(clock.append, period=0.05, always=True):
+        time.sleep(0.3)
+    assert len(clock) >= 2  # without a progress monitor it beats on the clock
