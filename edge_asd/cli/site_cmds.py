@@ -75,9 +75,28 @@ def _print_enrolment(stream: str, enrolment: Enrolment, path: Path | None) -> No
         console.print(f"enrolment stored in {path}", highlight=False)
 
 
+def _with_feedback(enrolment: Any, state_dir: Path, stream: str, bundle: Any, forget: bool) -> Any:
+    """The new enrolment plus what operators taught the stream's previous one (same bundle)."""
+    from edge_asd.core.site.enrolment import EnrolmentError
+    from edge_asd.site.enrol import keep_feedback
+    from edge_asd.site.storage import bundle_sha, load_stream_enrolment
+
+    if forget:
+        return enrolment
+    try:
+        previous = load_stream_enrolment(state_dir, stream, bundle_sha(bundle))
+    except (EnrolmentError, OSError):  # none yet, or for another bundle: nothing to keep
+        return enrolment
+    kept = keep_feedback(enrolment, previous)
+    if kept is not enrolment:
+        console.print(f"{stream}: kept the {len(previous.exemplars)} windows operators taught as normal "
+                      "(--forget-feedback drops them)", highlight=False)  # fmt: skip
+    return kept
+
+
 def _enrol_files(
     paths: list[Path], kind: str, stream: str, bundle: Any, class_names: list[str] | None, backend: str,
-    far: float, hop_s: float, minutes: float | None, state_dir: Path,
+    far: float, hop_s: float, minutes: float | None, state_dir: Path, forget_feedback: bool = False,
 ) -> None:  # fmt: skip
     from edge_asd.site.enrol import enrol_files
     from edge_asd.site.storage import check_stream_name, save_stream_enrolment
@@ -90,13 +109,14 @@ def _enrol_files(
             paths, bundle, runtime, stream=stream, kind=kind, false_alarm_rate=far, class_indices=indices,
             hop_s=hop_s, max_minutes=minutes,
         )  # fmt: skip
+    enrolment = _with_feedback(enrolment, state_dir, stream, bundle, forget_feedback)
     path = save_stream_enrolment(enrolment, state_dir, stream)
     _print_enrolment(stream, enrolment, path)
 
 
 def _enrol_config(
     config: Path, stream: str | None, bundle_dir: Path | None, backend: str | None, fapd: float,
-    hop: float | None, minutes: float, state_dir: Path | None,
+    hop: float | None, minutes: float, state_dir: Path | None, forget_feedback: bool = False,
 ) -> None:  # fmt: skip
     """Enrol the configured streams (or one) from their sources through the capture path."""
     from edge_asd.audio.capture import Capture
@@ -163,6 +183,7 @@ def _enrol_config(
                     features, bundle, stream=sc.name, false_alarm_rate=far, source=prov, class_names=names,
                     hop_s=hop_s,
                 )  # fmt: skip
+                enrolment = _with_feedback(enrolment, state, sc.name, bundle, forget_feedback)
                 path = save_stream_enrolment(enrolment, state, sc.name)
                 _print_enrolment(sc.name, enrolment, path)
 
@@ -187,8 +208,15 @@ def register(app: typer.Typer) -> None:
         classes: list[str] | None = _CLASS,
         hop: float | None = _HOP,
         backend: str | None = typer.Option(None, "--backend", help="auto | tensorrt | onnxruntime (default auto)"),
+        forget_feedback: bool = typer.Option(
+            False, "--forget-feedback",
+            help="Drop what operators taught the stream's previous enrolment (events marked normal); kept by default.",
+        ),
     ) -> None:
-        """Learn a stream's normal sound from its own audio (indicators, embeddings, threshold)."""
+        """Learn a stream's normal sound from its own audio (indicators, embeddings, threshold).
+
+        A re-enrolment keeps the false alarms operators already marked normal, unless
+        --forget-feedback."""
         from edge_asd.config import default_state_dir, sanitize_id
         from edge_asd.core.site.enrolment import DEFAULT_FALSE_ALARMS_PER_DAY, false_alarm_rate_for
         from edge_asd.site.enrol import normal_files
@@ -201,7 +229,7 @@ def register(app: typer.Typer) -> None:
         if config is not None:
             if classes:
                 raise _user_error("--class is taken from the config's streams with --config; set `classes:` there")
-            _enrol_config(config, stream, bundle, backend, fapd, hop, minutes or 10.0, state_dir)
+            _enrol_config(config, stream, bundle, backend, fapd, hop, minutes or 10.0, state_dir, forget_feedback)
             return
         if bundle is None:
             raise _user_error("no model bundle: pass --bundle DIR (made by `edge-asd export`)")
@@ -220,7 +248,7 @@ def register(app: typer.Typer) -> None:
             name = stream or sanitize_id(folder.resolve().name)
         _enrol_files(
             paths, kind, name, load_bundle(bundle), classes, backend or "auto", false_alarm_rate_for(fapd, hop_s),
-            hop_s, minutes, state_dir or default_state_dir(),
+            hop_s, minutes, state_dir or default_state_dir(), forget_feedback,
         )  # fmt: skip
 
     @app.command("evaluate-site")

@@ -38,7 +38,7 @@ from edge_asd.core.errors import UserError
 from edge_asd.core.site.enrolment import Enrolment, EnrolmentError, SiteScore, WindowSet, false_alarm_rate_for
 from edge_asd.core.site.holdout import WindowRef
 from edge_asd.daemon.refits import Refits
-from edge_asd.site.enrol import enrol_features
+from edge_asd.site.enrol import enrol_features, keep_feedback
 from edge_asd.site.features import WindowFeatures
 from edge_asd.site.storage import (
     EnrolmentStatus,
@@ -415,6 +415,7 @@ class StreamSite:
                 false_alarm_rate=false_alarm_rate_for(self.false_alarms_per_day, self.hop_s),
                 source={"kind": "live", "minutes": live.minutes}, class_names=self.class_names, hop_s=self.hop_s,
             )  # fmt: skip
+            enrolment = keep_feedback(enrolment, self.enrolment)  # what operators taught stays taught
             save_stream_enrolment(enrolment, self.state_dir, self.stream)
         except (UserError, OSError, ValueError) as err:
             self.status = EnrolmentStatus("failed", f"re-enrolment of {self.stream} failed: {err}", self.status.path)

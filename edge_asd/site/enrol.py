@@ -104,6 +104,23 @@ def enrol_features(
     )  # fmt: skip
 
 
+def keep_feedback(enrolment: Enrolment, previous: Enrolment | None) -> Enrolment:
+    """``enrolment`` with the false alarms an operator taught ``previous`` (the stream's
+    enrolment for the same bundle, None when there is none): a re-enrolment must not make
+    them ring again. When they cannot be carried (another indicator set), it says so and
+    returns ``enrolment`` as it is."""
+    if previous is None or len(previous.exemplars) == 0:
+        return enrolment
+    try:
+        carried = enrolment.with_feedback_of(previous)
+    except ValueError as err:
+        logger.warning("the %d windows taught as normal before could not be kept: %s", len(previous.exemplars), err)
+        return enrolment
+    logger.info("kept the %d windows an operator taught as normal (%d events)",
+                len(previous.exemplars), len(previous.meta.get("feedback_events") or []))  # fmt: skip
+    return carried
+
+
 def enrol_files(
     paths: Sequence[Path],
     bundle: Bundle,

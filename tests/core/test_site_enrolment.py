@@ -173,6 +173,26 @@ def test_feedback_normal_silences_the_same_sound_and_rederives_the_threshold(enr
     assert updated.score(moved, other[1], other[2]).anomalous.all()
 
 
+def test_a_re_enrolment_keeps_what_operators_taught(enrolment) -> None:
+    """Feedback "normal" survives a re-enrolment: the false alarm must not ring again."""
+    x, emb, ce = _normal(6, 12)
+    x[:, IDX["band_2500hz"]] += 3.0  # the harmless 2.5 kHz sound an operator marked normal
+    taught = enrolment.add_normal(x[:3], emb[:3], ce[:3])
+    taught.meta["feedback_events"] = ["1700000000-abcdef"]
+    fresh = fit_enrolment(*_normal(300, 13), _refs(300), meta={"bundle_sha": "ab" * 32, "stream": "press"})
+    assert fresh.score(x[3:], emb[3:], ce[3:]).anomalous.all()  # re-enrolled from scratch: it rings again
+    kept = fresh.with_feedback_of(taught)
+    assert not kept.score(x[3:], emb[3:], ce[3:]).anomalous.any()
+    assert len(kept.exemplars) == 3 and kept.n_windows == fresh.n_windows
+    assert kept.meta["feedback_events"] == ["1700000000-abcdef"] and kept.meta["feedback_normal_windows"] == 3
+    assert kept.meta["feedback_carried_from"] == taught.created
+    assert fresh.with_feedback_of(enrolment) is fresh  # nothing taught, nothing to carry
+    moved = _normal(2, 14)
+    bad = moved[0].copy()
+    bad[:, IDX["crest_factor"]] -= 2.1
+    assert kept.score(bad, moved[1], moved[2]).anomalous.all()  # other faults still alert
+
+
 def test_save_load_round_trip(tmp_path: Path, enrolment) -> None:
     en = enrolment.add_normal(*[a[:2] for a in _normal(2, 10)])
     en.save(tmp_path / "e")

@@ -91,7 +91,9 @@ def test_live_re_enrolment_fits_in_the_background_and_swaps_in_whole(
     bundle = load_bundle(cached_bundle)
     machine = MachineSoundStream("fan", 0, seed=11)
     feats = extract([("rec", machine.read(120 * SAMPLE_RATE))], runtime)
-    save_stream_enrolment(enrol_features(feats, bundle, stream="fan1", source=provenance("wav", feats)), tmp_path, "fan1")
+    first = enrol_features(feats, bundle, stream="fan1", source=provenance("wav", feats))
+    taught = first.add_normal(feats.indicators[:3], feats.embeddings[:3], profiles=feats.profiles[:3])
+    save_stream_enrolment(taught, tmp_path, "fan1")  # an operator marked one event normal
 
     site = StreamSite("fan1", state_dir=tmp_path, bundle=bundle, bundle_sha=bundle_sha(bundle), class_names=[],
                       hop_s=1.0, false_alarms_per_day=1.0)  # fmt: skip
@@ -121,3 +123,4 @@ def test_live_re_enrolment_fits_in_the_background_and_swaps_in_whole(
     assert site.enrolment is not None and site.enrolment is not old
     assert site.enrolment.meta["source"]["kind"] == "live" and site.enrolment.n_windows == 60
     assert site.attributes()["state"] == "ok"
+    assert len(site.enrolment.exemplars) == 3  # what the operator taught survives the re-enrolment

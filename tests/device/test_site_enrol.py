@@ -64,6 +64,32 @@ def test_enrol_from_a_wav_without_classes(cached_bundle: Path, tmp_path: Path, n
     assert int(en.folds.max()) + 1 == 2  # one 75 s recording: two halves
 
 
+def test_re_enrolment_keeps_feedback_unless_told_to_forget(cached_bundle: Path, tmp_path: Path) -> None:
+    from edge_asd.site.storage import bundle_sha, load_stream_enrolment, save_stream_enrolment
+    from engines.bundle import load_bundle
+
+    sha = bundle_sha(load_bundle(cached_bundle))
+    state = tmp_path / "state"
+    wav = write_wav(tmp_path / "fan.wav", _fan(40.0, seed=2))
+    args = ["enrol", "--bundle", str(cached_bundle), "--wav", str(wav), "--state-dir", str(state), "--stream", "fan1",
+            "--backend", "onnxruntime"]  # fmt: skip
+    assert _run(args).exit_code == 0
+    first = load_stream_enrolment(state, "fan1", sha)
+    taught = first.add_normal(first.data.indicators[:4], first.data.embeddings[:4], profiles=first.data.profiles[:4])
+    taught.meta["feedback_events"] = ["1700000000-abcdef"]
+    save_stream_enrolment(taught, state, "fan1")  # what a feedback "normal" leaves
+
+    again = _run(args)
+    assert again.exit_code == 0, again.output
+    assert "kept the 4 windows operators taught as normal" in again.output
+    kept = load_stream_enrolment(state, "fan1", sha)
+    assert len(kept.exemplars) == 4 and kept.meta["feedback_events"] == ["1700000000-abcdef"]
+
+    forgot = _run([*args, "--forget-feedback"])
+    assert forgot.exit_code == 0, forgot.output
+    assert len(load_stream_enrolment(state, "fan1", sha).exemplars) == 0
+
+
 def test_enrol_from_a_folder_with_a_class(cached_bundle: Path, tmp_path: Path, no_torch_guard) -> None:
     from edge_asd.site.storage import load_stream_enrolment
 

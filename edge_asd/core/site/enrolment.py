@@ -467,6 +467,24 @@ class Enrolment:
             knn_k=self.knn_k, meta=meta, created=self.created,
         )  # fmt: skip
 
+    def with_feedback_of(self, old: Enrolment) -> Enrolment:
+        """This (new) enrolment with the normal exemplars an operator taught ``old``.
+
+        A re-enrolment learns the machine anew; what an operator already said was a false
+        alarm is still true of it, and must not ring again because someone re-enrolled.
+        ``ValueError`` when the two cannot share exemplars (another indicator set, or a
+        component whose features the old exemplars lack)."""
+        if len(old.exemplars) == 0:
+            return self
+        if tuple(old.indicator_names) != tuple(self.indicator_names):
+            raise ValueError("the previous enrolment has other indicators: its feedback cannot be carried over")
+        ex = old.exemplars
+        carried = self.add_normal(ex.indicators, ex.embeddings, ex.ce, profiles=ex.profiles)
+        carried.meta["feedback_normal_windows"] = int(old.meta.get("feedback_normal_windows", len(ex)))
+        carried.meta["feedback_events"] = list(old.meta.get("feedback_events") or [])
+        carried.meta["feedback_carried_from"] = old.created
+        return carried
+
     # -- reporting ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """What ``enrol`` prints and stores: windows, threshold, rule, each component's fit."""
