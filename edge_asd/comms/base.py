@@ -128,6 +128,7 @@ class Communicator(abc.ABC):
     def delivery_stats(self) -> dict[str, Any]:
         """How event delivery is doing: ``outbox_depth`` (events not yet acknowledged),
         ``oldest_undelivered_s`` (age of the oldest, None when none), ``memory_queue`` (events
-        held in memory because the outbox file fails) and ``refused`` (events the broker
-        refused). Zeros here: a communicator without an outbox delivers nothing later."""
-        return {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}
+        held in memory because the outbox file fails), ``refused`` (events the broker
+        refused) and ``dead_letter`` (events it refused for good, kept in the outbox's
+        ``dead_letter`` table). Zeros here: a communicator without an outbox delivers nothing later."""
+        return {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0, "dead_letter": 0}

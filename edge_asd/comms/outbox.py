@@ -6,10 +6,22 @@ messages in memory only, so each event is committed here (WAL, ``synchronous=FUL
 PUBACK arrives. Delivery is at-least-once: a row acknowledged just before a crash may be
 sent again; the ``seq`` user property lets a consumer drop duplicates.
 
+Sequence numbers never go backwards and never name two events, whatever the disk does: a
+consumer that drops duplicates by ``seq`` would otherwise drop a real event. The file's
+AUTOINCREMENT covers the healthy case; a small mark next to it (``<file>.seq``, written
+atomically) reserves ``SEQ_RESERVE`` numbers ahead, so a run that cannot open the file at
+all (full disk, I/O error, read-only file system) still numbers its memory-held events above
+anything an earlier run used. The wall clock is only the last resort (a Jetson without an RTC
+battery boots with a stale clock): when neither the mark nor the file can be read, and in any
+case when memory rows move back into the file, rows that would collide are renumbered above
+the file's highest ``seq`` (the file's older undelivered rows stay first).
+
 Open events: the same transaction that writes a ``new``/``update``/``end`` row also records
 which events are open (table ``open_events``, kept after delivery). A run that dies during an
 event (SIGKILL, OOM, watchdog, power cut) leaves them there, and the next start closes them
-(``open_events()``; the communicator publishes the ``end``).
+(``take_stale()``; the communicator publishes the ``end``). A run that could not read the file
+at start picks them up when it first can, and hands them out the same way; they are merged
+with this run's own open events, never overwritten.
 
 Bound: at most ``max_rows`` rows. When full, the oldest ``update`` rows are dropped first
 (an update is superseded by the next update or the end); ``new`` and ``end`` rows are never
@@ -20,18 +32,25 @@ A failing disk must not turn alerting off. When a write fails ("database or disk
 an I/O error, a read-only file system, a file corrupted under us) the outbox degrades to a
 bounded queue in memory (``memory_max`` rows, oldest updates then oldest rows dropped, each
 drop logged), reports the fault through ``on_fault(message)``, and ``retry()`` (called
-periodically by the sender) moves the memory rows back, in order and with their sequence
-numbers, once the disk takes them again (``on_fault(None)``). Events held in memory are lost
-if the process dies before that: the fault says so. A file that is not a database or fails its
-integrity check at open is moved aside (``<file>.corrupt-<time>``, named in a warning) and a
-fresh one started: a daemon that cannot start because of an unreadable outbox alerts nobody.
+periodically by the sender) moves the memory rows back, in order, once the disk takes them
+again (``on_fault(None)``). Events held in memory are lost if the process dies before that:
+the fault says so. A file that is not a database or fails its integrity check at open is
+moved aside (``<file>.corrupt-<time>``, named in a warning) and a fresh one started: a daemon
+that cannot start because of an unreadable outbox alerts nobody. Only a state directory the
+service user may not use is a configuration error (it never heals by itself).
+
+Dead letters: a row the broker will never accept (``dead_letter()``, decided by the delivery
+loop) moves to the table ``dead_letter`` of the same file, kept for an operator, never
+deleted by the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -43,11 +62,19 @@ from typing import Any
 
 from edge_asd.config import ConfigError
 from edge_asd.core import jsonsafe
+from edge_asd.core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 MEMORY_QUEUE_MAX = 10_000
 """Events held in memory while the outbox file cannot be written (oldest updates dropped first)."""
+
+SEQ_RESERVE = 1000
+"""Sequence numbers the ``<file>.seq`` mark reserves ahead: one small atomic write per this many
+events, and a restart after a crash skips at most this many numbers."""
+
+SEQ_MARK_SUFFIX = ".seq"
+"""The mark's name: the outbox file's name plus this."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -64,6 +91,17 @@ CREATE TABLE IF NOT EXISTS open_events (
     topic   TEXT NOT NULL,
     event   BLOB NOT NULL,
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq     INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    topic   TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    failed  REAL NOT NULL,
+    code    INTEGER NOT NULL,
+    reason  TEXT NOT NULL
 );
 """
 
@@ -94,6 +132,16 @@ class OpenEvent:
     updated: float = 0.0
 
 
+@dataclass(frozen=True)
+class _DeadRow:
+    """A dead letter decided while the file could not be written (moved there by ``retry``)."""
+
+    row: OutboxRow
+    failed: float
+    code: int
+    reason: str
+
+
 class _Corrupt(sqlite3.DatabaseError):
     """``PRAGMA quick_check`` did not answer ``ok``."""
 
@@ -117,6 +165,14 @@ def _cannot_open(err: BaseException) -> bool:
     return "unable to open database file" in str(err).lower()
 
 
+def read_only_fs(path: Path) -> bool:
+    """True when the file system holding ``path`` is mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class Outbox:
     """Thread-safe: the pipeline appends, the sender reads, deletes and retries."""
 
@@ -136,27 +192,46 @@ class Outbox:
         """Events dropped from the memory queue (full while the disk failed), this process."""
         self.moved_aside: Path | None = None
         """Where a corrupt outbox file was moved at open, if it was."""
+        self.renumbered = 0
+        """How many times memory rows got new sequence numbers when they moved back into the file
+        (a sender must forget what it has in flight: those acks name the old numbers)."""
         self._lock = threading.Lock()
+        self._notify_lock = threading.Lock()  # orders on_fault calls; never taken under _lock
+        self._reported: str | None = None  # the state on_fault was last told
         self._db: sqlite3.Connection | None = None
+        self._file_read = False  # the file's open events were merged into _open once
         self._count = 0  # rows in the file (including delivered rows whose delete is pending)
+        self._dead_count = 0  # rows in the file's dead_letter table
         self._last_seq = 0
+        self._reserved = 0  # the highest seq the mark on disk covers
+        self._mark_failing = False
         self._memory: OrderedDict[int, OutboxRow] = OrderedDict()
+        self._dead_memory: list[_DeadRow] = []
         self._open: dict[str, OpenEvent] = {}
+        self._stale: dict[str, OpenEvent] = {}
         self._unsynced_deletes: set[int] = set()
         self._failure: str | None = None
         self._failure_corrupt = False
-        self._notices: list[str | None] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(
                 f"cannot open the event outbox {self.path}: {err}; check state_dir and its permissions"
             ) from None
+        mark = self._read_mark()
+        self._last_seq = self._reserved = mark or 0
         with self._lock:
             self._open_file(first=True)
+            if self._db is None:
+                self._floor_without_file(mark)
         self._notify()
         if self._count:
             logger.info("outbox %s holds %d undelivered event(s) from a previous run", self.path, self._count)
+        if self._dead_count:
+            logger.warning(
+                "outbox %s keeps %d event(s) the broker refused for good (table dead_letter)",
+                self.path, self._dead_count,
+            )  # fmt: skip
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -168,16 +243,36 @@ class Outbox:
             if is_corrupt(err):
                 self._move_aside(err)
                 try:
-                    self._db = self._connect(seq_floor=int(time.time() * 1000))
+                    self._db = self._connect(seq_floor=self._corrupt_floor())
                     return
                 except sqlite3.Error as again:
                     err = again
             if first and _cannot_open(err):
-                raise ConfigError(
-                    f"cannot open the event outbox {self.path}: {err}; check state_dir and its permissions"
-                ) from None
+                problem = self._config_problem()
+                if problem is not None:
+                    raise ConfigError(f"cannot open the event outbox {self.path}: {err}; {problem}") from None
             self._db = None
             self._fail(err)
+
+    def _config_problem(self) -> str | None:
+        """Why the file cannot be opened, when the user must fix it: the directory is missing or
+        the service user may not use it. A read-only file system is a fault, not this."""
+        folder = self.path.parent
+        if not folder.is_dir():
+            return f"the state directory {folder} is missing: create it or set state_dir"
+        if read_only_fs(folder):
+            return None
+        user = _user_name()
+        if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            return (
+                f"the service user {user} lacks permission on {folder}: "
+                f"chown it to {user} (or set state_dir to a directory {user} may write)"
+            )
+        for name in (self.path.name, self.path.name + "-wal", self.path.name + "-shm"):
+            item = folder / name
+            if item.exists() and not os.access(item, os.R_OK | os.W_OK):
+                return f"the service user {user} lacks permission on {item}: chown it to {user}"
+        return None
 
     def _connect(self, seq_floor: int = 0) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -194,8 +289,8 @@ class Outbox:
                 # seen from the old file, so de-duplication by seq never drops a new event.
                 db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (seq_floor,))
             count = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            top = db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
+            dead = int(db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+            top = _file_top(db)
             stored = {
                 str(eid): OpenEvent(str(eid), str(stream), str(topic), _loads(event), float(updated))
                 for eid, stream, topic, event, updated in db.execute(
@@ -206,10 +301,53 @@ class Outbox:
             db.close()
             raise
         self._count = count
-        self._last_seq = max(self._last_seq, int(row[0]) if row else 0, int(top or 0))
-        if not self._memory and not self._open:
-            self._open = stored
+        self._dead_count = dead
+        self._last_seq = max(self._last_seq, top)
+        if not self._file_read:
+            # The first read in this process: what the file holds as open was left by the previous
+            # run (this run's own events, if any, are only in memory yet). Merge, never overwrite.
+            self._file_read = True
+            self._unsynced_deletes.clear()  # no file row was ever handed out: these name memory rows
+            left = {eid: ev for eid, ev in stored.items() if eid not in self._open}
+            self._open = {**left, **self._open}
+            self._stale.update(left)
+            if left and (self._memory or self._dead_memory):
+                logger.warning(
+                    "outbox %s readable again: %d event(s) the previous run left open are to be ended now",
+                    self.path, len(left),
+                )  # fmt: skip
         return db
+
+    def _corrupt_floor(self) -> int:
+        """The first seq of a fresh file after a corrupt one: above the mark, and above the clock
+        in milliseconds (the old file may have numbered from a clock too)."""
+        return max(self._last_seq, int(time.time() * 1000))
+
+    def _floor_without_file(self, mark: int | None) -> None:
+        """At start the file could not be opened: number the memory rows above what was used."""
+        peek = self._peek_top()
+        if peek is not None:
+            self._last_seq = max(self._last_seq, peek)
+        if mark is None and peek is None:
+            self._last_seq = max(self._last_seq, int(time.time() * 1000))
+            logger.warning(
+                "no record of the event numbers used so far (%s and its mark unreadable): numbering "
+                "from the clock; events are renumbered above the file's when it opens again", self.path,
+            )  # fmt: skip
+
+    def _peek_top(self) -> int | None:
+        """The highest seq the file shows to a read-only look (best effort), 0 without a file."""
+        if not self.path.exists():
+            return 0
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+            try:
+                return _file_top(db)
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError, ValueError) as err:
+            logger.debug("cannot read %s read-only either: %s", self.path, err)
+            return None
 
     def _move_aside(self, err: BaseException) -> None:
         """Keep the damaged file (and its WAL) for a post-mortem, out of the daemon's way."""
@@ -238,31 +376,82 @@ class Outbox:
             self.path, err, target,
         )  # fmt: skip
 
+    # --- the sequence mark ----------------------------------------------------------------------
+
+    @property
+    def mark_path(self) -> Path:
+        """``<file>.seq``: the highest sequence number any run may have handed out."""
+        return self.path.with_name(self.path.name + SEQ_MARK_SUFFIX)
+
+    def _read_mark(self) -> int | None:
+        try:
+            text = self.mark_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            logger.warning("cannot read the event number mark %s (%s): ignoring it", self.mark_path, err)
+            return None
+        try:
+            return max(0, int(text))
+        except ValueError:
+            logger.warning("the event number mark %s is damaged (%r): ignoring it", self.mark_path, text[:40])
+            return None
+
+    def _write_mark(self, value: int) -> bool:
+        """Atomically record ``value``; a failing disk is logged once, not raised."""
+        try:
+            atomic_write_text(self.mark_path, f"{value}\n")
+        except OSError as err:
+            if not self._mark_failing:
+                logger.warning("cannot write the event number mark %s (%s); will try again", self.mark_path, err)
+            self._mark_failing = True
+            return False
+        self._mark_failing = False
+        return True
+
+    def _next_seq(self) -> int:
+        """Hand out the next number, reserving a block in the mark first when it runs out."""
+        self._last_seq += 1
+        if self._last_seq > self._reserved and self._write_mark(self._last_seq + SEQ_RESERVE - 1):
+            self._reserved = self._last_seq + SEQ_RESERVE - 1
+        return self._last_seq
+
     # --- failure and recovery ----------------------------------------------------------------
 
     def _fail(self, err: BaseException) -> None:
         """Switch to (or stay in) the memory queue; report the fault when its reason changes."""
         self._failure_corrupt = is_corrupt(err)
+        folder = self.path.parent
+        if read_only_fs(folder):
+            hint = f"the file system under {folder} is mounted read-only: remount it read-write"
+        else:
+            hint = f"free space under {folder} or check its file system"
         message = (
             f"event outbox {self.path} cannot be written ({err}): holding events in memory "
-            f"(at most {self.memory_max}, lost if the daemon stops); free space under {self.path.parent} "
-            "or check its file system"
+            f"(at most {self.memory_max}, lost if the daemon stops); {hint}"
         )
         if message != self._failure:
             logger.error("%s", message)
             self._failure = message
-            self._notices.append(message)
 
     def _notify(self) -> None:
-        """Call ``on_fault`` for what changed, outside the lock (the handler may publish)."""
-        with self._lock:
-            notices, self._notices = self._notices, []
-        for notice in notices:
-            if self.on_fault is not None:
-                try:
-                    self.on_fault(notice)
-                except Exception:
-                    logger.exception("outbox fault handler failed")
+        """Tell ``on_fault`` the current state if it is not what it was last told.
+
+        Outside ``_lock`` (the handler may publish), under a lock of its own that orders the
+        calls: the state is read when it is delivered, so two threads can never deliver an old
+        fault after the recovery that followed it."""
+        if self.on_fault is None:
+            return
+        with self._notify_lock:
+            with self._lock:
+                current = self._failure
+            if current == self._reported:
+                return
+            self._reported = current
+            try:
+                self.on_fault(current)
+            except Exception:
+                logger.exception("outbox fault handler failed")
 
     @property
     def degraded(self) -> bool:
@@ -289,7 +478,7 @@ class Outbox:
                     self._db.close()
                     self._db = None
                     self._move_aside(sqlite3.DatabaseError("database disk image is malformed"))
-                    self._db = self._connect(seq_floor=max(self._last_seq, int(time.time() * 1000)))
+                    self._db = self._connect(seq_floor=self._corrupt_floor())
                 elif self._db is None:
                     self._open_file(first=False)
                     if self._db is None:
@@ -301,7 +490,6 @@ class Outbox:
             else:
                 self._failure = None
                 self._failure_corrupt = False
-                self._notices.append(None)
                 ok = True
         if ok:
             logger.warning("event outbox %s works again: %d event(s) moved back from memory", self.path, moved)
@@ -309,19 +497,32 @@ class Outbox:
         return ok
 
     def _flush_locked(self) -> None:
-        """One transaction: pending deletes, memory rows (their own seqs), the open events."""
+        """One transaction: pending deletes, memory rows, dead letters, the open events.
+
+        Memory rows whose numbers the file already used (it could not be read when they were
+        numbered) get new ones above everything used so far, in their order: the file's older
+        undelivered rows go first, and no number names two events."""
         db = self._db
         assert db is not None
         rows = list(self._memory.values())
         deletes = sorted(self._unsynced_deletes)
         db.execute("BEGIN IMMEDIATE")
         try:
+            renumber = bool(rows) and rows[0].seq <= _file_top(db)
+            if renumber:
+                base = max(_file_top(db), self._last_seq)
+                rows = [dataclasses.replace(r, seq=base + i) for i, r in enumerate(rows, start=1)]
             deleted = 0
             for seq in deletes:
                 deleted += db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
             db.executemany(
                 "INSERT INTO outbox (seq, kind, topic, payload, created) VALUES (?, ?, ?, ?, ?)",
                 [(r.seq, r.kind, r.topic, r.payload, r.created) for r in rows],
+            )
+            db.executemany(
+                "INSERT INTO dead_letter (seq, kind, topic, payload, created, failed, code, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [_dead_values(d.row, d.failed, d.code, d.reason) for d in self._dead_memory],
             )
             db.execute("DELETE FROM open_events")
             db.executemany(
@@ -332,8 +533,21 @@ class Outbox:
         except BaseException:
             _rollback(db)
             raise
+        if renumber:
+            old = (next(iter(self._memory)), next(reversed(self._memory)))
+            self._last_seq = rows[-1].seq
+            self.renumbered += 1
+            logger.warning(
+                "the %d event(s) held in memory as #%d..#%d collide with numbers %s already used: "
+                "renumbered #%d..#%d (sent again under the new numbers)",
+                len(rows), old[0], old[1], self.path, rows[0].seq, rows[-1].seq,
+            )  # fmt: skip
+            if self._last_seq > self._reserved and self._write_mark(self._last_seq + SEQ_RESERVE):
+                self._reserved = self._last_seq + SEQ_RESERVE
         self._count += len(rows) - deleted
+        self._dead_count += len(self._dead_memory)
         self._memory.clear()
+        self._dead_memory.clear()
         self._unsynced_deletes.clear()
 
     # --- the queue -----------------------------------------------------------------------------
@@ -344,8 +558,7 @@ class Outbox:
         ``event`` is the event's ``after`` object: a ``new``/``update`` records it as open, an
         ``end`` closes it, in the same transaction as the row."""
         with self._lock:
-            self._last_seq += 1
-            row = OutboxRow(self._last_seq, kind, topic, payload, time.time())
+            row = OutboxRow(self._next_seq(), kind, topic, payload, time.time())
             change = self._open_change(kind, topic, event, row.created)
             if self._failure is None and self._db is not None:
                 try:
@@ -373,6 +586,7 @@ class Outbox:
             return
         if change[0] == "close":
             self._open.pop(change[1], None)
+            self._stale.pop(change[1], None)
         else:
             self._open[change[1].id] = change[1]
 
@@ -474,10 +688,84 @@ class Outbox:
                 self._count -= max(0, cur.rowcount)
         self._notify()
 
+    def dead_letter(self, seq: int, code: int, reason: str) -> OutboxRow | None:
+        """Move an undelivered row to the ``dead_letter`` table: the broker will never take it.
+
+        Kept for an operator, never deleted here; while the file cannot be written the move
+        waits in memory for ``retry``. Returns the row, or None when it is gone already."""
+        now = time.time()
+        with self._lock:
+            row = self._memory.pop(seq, None)
+            if row is None:
+                row = self._file_row(seq)
+                if row is not None and not self._dead_letter_in_file(row, now, code, reason):
+                    self._unsynced_deletes.add(seq)  # filtered out of pending() until retry() moves it
+                    self._dead_memory.append(_DeadRow(row, now, int(code), reason))
+            else:
+                self._dead_memory.append(_DeadRow(row, now, int(code), reason))
+        self._notify()
+        return row
+
+    def _file_row(self, seq: int) -> OutboxRow | None:
+        if self._db is None or seq in self._unsynced_deletes:
+            return None
+        try:
+            found = self._db.execute(
+                "SELECT seq, kind, topic, payload, created FROM outbox WHERE seq = ?", (seq,)
+            ).fetchone()
+        except sqlite3.Error as err:
+            self._fail(err)
+            return None
+        if found is None:
+            return None
+        s, k, t, p, c = found
+        return OutboxRow(int(s), str(k), str(t), bytes(p), float(c))
+
+    def _dead_letter_in_file(self, row: OutboxRow, now: float, code: int, reason: str) -> bool:
+        """One transaction: the row into ``dead_letter``, out of ``outbox``; False when degraded."""
+        db = self._db
+        if db is None or self._failure is not None:
+            return False
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO dead_letter (seq, kind, topic, payload, created, failed, code, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _dead_values(row, now, code, reason),
+            )
+            db.execute("DELETE FROM outbox WHERE seq = ?", (row.seq,))
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            _rollback(db)
+            self._fail(err)
+            return False
+        except BaseException:
+            _rollback(db)
+            raise
+        self._count -= 1
+        self._dead_count += 1
+        return True
+
+    @property
+    def dead_letters(self) -> int:
+        """Rows the broker refused for good: in the file's ``dead_letter`` table and in memory."""
+        with self._lock:
+            return self._dead_count + len(self._dead_memory)
+
     def open_events(self) -> list[OpenEvent]:
         """Events opened and not ended, oldest first (left by a previous run, at start)."""
         with self._lock:
             return sorted(self._open.values(), key=lambda e: e.updated)
+
+    def take_stale(self) -> list[OpenEvent]:
+        """Events a previous run left open that nobody has been handed yet, oldest first.
+
+        At start these are all the file's open events; a run that could not read the file at
+        start gets them on the first ``retry`` that can. The caller ends each (an ``end``
+        through ``append`` closes it here)."""
+        with self._lock:
+            stale, self._stale = self._stale, {}
+        return sorted(stale.values(), key=lambda e: e.updated)
 
     def __len__(self) -> int:
         """Events not yet acknowledged: in the file and in memory."""
@@ -521,21 +809,58 @@ class Outbox:
         return int(row[0]) if row else 0
 
     def close(self) -> None:
-        """Close the file; events still held in memory are lost (and logged)."""
+        """Close the file; events still held in memory are lost (and logged).
+
+        The mark is set to the exact last number handed out, so a clean restart skips none."""
         if self.degraded:
             self.retry()
         with self._lock:
-            if self._memory:
+            if self._memory or self._dead_memory:
                 logger.error(
-                    "%d event(s) held in memory are lost: the outbox %s could not be written (%s)",
-                    len(self._memory), self.path, self._failure,
+                    "%d event(s) and %d dead letter(s) held in memory are lost: the outbox %s could not be written (%s)",
+                    len(self._memory), len(self._dead_memory), self.path, self._failure,
                 )  # fmt: skip
+            if self._last_seq and self._write_mark(self._last_seq):
+                self._reserved = self._last_seq
             if self._db is not None:
                 try:
                     self._db.close()
                 except sqlite3.Error as err:
                     logger.debug("closing the outbox: %s", err)
                 self._db = None
+
+
+def _file_top(db: sqlite3.Connection) -> int:
+    """The highest seq the file has ever used: its AUTOINCREMENT counter, rows, dead letters."""
+    top = 0
+    for query in (
+        "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+        "SELECT MAX(seq) FROM outbox",
+        "SELECT MAX(seq) FROM dead_letter",
+    ):
+        try:
+            found = db.execute(query).fetchone()
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err).lower():
+                continue  # an older or fresh file without that table
+            raise
+        if found and found[0] is not None:
+            top = max(top, int(found[0]))
+    return top
+
+
+def _dead_values(row: OutboxRow, failed: float, code: int, reason: str) -> tuple[Any, ...]:
+    return (row.seq, row.kind, row.topic, row.payload, row.created, failed, int(code), reason)
+
+
+def _user_name() -> str:
+    """The service user, for a permission message."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        return str(os.geteuid())
 
 
 def _rollback(db: sqlite3.Connection) -> None:

@@ -447,7 +447,9 @@ def test_node_faults_without_a_broker_are_logged_once(caplog: pytest.LogCaptureF
         comm.publish_node_fault("outbox", None)
         assert caplog.text.count("node fault outbox: disk full") == 1
         assert caplog.text.count("node fault outbox cleared") == 1
-        assert comm.delivery_stats() == {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}
+        assert comm.delivery_stats() == {
+            "outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0, "dead_letter": 0,
+        }  # fmt: skip
     mem = MemoryCommunicator()
     mem.publish_node_fault("lock", "taken")
     assert mem.node_faults == {"lock": "taken"} and mem.calls[-1] == ("node_fault", ("lock", "taken"))

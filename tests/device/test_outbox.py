@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from edge_asd.comms import outbox as outbox_mod
 from edge_asd.comms.outbox import Outbox
 from edge_asd.config import ConfigError
 
@@ -178,9 +184,6 @@ def test_a_damaged_page_is_moved_aside(tmp_path: Path, where: str) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 320 KiB tmpfs: a real full disk (root only; elsewhere the max_page_count test covers it)."""
-    import os
-    import subprocess
-
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "small"
@@ -215,3 +218,224 @@ def test_a_really_full_file_system_degrades_and_recovers(small_disk: Path) -> No
     box = Outbox(small_disk / "state" / "outbox.sqlite3")
     assert [r.seq for r in box.pending(limit=100)] == seqs and [e.id for e in box.open_events()] == ["e1"]
     box.close()
+
+
+# --- review of issue 11: numbers never reused, a file unreadable at start, read-only disks ------
+
+
+def _previous_run(path: Path) -> None:
+    """Five events opened, the first three delivered: rows 4 and 5 and events e0..e4 left."""
+    box = Outbox(path)
+    for i in range(5):
+        box.append("new", "t", b"x%d" % i, _event(f"e{i}"))
+    for seq in (1, 2, 3):
+        box.delete(seq)
+    box.close()
+
+
+def _failing_first_connect(monkeypatch: pytest.MonkeyPatch, message: str = "disk I/O error") -> None:
+    """The first open of the file fails the way a sick disk makes it fail; later ones work."""
+    real = Outbox._connect
+    calls = {"n": 0}
+
+    def flaky(self: Outbox, seq_floor: int = 0) -> sqlite3.Connection:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError(message)
+        return real(self, seq_floor)
+
+    monkeypatch.setattr(Outbox, "_connect", flaky)
+
+
+def _held_in_memory(box: Outbox, n: int = 5) -> list[int]:
+    return [box.append("new", "t", b"mem%d" % i, _event(f"m{i}")) for i in range(n)]
+
+
+def test_a_file_unreadable_at_start_never_reuses_sequence_numbers(tmp_path: Path, monkeypatch) -> None:
+    """/tmp/rev11/seq_reuse.py: numbers continue above the mark, the old rows stay first, the
+    previous run's open events are merged (not erased) and handed out to be ended."""
+    path = tmp_path / "outbox.sqlite3"
+    _previous_run(path)
+    assert (tmp_path / "outbox.sqlite3.seq").read_text().strip() == "5"  # a clean close: exact
+    _failing_first_connect(monkeypatch)
+    faults: list[str | None] = []
+    box = Outbox(path, on_fault=faults.append)
+    assert box.degraded and box.open_events() == [] and box.take_stale() == []  # not readable yet
+    seqs = _held_in_memory(box)
+    assert seqs == [6, 7, 8, 9, 10]
+    assert box.retry() and faults == [faults[0], None] and box.renumbered == 0
+    rows = box.pending(limit=50)
+    assert [(r.seq, r.payload) for r in rows] == [(4, b"x3"), (5, b"x4")] + [(s, b"mem%d" % i) for i, s in enumerate(seqs)]
+    assert sorted(e.id for e in box.open_events()) == [f"e{i}" for i in range(5)] + [f"m{i}" for i in range(5)]
+    assert [e.id for e in box.take_stale()] == [f"e{i}" for i in range(5)]  # only the previous run's
+    assert box.take_stale() == []
+    box.close()
+    with sqlite3.connect(path) as db:  # what a crash now would leave: nothing erased
+        assert len(db.execute("SELECT id FROM open_events").fetchall()) == 10
+
+
+def test_a_stale_clock_and_a_lost_mark_renumber_memory_rows_above_the_file(tmp_path: Path, monkeypatch) -> None:
+    """/tmp/rev11/seq_reuse2.py at its worst: neither the mark nor the file can tell the numbers
+    used, the clock is stale (a Jetson without an RTC battery): the memory rows collide with the
+    file's and are renumbered above them when they move back, in order, with no duplicate."""
+    path = tmp_path / "outbox.sqlite3"
+    _previous_run(path)
+    (tmp_path / "outbox.sqlite3.seq").unlink()
+    _failing_first_connect(monkeypatch)
+    monkeypatch.setattr(Outbox, "_peek_top", lambda self: None)
+    monkeypatch.setattr(outbox_mod.time, "time", lambda: 0.003)  # 3 ms after the epoch
+    box = Outbox(path)
+    assert _held_in_memory(box) == [4, 5, 6, 7, 8]  # what the file already used, in part
+    assert box.retry() and not box.degraded and box.renumbered == 1
+    rows = box.pending(limit=50)
+    assert [r.seq for r in rows] == [4, 5, 9, 10, 11, 12, 13]  # above every number used: 4..8 went out
+    assert [r.payload for r in rows] == [b"x3", b"x4"] + [b"mem%d" % i for i in range(5)]
+    assert box.append("end", "t", b"later") == 14
+    box.close()
+
+
+@pytest.mark.parametrize("cause", ["disk I/O error", "database or disk is full", "database is locked"])
+def test_any_failure_at_first_open_degrades_to_memory(tmp_path: Path, monkeypatch, cause: str) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    _previous_run(path)
+    _failing_first_connect(monkeypatch, cause)
+    box = Outbox(path)
+    assert box.degraded and cause in (box.failure or "")
+    assert box.append("new", "t", b"m") > 5
+    assert box.retry() and [r.payload for r in box.pending()] == [b"x3", b"x4", b"m"]
+    box.close()
+
+
+def test_a_really_full_file_system_at_start_keeps_order_and_open_events(small_disk: Path) -> None:
+    """/tmp/rev11/fullopen.py: the previous run's file on a file system that is full at start."""
+    path = small_disk / "state" / "outbox.sqlite3"
+    _previous_run(path)
+    filler = small_disk / "filler"
+    try:
+        with filler.open("wb") as f:
+            while True:
+                f.write(b"\0" * 512)
+                f.flush()
+    except OSError:
+        pass  # ENOSPC
+    box = Outbox(path)
+    assert box.degraded
+    seqs = [box.append("new", "t", b"m", _event("m")), box.append("new", "t", b"m2", _event("m2"))]
+    assert seqs == [6, 7]
+    filler.unlink()
+    assert box.retry() and not box.retry()  # works, and stays working
+    assert [(r.seq, r.payload) for r in box.pending(limit=50)] == [(4, b"x3"), (5, b"x4"), (6, b"m"), (7, b"m2")]
+    assert [e.id for e in box.take_stale()] == [f"e{i}" for i in range(5)]
+    box.close()
+
+
+def test_a_read_only_file_system_at_start_degrades_instead_of_failing(small_disk: Path) -> None:
+    """/tmp/rev11/ro.py: an existing WAL outbox on a file system mounted read-only at start."""
+    path = small_disk / "state" / "outbox.sqlite3"
+    _previous_run(path)
+    made = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        faults: list[str | None] = []
+        box = Outbox(path, on_fault=faults.append)
+        assert box.degraded and faults and "mounted read-only" in (faults[-1] or "")
+        assert box.append("new", "t", b"m", _event("m")) == 6  # the mark is still readable
+        assert not box.retry()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True)
+    assert box.retry() and faults[-1] is None
+    assert [r.seq for r in box.pending(limit=50)] == [4, 5, 6]
+    box.close()
+
+
+def test_cannot_open_on_a_read_only_file_system_is_a_fault_not_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    """The same without root: SQLITE_CANTOPEN and a directory statvfs calls read-only."""
+    _failing_first_connect(monkeypatch, "unable to open database file")
+    monkeypatch.setattr(outbox_mod, "read_only_fs", lambda path: True)
+    faults: list[str | None] = []
+    box = Outbox(tmp_path / "outbox.sqlite3", on_fault=faults.append)
+    assert box.degraded and "remount it read-write" in (faults[-1] or "")
+    box.close()
+
+
+def test_cannot_open_with_no_permission_on_the_state_dir_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    _failing_first_connect(monkeypatch, "unable to open database file")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real_access(p, mode))
+    with pytest.raises(ConfigError, match=f"lacks permission on {tmp_path}: chown it"):
+        Outbox(tmp_path / "outbox.sqlite3")
+
+
+def test_another_cannot_open_case_degrades(tmp_path: Path) -> None:
+    """SQLITE_CANTOPEN on a writable directory (here the file's name is taken by a folder)."""
+    (tmp_path / "outbox.sqlite3").mkdir()
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    assert box.degraded and "unable to open database file" in (box.failure or "")
+    assert box.append("new", "t", b"m") >= 1
+    box.close()
+
+
+def test_the_mark_reserves_numbers_ahead_so_a_crash_never_reuses_them(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    first = box.append("new", "t", b"a")
+    mark = int((tmp_path / "outbox.sqlite3.seq").read_text())
+    assert mark == first + outbox_mod.SEQ_RESERVE - 1  # written before the number was used
+    box._db.close()  # a crash: no close(), the mark still holds the reservation
+    box._db = None
+    again = Outbox(path)
+    assert again.append("new", "t", b"b") == mark + 1
+    again.close()
+
+
+def test_fault_notices_end_with_the_current_state(tmp_path: Path) -> None:
+    """A fault taken by one thread and a recovery by another: the last word is the recovery."""
+    published: list[str | None] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def publish(message: str | None) -> None:
+        if message is not None and not entered.is_set():
+            entered.set()
+            release.wait(5)  # the pipeline thread is slow to publish its fault
+        published.append(message)
+
+    box = Outbox(tmp_path / "o.sqlite3", on_fault=publish)
+    box._db.execute(f"PRAGMA max_page_count = {box._db.execute('PRAGMA page_count').fetchone()[0]}")
+    appender = threading.Thread(target=box.append, args=("update", "t", b"x" * 9000))
+    appender.start()
+    assert entered.wait(5)
+    box._db.execute("PRAGMA max_page_count = 1000000")
+    recovery = threading.Thread(target=box.retry)
+    recovery.start()
+    time.sleep(0.2)  # the sender's recovery notice must wait for the fault's
+    release.set()
+    appender.join(5)
+    recovery.join(5)
+    assert box.failure is None and published[-1] is None and published[0] is not None
+    box.close()
+
+
+def test_dead_letters_are_kept_in_the_file_even_when_decided_while_degraded(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path)
+    in_file = box.append("new", "t", b"file-row")
+    box._db.execute(f"PRAGMA max_page_count = {box._db.execute('PRAGMA page_count').fetchone()[0]}")
+    in_memory = box.append("new", "t", b"mem-row" + b"x" * 9000)
+    kept = box.append("end", "t", b"kept" + b"x" * 9000)
+    assert box.degraded and box.memory_rows == 2
+    assert box.dead_letter(in_memory, 0x95, "Packet too large (0x95)").payload.startswith(b"mem-row")
+    assert box.dead_letter(in_file, 0x99, "Payload format invalid (0x99)").payload == b"file-row"
+    assert box.dead_letter(in_file, 0x99, "again") is None  # set aside already
+    assert box.dead_letters == 2 and [r.seq for r in box.pending()] == [kept]
+    box._db.execute("PRAGMA max_page_count = 1000000")
+    assert box.retry()
+    box.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT seq, code FROM dead_letter ORDER BY seq").fetchall()
+        assert rows == [(in_file, 0x99), (in_memory, 0x95)]
+        assert [r[0] for r in db.execute("SELECT seq FROM outbox")] == [kept]
+    again = Outbox(path)
+    assert again.dead_letters == 2 and [r.seq for r in again.pending()] == [kept]
+    again.close()

@@ -7,6 +7,7 @@ tell an operator about each.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -16,10 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from paho.mqtt.enums import MQTTErrorCode
 
 from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.mqtt import OUTBOX_FILE, MqttCommunicator
+from edge_asd.comms.mqtt import delivery as delivery_mod
 from edge_asd.comms.mqtt.communicator import STALE_END_REASON
+from edge_asd.comms.mqtt.delivery import DEAD_LETTER_AFTER, EventDelivery
 from edge_asd.comms.outbox import Outbox
 from edge_asd.config import MqttConfig
 from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot
@@ -156,7 +160,7 @@ def test_a_full_outbox_keeps_alerting_from_memory_and_raises_a_node_fault(broker
     assert "database or disk is full" in message and "free space under" in message
     assert wait_until(lambda: comm.pending_events == 0)
     stats = comm.delivery_stats()
-    assert stats == {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}
+    assert stats == {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0, "dead_letter": 0}
 
     db.execute("PRAGMA max_page_count = 1000000")  # space again
     assert wait_until(lambda: retained(broker.port, f"{BASE}/status") == "online")
@@ -235,7 +239,7 @@ def test_stats_topic_carries_the_delivery_figures(broker: Broker, comm_factory) 
     comm.publish_event("new", None, event("ev-1"))
     time.sleep(0.05)
     stats = comm.delivery_stats()
-    assert stats["outbox_depth"] == 1 and stats["memory_queue"] == 0 and stats["refused"] == 0
+    assert stats["outbox_depth"] == 1 and stats["memory_queue"] == 0 and stats["refused"] == 0 == stats["dead_letter"]
     assert stats["oldest_undelivered_s"] is not None and 0.0 < stats["oldest_undelivered_s"] < 10.0
     comm.stop(timeout_s=0.1)
 
@@ -246,6 +250,206 @@ def test_stats_topic_carries_the_delivery_figures(broker: Broker, comm_factory) 
     live.publish_stats({"streams": {}})
     assert rec.wait_for(lambda m: len(m) >= 1)
     body = json.loads(rec.messages[-1]["payload"])
-    assert set(body["delivery"]) == {"outbox_depth", "oldest_undelivered_s", "memory_queue", "refused"}
+    assert set(body["delivery"]) == {"outbox_depth", "oldest_undelivered_s", "memory_queue", "refused", "dead_letter"}
     assert body["mqtt"]["outbox_pending"] == body["delivery"]["outbox_depth"]
     rec.close()
+
+
+# --- review of issue 11: a poison event, renumbered rows in flight, stale events found late ------
+
+
+class _Info:
+    def __init__(self, mid: int) -> None:
+        self.mid, self.rc = mid, MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class FakeBroker:
+    """A paho client stand-in: records publishes; ``acks`` answers each with ``verdict(payload)``."""
+
+    def __init__(self, delivery: EventDelivery, verdict) -> None:
+        self.delivery, self.verdict, self.mid = delivery, verdict, 0
+        self.wire: list[tuple[int, bytes]] = []
+        self.accepted: list[bytes] = []
+
+    def publish(self, topic, payload, qos, retain, properties):  # paho's signature
+        self.mid += 1
+        self.wire.append((self.mid, payload))
+        return _Info(self.mid)
+
+    def acks(self) -> None:
+        for mid, payload in self.wire:
+            code, reason = self.verdict(payload)
+            if code < 0x80:
+                self.accepted.append(payload)
+            self.delivery.acked(mid, code, reason)
+        self.wire = []
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(delivery_mod.time, "monotonic", lambda: now[0])
+    return now
+
+
+def _run(delivery: EventDelivery, broker: FakeBroker, clock: list[float], seconds: int) -> None:
+    """The sender loop, once a second."""
+    for _ in range(seconds):
+        delivery.maintain()
+        delivery.handle_acks()
+        delivery.send(broker, "5")
+        broker.acks()
+        clock[0] += 1.0
+    delivery.handle_acks()
+
+
+def _payload(eid: str, kind: str = "new", **after: object) -> bytes:
+    return json.dumps({"type": kind, "before": None, "after": {"id": eid, **after}}).encode()
+
+
+def test_a_message_the_broker_always_refuses_becomes_a_dead_letter_and_throttles_nothing(
+    tmp_path: Path, clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """/tmp/rev11/poison.py: 0x95 Packet too large for one event, 200 others accepted."""
+    faults: list[str | None] = []
+    dead: list[str | None] = []
+    d = EventDelivery(max_inflight=20, on_fault=faults.append, on_dead_letter=dead.append)
+    d.open(tmp_path / OUTBOX_FILE, 1000)
+    big = _payload("ev-big", note="x" * 100)
+    broker = FakeBroker(d, lambda p: (0x95, "Packet too large") if p == big else (0, ""))
+    d.append("new", EVENTS, big)
+    for i in range(200):
+        d.append("update", EVENTS, _payload(f"ev-{i}", "update"))
+    with caplog.at_level(logging.ERROR):
+        _run(d, broker, clock, 15)  # 20 in flight a second: 10 s for 200
+    print(f"after 15 s: pending={d.pending} accepted={len(broker.accepted)} dead_letter={d.stats()['dead_letter']}")
+    assert d.pending == 0 and len(broker.accepted) == 200
+    assert d.refused == 1 and d.stats()["dead_letter"] == 1 and d.dead_lettered == 1
+    assert faults == []  # the delivery of everything else was never paused
+    assert len(dead) == 1 and "ev-big" in (dead[0] or "") and EVENTS in (dead[0] or "")
+    assert "Packet too large" in (dead[0] or "") and "dead_letter" in (dead[0] or "")
+    assert "ev-big" in caplog.text and EVENTS in caplog.text and "Packet too large" in caplog.text
+    d.close()
+    with sqlite3.connect(tmp_path / OUTBOX_FILE) as db:  # kept, never deleted silently
+        [(payload, code, reason)] = db.execute("SELECT payload, code, reason FROM dead_letter").fetchall()
+    assert (bytes(payload), code) == (big, 0x95) and "Packet too large" in reason
+    again = Outbox(tmp_path / OUTBOX_FILE)
+    assert again.dead_letters == 1 and len(again) == 0
+    again.close()
+
+
+def test_an_unknown_refusal_is_retried_then_dead_lettered_and_any_accept_resets_the_backoff(
+    tmp_path: Path, clock: list[float]
+) -> None:
+    """0x83 Implementation specific error for one event: paused and retried, a dead letter after
+    DEAD_LETTER_AFTER refusals; the accepted events reset the backoff, so waits stay short."""
+    d = EventDelivery(max_inflight=20)
+    d.retry_base_s, d.retry_cap_s = 5.0, 300.0
+    d.open(tmp_path / OUTBOX_FILE, 1000)
+    bad = _payload("ev-bad")
+    broker = FakeBroker(d, lambda p: (0x83, "Implementation specific error") if p == bad else (0, ""))
+    d.append("new", EVENTS, bad)
+    for i in range(30):
+        d.append("update", EVENTS, _payload(f"ev-{i}", "update"))
+    waits = []
+    for _ in range(60):
+        _run(d, broker, clock, 1)
+        waits.append(max(0.0, d._paused_until - clock[0]))
+    assert d.pending == 0 and len(broker.accepted) == 30
+    assert d.refused == DEAD_LETTER_AFTER and d.stats()["dead_letter"] == 1
+    # accepted events reset the backoff (5, 5, 5, then 10 s once none is left to accept): a
+    # dead letter within a minute, where a backoff that only grew (5+10+20+40 s) takes 75 s
+    assert max(waits) <= 10.0
+    d.close()
+
+
+def test_an_acl_refusal_is_never_dead_lettered(tmp_path: Path, clock: list[float]) -> None:
+    """0x87 Not authorized is about every event: kept and retried for as long as it lasts."""
+    d = EventDelivery(max_inflight=20)
+    d.retry_base_s, d.retry_cap_s = 1.0, 2.0
+    d.open(tmp_path / OUTBOX_FILE, 1000)
+    allowed = [False]
+    broker = FakeBroker(d, lambda p: (0, "") if allowed[0] else (0x87, "Not authorized"))
+    d.append("new", EVENTS, _payload("ev-1"))
+    d.append("update", EVENTS, _payload("ev-1", "update"))
+    _run(d, broker, clock, 60)
+    assert d.refused >= 4 * DEAD_LETTER_AFTER and d.pending == 2 and d.stats()["dead_letter"] == 0
+    allowed[0] = True
+    _run(d, broker, clock, 5)
+    assert d.pending == 0 and [json.loads(p)["type"] for p in broker.accepted] == ["new", "update"]
+    d.close()
+
+
+def test_renumbered_rows_in_flight_never_delete_the_previous_runs_rows(
+    tmp_path: Path, clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory rows sent under numbers the unreadable file already used: when they move back
+    and get new numbers, the acks for the old ones must not delete the file's rows."""
+    path = tmp_path / OUTBOX_FILE
+    old = Outbox(path)
+    for i in range(3):
+        old.append("new", EVENTS, _payload(f"old-{i}"))
+    old.close()
+    path.with_name(path.name + ".seq").unlink()
+    real = Outbox._connect
+    calls = {"n": 0}
+
+    def flaky(self: Outbox, seq_floor: int = 0) -> sqlite3.Connection:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, seq_floor)
+
+    monkeypatch.setattr(Outbox, "_connect", flaky)
+    monkeypatch.setattr(Outbox, "_peek_top", lambda self: None)
+    monkeypatch.setattr("edge_asd.comms.outbox.time.time", lambda: 0.0)  # a stale clock
+    d = EventDelivery(max_inflight=20)
+    d.outbox_retry_s = 0.0
+    d.open(path, 1000)
+    d.append("new", EVENTS, _payload("new-0"))
+    d.append("new", EVENTS, _payload("new-1"))  # #1 and #2, like old-0 and old-1
+    broker = FakeBroker(d, lambda p: (0, ""))
+    d.send(broker, "5")  # in flight under #1, #2
+    d.maintain()  # the file opens: new-0/new-1 become #4/#5, the in-flight map is forgotten
+    assert d.outbox is not None and d.outbox.renumbered == 1
+    broker.acks()  # the acks for the old #1, #2 arrive
+    _run(d, broker, clock, 3)
+    got = [json.loads(p)["after"]["id"] for p in broker.accepted]
+    assert got[:2] == ["new-0", "new-1"] and sorted(set(got[2:])) == ["new-0", "new-1", "old-0", "old-1", "old-2"]
+    assert [json.loads(p)["after"]["id"] for p in broker.accepted[2:5]] == ["old-0", "old-1", "old-2"]  # order kept
+    assert d.pending == 0
+    d.close()
+
+
+def test_events_left_open_are_ended_when_an_outbox_unreadable_at_start_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start could not read the file, so it could not end what the previous run left open:
+    the sender ends those events once the file opens, with the start's ``end_reason``."""
+    state = tmp_path / "state"
+    old = Outbox(state / OUTBOX_FILE)
+    old.append("new", EVENTS, b"{}", event("ev-left"))
+    old.close()
+    real = Outbox._connect
+    calls = {"n": 0}
+
+    def flaky(self: Outbox, seq_floor: int = 0) -> sqlite3.Connection:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, seq_floor)
+
+    monkeypatch.setattr(Outbox, "_connect", flaky)
+    comm = MqttCommunicator(MqttConfig(url="mqtt://127.0.0.1:1"), NODE, state)  # no broker needed
+    comm.delivery.outbox_retry_s = 0.05
+    comm.start()
+    try:
+        assert comm.outbox is not None
+        comm.publish_event("new", None, event("ev-now"))
+        assert wait_until(lambda: not comm.outbox.degraded and [e.id for e in comm.outbox.open_events()] == ["ev-now"])
+        ends = [json.loads(r.payload) for r in comm.outbox.pending(limit=50) if r.kind == "end"]
+        assert [(e["after"]["id"], e["after"]["end_reason"]) for e in ends] == [("ev-left", STALE_END_REASON)]
+        kinds = [r.kind for r in comm.outbox.pending(limit=50)]
+        assert kinds == ["new", "new", "end"]  # the old new first, then this run's, then the end
+    finally:
+        comm.stop(timeout_s=0.1)

@@ -52,6 +52,9 @@ OUTBOX_FAULT = "outbox"
 DELIVERY_FAULT = "delivery"
 """``publish_node_fault`` key: the broker refuses events (PUBACK with a failure reason code)."""
 
+DEAD_LETTER_FAULT = "dead_letter"
+"""``publish_node_fault`` key: an event the broker will never take was set aside (for this run)."""
+
 STALE_END_REASON = "daemon restarted (the previous run stopped during the event)"
 """``end_reason`` of the ``end`` a start publishes for an event its previous run left open."""
 
@@ -98,7 +101,11 @@ class MqttCommunicator(Communicator):
         self.client_id = cfg.client_id or f"edge-asd-{node_id}"
         self._wake = threading.Event()
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self.delivery = EventDelivery(cfg.max_inflight, on_fault=lambda msg: self.publish_node_fault(DELIVERY_FAULT, msg))
+        self.delivery = EventDelivery(
+            cfg.max_inflight,
+            on_fault=lambda msg: self.publish_node_fault(DELIVERY_FAULT, msg),
+            on_dead_letter=lambda msg: self.publish_node_fault(DEAD_LETTER_FAULT, msg),
+        )
         self.session = MqttSession(
             cfg, self.topics, self.client_id, commands=self._commands, wake=self._wake,
             on_ack=self.delivery.acked, on_message=lambda msg: parse_message(cfg, self.topics, msg),
@@ -180,9 +187,11 @@ class MqttCommunicator(Communicator):
     def _close_stale_events(self) -> None:
         """End each event the previous run left open (it died during the event) and set its
         stream's retained ``anomaly`` back to ``OFF``: subscribers must not hold a ``new``
-        without an ``end``, nor an ``ON`` nobody will ever clear."""
-        box = self.delivery.outbox
-        stale = box.open_events() if box is not None else []
+        without an ``end``, nor an ``ON`` nobody will ever clear.
+
+        At start, and again from the sender when an outbox that could not be read at start
+        becomes readable (its stale events only show up then)."""
+        stale = self.delivery.take_stale()
         for ev in stale:
             before = dict(ev.event)
             self.publish_event("end", before, stale_end(before, ev.updated))
@@ -241,6 +250,7 @@ class MqttCommunicator(Communicator):
             try:
                 self._handle_commands()
                 self.delivery.maintain()
+                self._close_stale_events()
                 self.delivery.handle_acks()
                 client = self.session.client
                 if self.connected and client is not None:

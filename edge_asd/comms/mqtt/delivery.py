@@ -6,15 +6,32 @@ bridge: rows go out in ``seq`` order with at most ``max_inflight`` unacknowledge
 leaves the outbox only when the broker confirmed it. Only the sender thread calls it, except
 ``acked`` (paho's network thread), which just queues the message id and reason code.
 
-A PUBACK with a failure reason code (MQTT 5: 0x80 and above, e.g. 0x87 "Not authorized" from
-an ACL, 0x97 "Quota exceeded") is not a delivery: the row stays, sending pauses with an
-exponential backoff (``retry_base_s`` doubling up to ``retry_cap_s``) and resumes at the
-refused row, so order is kept, and a node fault names the reason until the next acknowledged
-delivery. MQTT 3.1.1 has no such codes (README, MQTT contract).
+A PUBACK with a failure reason code (MQTT 5: 0x80 and above) is not a delivery, and what
+follows depends on whom the refusal is about:
+
+- **every event** (``REFUSED_FOR_ALL``: 0x87 Not authorized from an ACL on the one events
+  topic, 0x97 Quota exceeded, 0x89 Server busy, 0x8F/0x90 topic invalid, 0x91 packet id in
+  use): the row stays, sending pauses with an exponential backoff (``retry_base_s`` doubling up
+  to ``retry_cap_s``) and resumes at the refused row, so order is kept, and a node fault names
+  the reason until the next acknowledged delivery. Waiting is right: an operator fixes the ACL
+  or the quota refills, and nothing is lost meanwhile.
+- **this one message** (``REFUSED_THIS_MESSAGE``: 0x95 Packet too large, 0x99 Payload format
+  invalid): sending it again can never succeed and pausing for it would hold back every later
+  alert, so the row moves at once to the outbox's ``dead_letter`` table (kept, counted as
+  ``dead_letter`` in the stats), an error names the event, its topic and the reason, and the
+  node fault ``dead_letter`` says so.
+- **anything else** (0x80 Unspecified error, 0x83 Implementation specific error, codes this
+  version does not know): it may be either, so it is treated as about every event, but a row
+  refused ``DEAD_LETTER_AFTER`` times in a row becomes a dead letter: one poison event cannot
+  throttle the rest for ever. (0x83 is what broker plugins that validate a message's content
+  answer, which is why it is not simply "every event".)
+
+Any accepted PUBACK resets the backoff. MQTT 3.1.1 has no such codes (README, MQTT contract).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
@@ -26,7 +43,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_asd.comms.outbox import FaultHandler, Outbox
+from edge_asd.comms.outbox import FaultHandler, OpenEvent, Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +69,15 @@ OUTBOX_RETRY_S = 10.0
 NOT_AUTHORIZED = 0x87
 QUOTA_EXCEEDED = 0x97
 FAILURE = 0x80  # MQTT 5 reason codes from here on are failures
+
+REFUSED_FOR_ALL = frozenset({NOT_AUTHORIZED, QUOTA_EXCEEDED, 0x89, 0x8F, 0x90, 0x91})
+"""Reason codes about every event (ACL, quota, busy, topic, session): pause all and retry."""
+
+REFUSED_THIS_MESSAGE = frozenset({0x95, 0x99})
+"""Reason codes about one message (Packet too large, Payload format invalid): a dead letter at once."""
+
+DEAD_LETTER_AFTER = 5
+"""Refusals in a row of one event, with any other code, after which it becomes a dead letter."""
 
 
 def event_properties(seq: int, protocol: str) -> Properties | None:
@@ -79,13 +105,22 @@ def refusal_message(code: int, reason: str, topic: str) -> str:
 class EventDelivery:
     """Owns the outbox while the communicator runs, and the in-flight map of its rows."""
 
-    def __init__(self, max_inflight: int, on_fault: FaultHandler | None = None) -> None:
+    def __init__(
+        self,
+        max_inflight: int,
+        on_fault: FaultHandler | None = None,
+        on_dead_letter: FaultHandler | None = None,
+    ) -> None:
         self.max_inflight = int(max_inflight)
         self.on_fault = on_fault
         """``on_fault(message | None)``: the broker refuses events (or accepts them again)."""
+        self.on_dead_letter = on_dead_letter
+        """``on_dead_letter(message)``: an event the broker will never take was set aside."""
         self.outbox: Outbox | None = None
         self.refused = 0
-        """PUBACKs with a failure reason code, this process (each kept and retried)."""
+        """PUBACKs with a failure reason code, this process (kept and retried, or dead letters)."""
+        self.dead_lettered = 0
+        """Events moved to the dead-letter table, this process."""
         self.retry_base_s = REFUSED_RETRY_BASE_S
         self.retry_cap_s = REFUSED_RETRY_CAP_S
         self.outbox_retry_s = OUTBOX_RETRY_S
@@ -94,9 +129,11 @@ class EventDelivery:
         self._last_sent = 0
         self._generation = 0  # bumped by each refusal that starts a backoff
         self._refusals_in_a_row = 0
+        self._refusals_of: dict[int, int] = {}  # seq -> refusals in a row (codes not in either set)
         self._paused_until = 0.0
         self._fault: str | None = None
         self._next_outbox_retry = 0.0
+        self._renumbered = 0  # the outbox's count when the in-flight map was last valid
 
     def open(self, path: Path, max_rows: int, on_fault: FaultHandler | None = None) -> None:
         self.outbox = Outbox(path, max_rows, on_fault=on_fault)
@@ -128,6 +165,7 @@ class EventDelivery:
             "oldest_undelivered_s": box.oldest_age_s() if box is not None else None,
             "memory_queue": box.memory_rows if box is not None else 0,
             "refused": self.refused,
+            "dead_letter": box.dead_letters if box is not None else 0,
         }
 
     def append(self, kind: str, topic: str, payload: bytes, event: dict[str, Any] | None = None) -> None:
@@ -152,6 +190,16 @@ class EventDelivery:
         self._next_outbox_retry = time.monotonic() + self.outbox_retry_s
         if box.retry():
             self._last_sent = 0  # rows unreadable while failing go out now (in-flight ones are skipped)
+        if box.renumbered != self._renumbered:
+            # Memory rows got new numbers: acks for the old ones must not delete the rows that
+            # now carry them. Forget what is in flight; those events go out again (at least once).
+            self._renumbered = box.renumbered
+            self._inflight.clear()
+            self._last_sent = 0
+
+    def take_stale(self) -> list[OpenEvent]:
+        """Events a previous run left open, not yet handed to anyone (``Outbox.take_stale``)."""
+        return self.outbox.take_stale() if self.outbox is not None else []
 
     def handle_acks(self) -> None:
         """Delete acknowledged rows; keep refused ones and back off (see the module docstring)."""
@@ -168,14 +216,24 @@ class EventDelivery:
                 self._refused(seq, generation, topic, code, reason)
                 continue
             self.outbox.delete(seq)
+            self._refusals_of.pop(seq, None)
+            self._refusals_in_a_row = 0  # any accepted event resets the backoff
             if self._fault is not None and generation == self._generation:
                 logger.warning("the broker accepts events again (event #%d delivered)", seq)
-                self._refusals_in_a_row = 0
                 self._fault = None
                 self._report(None)
 
     def _refused(self, seq: int, generation: int, topic: str, code: int, reason: str) -> None:
         self.refused += 1
+        if code in REFUSED_THIS_MESSAGE:
+            self._dead_letter(seq, topic, code, reason, "the broker refuses this message itself")
+            return
+        if code not in REFUSED_FOR_ALL:
+            tries = self._refusals_of[seq] = self._refusals_of.get(seq, 0) + 1
+            if tries >= DEAD_LETTER_AFTER:
+                self._dead_letter(seq, topic, code, reason, f"refused {tries} times in a row")
+                self._paused_until = 0.0  # the rows behind it go out now
+                return
         self._last_sent = min(self._last_sent, seq - 1)  # resume at the refused row, in order
         if generation != self._generation:
             return  # sent before the current backoff began: the same refusal, already handled
@@ -188,6 +246,32 @@ class EventDelivery:
         if message != self._fault:
             self._fault = message
             self._report(message)
+
+    def _dead_letter(self, seq: int, topic: str, code: int, reason: str, why: str) -> None:
+        """Set an event the broker will never take aside, keep it, and say so loudly."""
+        self._refusals_of.pop(seq, None)
+        box = self.outbox
+        if box is None:
+            return
+        said = reason or "unspecified error"
+        row = box.dead_letter(seq, code, f"{said} (0x{code:02x})")
+        if row is None:
+            return  # gone already (a late ack for a row set aside before)
+        self.dead_lettered += 1
+        eid = event_id(row.payload)
+        logger.error(
+            "broker refused event %s (%s, #%d) on %s for good: %s (0x%02x, %s); kept in %s, table dead_letter, "
+            "not sent again", eid, row.kind, seq, topic, said, code, why, box.path,
+        )  # fmt: skip
+        message = (
+            f"broker refused event {eid} on {topic} for good: {said} (0x{code:02x}); "
+            f"{box.dead_letters} event(s) kept in {box.path} table dead_letter, not sent again"
+        )
+        if self.on_dead_letter is not None:
+            try:
+                self.on_dead_letter(message)
+            except Exception:
+                logger.exception("dead-letter fault handler failed")
 
     def _report(self, message: str | None) -> None:
         if self.on_fault is None:
@@ -219,3 +303,15 @@ class EventDelivery:
             self._inflight[info.mid] = (row.seq, self._generation, row.topic)
             self._last_sent = row.seq
             room -= 1
+
+
+def event_id(payload: bytes) -> str:
+    """The ``after.id`` of an event message, for a log line (``?`` when it has none)."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return "?"
+    after = body.get("after") if isinstance(body, dict) else None
+    if isinstance(after, dict) and after.get("id") is not None:
+        return str(after["id"])
+    return "?"
