@@ -28,6 +28,7 @@ Metric names (all ``edge_asd_``; per-stream ones carry the label ``stream``):
 ``oldest_undelivered_event_age_seconds``        age of the oldest of them (0 when none)
 ``memory_queued_events``                        events held in memory because the outbox failed
 ``refused_events``                              events the broker refused (kept and retried)
+``dead_letter_events``                          events set aside in the outbox's dead_letter table
 ``inference_latency_seconds`` (``_max_``)       mean (max) engine time per batch, recent batches
 ``tick_seconds`` / ``overhead_ratio``           time per scoring tick / share spent outside the engine
 ``inference_batches_total``                     batches run
@@ -175,6 +176,7 @@ class PipelineCollector:
              "Age of the oldest event not yet acknowledged (0 when none)."),
             ("memory_queue", "memory_queued_events", "Events held in memory because the outbox failed."),
             ("refused", "refused_events", "Events the broker refused (kept and retried)."),
+            ("dead_letter", "dead_letter_events", "Events set aside after a refusal that retrying cannot fix (kept)."),
         )  # fmt: skip
         for key, name, doc in figures:
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=_number(delivery.get(key)) or 0.0)

@@ -61,7 +61,7 @@ stream fault: a source that hangs without an error must not leave a stream ``onl
 STATUS_LINE_EVERY_S = 5.0
 """How often the ``systemctl status`` line is refreshed (also while nothing is scored)."""
 
-DELIVERY_ZERO = {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0}
+DELIVERY_ZERO = {"outbox_depth": 0, "oldest_undelivered_s": None, "memory_queue": 0, "refused": 0, "dead_letter": 0}
 """``stats()["delivery"]`` of a communicator that keeps no delivery figures."""
 
 # ``end_reason`` of an event the daemon ends because its stream stopped being scored.
@@ -526,7 +526,7 @@ class Pipeline:
                 return None  # the whole run ends now; no need to say so per stream
             return OFFLINE, f"audio input {source.name} ended"
         if self.realtime and capture.status == ONLINE:
-            last = capture.last_block_monotonic
+            last = capture.stall_reference_monotonic  # last block, or a (re)open since
             reference = last if last is not None else self._loop_started_mono
             if reference is not None and now - reference > self.stall_s:
                 return FAULT, f"no audio from input {source.name} for {self.stall_s:.0f} s (stalled)"

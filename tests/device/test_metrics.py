@@ -45,7 +45,7 @@ STATS: dict[str, Any] = {
             "last_window_s": None, "queue_s": 0.0, "dbfs": None, "peak_dbfs": None,
         },
     },
-    "delivery": {"outbox_depth": 3, "oldest_undelivered_s": 41.5, "memory_queue": 2, "refused": 1},
+    "delivery": {"outbox_depth": 3, "oldest_undelivered_s": 41.5, "memory_queue": 2, "refused": 1, "dead_letter": 1},
 }
 
 
@@ -83,6 +83,7 @@ def test_collector_turns_the_stats_into_metrics() -> None:
     assert s[("edge_asd_oldest_undelivered_event_age_seconds", ())] == 41.5
     assert s[("edge_asd_memory_queued_events", ())] == 2
     assert s[("edge_asd_refused_events", ())] == 1
+    assert s[("edge_asd_dead_letter_events", ())] == 1
     assert s[("edge_asd_inference_latency_seconds", ())] == pytest.approx(0.025)
     assert s[("edge_asd_inference_latency_max_seconds", ())] == pytest.approx(0.06)
     assert s[("edge_asd_inference_batches_total", ())] == 40
