@@ -103,6 +103,14 @@ class Capture:
     def last_block_monotonic(self) -> float | None:
         return self.ring.last_write_monotonic
 
+    @property
+    def stall_reference_monotonic(self) -> float | None:
+        """Since when a silent input counts as stalled: the last block, or the source's latest
+        (re)open if later (after a re-plug the last block dates from before the outage, and a
+        reopened device may take a moment before its first block). None before anything."""
+        times = [t for t in (self.ring.last_write_monotonic, self.source.opened_monotonic) if t is not None]
+        return max(times) if times else None
+
     def stats(self) -> dict:
         last = self.ring.last_write_monotonic
         return {

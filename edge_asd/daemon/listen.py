@@ -73,37 +73,59 @@ class StateDirLock:
     undoing the other's retained states. The kernel drops the lock when the process dies (even
     by SIGKILL), so a crash never leaves a stale lock behind. A state directory that cannot be
     written at all is left to the parts that need it (nothing to protect there).
+
+    ``flock`` needs no write access, so a lock file this user cannot write (left by a manual
+    ``sudo edge-asd listen``, owned by root) is opened read-only and still locked; only the pid
+    in it cannot be updated. A file system without ``flock`` (NFS mounted ``nolock``) is a
+    warning and a node fault, not a refusal to start.
     """
 
     def __init__(self, state_dir: str | Path) -> None:
         self.path = Path(state_dir) / LOCK_FILE
         self._fd: int | None = None
         self.error: str | None = None
-        """Why the lock could not be taken (an unwritable state directory); None when held."""
+        """Why the lock could not be taken (an unwritable state directory, a file system
+        without locks); None when held."""
 
     def acquire(self) -> StateDirLock:
+        writable = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except PermissionError:  # someone else's file (root's): flock works on a read-only fd
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                writable = False
         except OSError as err:
-            self.error = f"cannot lock the state directory {self.path.parent} ({err}): a second listen on it is not refused"
-            logger.warning("%s", self.error)
-            return self
+            return self._not_held(f"cannot lock the state directory {self.path.parent} ({err})")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             other = _read_pid(fd)
             os.close(fd)
+            if err.errno in _NO_LOCKS:
+                return self._not_held(f"the file system of the state directory {self.path.parent} has no locks ({err})")
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise StateDirError(f"cannot lock {self.path}: {err}") from err
             raise StateDirError(
                 f"another edge-asd listen (pid {other or 'unknown'}) is using the state directory {self.path.parent}: "
                 "stop it first (`systemctl stop edge-asd` for the service) or give this one its own --state-dir"
             ) from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        else:
+            logger.warning("%s is not writable by this user (left by a run as another user?): the state directory "
+                           "is locked, but a second listen would be told a stale pid; fix the owner with "
+                           "`chown` to the service user", self.path)  # fmt: skip
         self._fd = fd
+        return self
+
+    def _not_held(self, reason: str) -> StateDirLock:
+        """Go on without the lock, said loudly (a node fault follows from ``error``)."""
+        self.error = f"{reason}: a second listen on it is not refused"
+        logger.warning("%s", self.error)
         return self
 
     def release(self) -> None:
@@ -118,6 +140,10 @@ class StateDirLock:
         return self._fd is not None
 
 
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+"""``flock`` errors of a file system that cannot lock at all (NFS without a lock manager)."""
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
@@ -126,17 +152,48 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def _machine_fingerprint() -> str:
-    """What tells two machines apart even when one is a clone of the other's disk image: the
-    systemd machine id (regenerated on first boot of a prepared image) and the network MAC."""
-    parts = []
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        with contextlib.suppress(OSError):
-            parts.append(Path(path).read_text(encoding="ascii", errors="replace").strip())
-            break
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+"""Where the machine id is kept (systemd's; D-Bus keeps one where there is no systemd)."""
+
+_UNUSABLE_MACHINE_IDS = {"", "uninitialized", "0" * 32}
+"""Machine ids that do not tell machines apart: none yet, or the placeholder an image is
+prepared with (systemd replaces it at first boot; a clone that keeps it shares it)."""
+
+
+def _machine_id() -> str | None:
+    """The systemd (or D-Bus) machine id, if there is a usable one."""
+    for path in MACHINE_ID_FILES:
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace").strip().lower()
+        except OSError:
+            continue
+        if text not in _UNUSABLE_MACHINE_IDS:
+            return text
+    return None
+
+
+def _mac_text() -> str | None:
     node = uuid.getnode()
-    if not (node >> 40) & 1:  # a real MAC (uuid sets the multicast bit on a random stand-in)
-        parts.append(f"{node:012x}")
+    return None if (node >> 40) & 1 else f"{node:012x}"  # uuid sets the multicast bit on a random stand-in
+
+
+def _machine_fingerprint() -> str:
+    """What tells two machines apart even when one is a clone of the other's disk image.
+
+    The machine id alone where there is one (it is regenerated on the first boot of a prepared
+    image, and stays put otherwise): a network MAC changes with Wi-Fi MAC randomisation or a
+    USB network adapter, and a changed fingerprint means a new client id and a lost broker
+    session. The MAC only stands in on a system without a machine id.
+    """
+    machine_id = _machine_id()
+    part = machine_id if machine_id is not None else (_mac_text() or "")
+    return hashlib.sha256(part.encode()).hexdigest()[:16]
+
+
+def _legacy_fingerprint() -> str:
+    """The fingerprint of versions that mixed in the MAC: a state directory written by one
+    keeps its client id (and its broker session) over the upgrade."""
+    parts = [p for p in (_machine_id(), _mac_text()) if p is not None]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -160,8 +217,12 @@ def installation_client_id(state_dir: str | Path, node_id: str) -> str:
     suffix = None
     if isinstance(data, dict):
         kept = data.get("suffix")
-        if data.get("machine") == machine and isinstance(kept, str) and kept.isalnum() and 4 <= len(kept) <= 16:
+        same = data.get("machine") in (machine, _legacy_fingerprint())
+        if same and isinstance(kept, str) and kept.isalnum() and 4 <= len(kept) <= 16:
             suffix = kept
+            if data.get("machine") != machine:  # upgraded: keep it under the new fingerprint
+                with contextlib.suppress(OSError):
+                    atomic_write_text(path, json.dumps({"suffix": suffix, "machine": machine}) + "\n")
         else:
             logger.warning("%s was made on another machine (a cloned image?): this one gets its own MQTT client id", path)
     if suffix is None:

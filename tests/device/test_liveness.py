@@ -7,7 +7,11 @@
 - an input that hangs without an error is a ``fault`` (stalled), not a silent ``online``.
 - ``enabled/set`` OFF ends the open event, is kept in the state directory and wins over the
   config at the next start (over a real mosquitto).
-- one ``listen`` per state directory; the default MQTT client id is kept per installation.
+- one ``listen`` per state directory, also with a lock file this user cannot write; a file
+  system without locks is a node fault, not exit 2.
+- the default MQTT client id is kept per installation, keyed by the machine id alone (a
+  randomised MAC must not change it).
+- a device reopened after an outage is not "stalled" because of its last block before it.
 
 The sound card is a fake PortAudio (``sounddevice`` stand-in) that plays a synthetic machine:
 PortAudio's JACK host cannot survive its server going away (see test_portaudio_jack.py).
@@ -63,8 +67,8 @@ def bundle_and_sound(artifacts_dir: Path) -> tuple[Path, str, np.ndarray]:
 
 class FakePortAudio:
     """Just enough of ``sounddevice``: one USB mic playing ``audio`` at real-time pace, which
-    can be missing (``index = None``), unplugged (``mode = "gone"``: PortAudio ends the stream)
-    and plugged back under another index."""
+    can be missing (``index = None``), unplugged (``mode = "gone"``: PortAudio ends the stream),
+    plugged back under another index and quiet for a while (``mode = "quiet"``: no blocks yet)."""
 
     def __init__(self, audio: np.ndarray, index: int | None) -> None:
         self.audio = audio
@@ -116,6 +120,10 @@ class _FakeStream:
                 self.active = False
                 self.finished()
                 return
+            if self.pa.mode == "quiet":
+                t0, sent = time.monotonic(), 0
+                self._stop.wait(0.02)
+                continue
             chunk = np.take(self.pa.audio, np.arange(pos, pos + block), mode="wrap")[:, None]
             pos += block
             self.callback(chunk, block, None, _Flags())
@@ -447,3 +455,137 @@ def test_real_portaudio_device_missing_at_start_is_opened_when_it_appears(monkey
         refresh_portaudio()
         if proc is not None:
             jack._stop(proc)
+
+
+def test_lock_file_of_another_user_is_locked_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``listen.lock`` left by a manual ``sudo edge-asd listen`` (root's, 0644): the service
+    user cannot open it for writing, but ``flock`` needs no write access, so it still locks."""
+    import edge_asd.daemon.listen as listen
+
+    state = tmp_path / "state"
+    state.mkdir()
+    lock_file = state / listen.LOCK_FILE
+    lock_file.write_text("4242\n")
+    lock_file.chmod(0o444)
+    real_open = os.open
+
+    def open_as_service_user(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == lock_file and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))  # what a non-root user gets
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_service_user)
+    lock = listen.StateDirLock(state).acquire()
+    try:
+        assert lock.held and lock.error is None
+        assert "not writable by this user" in caplog.text
+        with pytest.raises(listen.StateDirError, match=r"another edge-asd listen \(pid 4242\)"):
+            listen.StateDirLock(state).acquire()  # a second listen is still refused
+    finally:
+        lock.release()
+    listen.StateDirLock(state).acquire().release()
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "ENOSYS"])
+def test_state_dir_without_locks_is_a_node_fault_not_exit_2(
+    bundle_and_sound: tuple[Path, str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    """NFS mounted ``nolock``: ``flock`` fails with ENOLCK (or EOPNOTSUPP/ENOSYS); the daemon
+    starts and says so in a node fault."""
+    import errno
+    import fcntl
+
+    import edge_asd.daemon.listen as listen
+    from edge_asd.config import validate_config
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = listen.StateDirLock(tmp_path / "plain").acquire()
+    assert not lock.held and "has no locks" in (lock.error or "") and "not refused" in (lock.error or "")
+
+    bundle, cls, audio = bundle_and_sound
+    wav = tmp_path / "machine.wav"
+    write_wav(wav, audio[:16000])
+    cfg = validate_config(_config(tmp_path, bundle, cls, {"type": "file", "path": str(wav)}))
+    comms = MemoryCommunicator()
+    daemon = listen.build_daemon(cfg, comms=comms)
+    try:
+        assert daemon.lock is not None and not daemon.lock.held
+        assert "has no locks" in comms.node_faults.get("lock", ""), comms.node_faults
+    finally:
+        daemon.close()
+
+
+def test_client_id_follows_the_machine_id_not_the_mac(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wi-Fi MAC randomisation or a USB network adapter changes the MAC: with a machine id the
+    client id (and the broker session) stays; without one the MAC is all there is."""
+    import hashlib
+    import json
+    import uuid
+
+    import edge_asd.daemon.listen as listen
+
+    machine_id = tmp_path / "machine-id"
+    monkeypatch.setattr(listen, "MACHINE_ID_FILES", (str(machine_id), str(tmp_path / "dbus-machine-id")))
+    macs = iter([0x02AA00000001, 0x02AA00000002, 0x02AA00000003, 0x02AA00000004])
+    monkeypatch.setattr(uuid, "getnode", lambda: next(macs))
+
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    first = listen.installation_client_id(tmp_path / "state", "press-hall")
+    assert listen.installation_client_id(tmp_path / "state", "press-hall") == first  # another MAC: same id
+    for unusable in ("", "uninitialized\n", "0" * 32):  # none yet, or a prepared image's placeholder
+        machine_id.write_text(unusable)
+        assert listen._machine_id() is None
+    assert listen._machine_fingerprint() != listen._machine_fingerprint()  # the MAC stands in, and it changed
+
+    # a state directory from a version that mixed the MAC in keeps its id over the upgrade
+    machine_id.write_text("fedcba9876543210fedcba9876543210\n")
+    monkeypatch.setattr(uuid, "getnode", lambda: 0x02BB00000001)
+    legacy = hashlib.sha256(b"fedcba9876543210fedcba9876543210|02bb00000001").hexdigest()[:16]
+    kept = tmp_path / "upgraded" / listen.CLIENT_ID_FILE
+    kept.parent.mkdir()
+    kept.write_text(json.dumps({"suffix": "c0ffee12", "machine": legacy}))
+    assert listen.installation_client_id(kept.parent, "press-hall") == "edge-asd-press-hall-c0ffee12"
+    assert json.loads(kept.read_text())["machine"] == listen._machine_fingerprint()
+    monkeypatch.setattr(uuid, "getnode", lambda: 0x02BB00000002)
+    assert listen.installation_client_id(kept.parent, "press-hall") == "edge-asd-press-hall-c0ffee12"
+
+
+def test_reopened_input_is_not_stalled_by_its_last_block_before_the_unplug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a re-plug the ring's last block dates from before the outage: the pipeline
+    measures a stall from the reopen, so the fresh stream is not ``fault (stalled)`` while its
+    first blocks are on their way; a stream that stays quiet is still a stall."""
+    from types import SimpleNamespace
+
+    import edge_asd.audio.sources.device as device_source
+    from edge_asd.audio.capture import Capture
+    from edge_asd.daemon.pipeline import Pipeline
+
+    pa = FakePortAudio(np.zeros(16000, np.float32), index=3)
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", lambda: None)
+    source = device_source.SoundDeviceSource("USB Mic", stall_s=60.0, backoff_s=0.1, backoff_max_s=0.1,
+                                             check_interval_s=0.02)  # fmt: skip
+    capture = Capture(source)
+    pipeline = SimpleNamespace(realtime=True, stall_s=0.5, _captures={"mic": capture},
+                               _loop_started_mono=time.monotonic())  # fmt: skip
+    stream = SimpleNamespace(capture=capture, buffer=SimpleNamespace(end_index=0), next_end=0)
+    capture.start()
+    try:
+        assert _wait(lambda: capture.ring.written > 0)
+        pa.mode, pa.index = "gone", None  # unplugged for longer than the stall limit
+        assert _wait(lambda: source.status == "offline")
+        time.sleep(0.7)
+        pa.mode, pa.index = "quiet", 5  # back; its first block is not there yet
+        assert _wait(lambda: source.status == "online")
+        assert time.monotonic() - (capture.last_block_monotonic or 0.0) > 0.5
+        assert Pipeline._input_problem(pipeline, stream, time.monotonic()) is None  # type: ignore[arg-type]
+        time.sleep(0.7)  # and then it stays quiet: that is a stall
+        problem = Pipeline._input_problem(pipeline, stream, time.monotonic())  # type: ignore[arg-type]
+        assert problem is not None and problem[0] == "fault" and "stalled" in problem[1], problem
+    finally:
+        capture.stop()

@@ -292,6 +292,9 @@ class _FakePortAudio:
         self.index: int | None = 3
         self.mode = "ok"  # ok | stall | gone
         self.opened = 0
+        self.fail_start = False  # InputStream works, start() raises (a busy or broken card)
+        self.active_raises = False  # stream.active raises PortAudioError
+        self.streams: list[_FakeStream] = []
 
     def query_hostapis(self):
         return [{"name": "ALSA"}]
@@ -306,16 +309,31 @@ class _FakePortAudio:
         if self.index is None or device != self.index:
             raise RuntimeError("Error opening InputStream: Invalid device")
         self.opened += 1
-        return _FakeStream(self, channels, callback, finished_callback)
+        stream = _FakeStream(self, channels, callback, finished_callback)
+        self.streams.append(stream)
+        return stream
 
 
 class _FakeStream:
     def __init__(self, pa: _FakePortAudio, channels: int, callback, finished) -> None:
         self.pa, self.channels, self.callback, self.finished = pa, channels, callback, finished
-        self.active = False
+        self._active = False
+        self.closed = False
         self._stop = threading.Event()
 
+    @property
+    def active(self) -> bool:
+        if self.pa.active_raises:
+            raise RuntimeError("Error checking stream active: Unanticipated host error [PaErrorCode -9999]")
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = value
+
     def start(self) -> None:
+        if self.pa.fail_start:
+            raise RuntimeError("Error starting stream: Device unavailable [PaErrorCode -9985]")
         self.active = True
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -335,6 +353,7 @@ class _FakeStream:
 
     def close(self, ignore_errors: bool = True) -> None:
         self._stop.set()
+        self.closed = True
 
 
 def _wait(cond, timeout: float = 5.0) -> bool:
@@ -377,6 +396,225 @@ def test_device_watchdog_reopens_after_unplug_and_stall(monkeypatch: pytest.Monk
         assert cap.stats()["restarts"] == 2 and pa.opened == 3
     finally:
         cap.stop()
+
+
+def test_device_stream_that_fails_to_start_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``InputStream`` opens but ``start()`` raises: the stream is closed at every retry
+    (sounddevice streams have no finaliser; each leaked one keeps the ALSA card busy)."""
+    import edge_asd.audio.sources.device as device_source
+
+    pa = _FakePortAudio()
+    pa.fail_start = True
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", lambda: None)
+    src = device_source.SoundDeviceSource("USB Mic", wait_for_device=True, backoff_s=0.05, backoff_max_s=0.1,
+                                          check_interval_s=0.02)  # fmt: skip
+    cap = Capture(src)
+    cap.start()
+    try:
+        assert _wait(lambda: len(pa.streams) >= 3)
+        assert src.status == "offline" and "Error starting stream" in (src.last_error or "")
+        assert all(s.closed for s in pa.streams), [s.closed for s in pa.streams]
+        pa.fail_start = False
+        assert _wait(lambda: src.status == "online")
+        assert [s.closed for s in pa.streams].count(False) == 1  # only the one that runs
+    finally:
+        cap.stop()
+    assert all(s.closed for s in pa.streams)
+
+
+def test_device_supervisor_survives_failing_liveness_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stream.active`` raising (PortAudioError), or any other error in a check, must not
+    kill the supervisor (the source would stay ``online`` and never be reopened)."""
+    import edge_asd.audio.sources.device as device_source
+
+    pa = _FakePortAudio()
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", lambda: None)
+    src = device_source.SoundDeviceSource("USB Mic", stall_s=0.3, backoff_s=0.05, backoff_max_s=0.1, check_interval_s=0.02)
+    cap = Capture(src)
+    cap.start()
+    try:
+        assert _wait(lambda: src.status == "online" and cap.ring.written > 0)
+        pa.active_raises = True  # treated as a dead stream: closed and reopened
+        assert _wait(lambda: src.restarts >= 1)
+        pa.active_raises = False
+        pa.mode = "gone"  # and then the device really goes: still noticed
+        assert _wait(lambda: src.status == "offline")
+        assert src._thread is not None and src._thread.is_alive()
+        pa.mode = "ok"
+        assert _wait(lambda: src.status == "online")
+
+        calls = {"n": 0}
+        real_alive = src.alive
+
+        def broken_alive() -> bool:  # an unexpected error anywhere in the check
+            calls["n"] += 1
+            if calls["n"] <= 2:
+                raise ValueError("a bug in the check")
+            return real_alive()
+
+        monkeypatch.setattr(src, "alive", broken_alive)
+        restarts = src.restarts
+        assert _wait(lambda: calls["n"] > 2 and src.status == "online" and src.restarts > restarts)
+        assert src._thread is not None and src._thread.is_alive() and src.last_error is None
+        written = cap.ring.written
+        assert _wait(lambda: cap.ring.written > written)
+        assert sum(not s.closed for s in pa.streams) == 1
+    finally:
+        cap.stop()
+
+
+def test_reopen_sets_the_stall_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a re-plug the last block dates from before the unplug: the stall reference is
+    the reopen, so the pipeline does not call the fresh stream stalled."""
+    import edge_asd.audio.sources.device as device_source
+
+    pa = _FakePortAudio()
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", lambda: None)
+    src = device_source.SoundDeviceSource("USB Mic", backoff_s=0.3, backoff_max_s=0.3, check_interval_s=0.02)
+    cap = Capture(src)
+    assert cap.stall_reference_monotonic is None
+    cap.start()
+    try:
+        assert _wait(lambda: cap.ring.written > 0)
+        pa.mode, pa.index = "gone", None
+        assert _wait(lambda: src.status == "offline")
+        before = cap.last_block_monotonic
+        assert before is not None
+        pa.mode, pa.index = "stall", 7  # back, but no block yet
+        assert _wait(lambda: src.status == "online")
+        assert cap.last_block_monotonic == before
+        assert src.opened_monotonic is not None and src.opened_monotonic > before + 0.2
+        assert cap.stall_reference_monotonic == src.opened_monotonic
+    finally:
+        cap.stop()
+
+
+class _TwoMicPortAudio:
+    """Two USB mics behind one fake PortAudio, for the process-wide rules: a re-scan
+    (terminate + initialise) must never happen while a stream is open or being opened."""
+
+    class _Flags:
+        input_overflow = False
+
+    def __init__(self, present: set[str]) -> None:
+        self.present = set(present)
+        self.live: set[_TwoMicStream] = set()  # created and not closed yet
+        self.rescans_with_open_streams = 0
+        self.rescans = 0
+        self.list = sorted(self.present)  # PortAudio's list: only a re-scan updates it
+        self._guard = threading.Lock()
+
+    def rescan(self) -> None:
+        with self._guard:
+            self.rescans += 1
+            if self.live:
+                self.rescans_with_open_streams += 1
+            self.list = sorted(self.present)
+
+    def query_hostapis(self):
+        return [{"name": "ALSA"}]
+
+    def query_devices(self, kind=None):
+        if kind == "input":
+            raise RuntimeError("Error querying device -1")
+        return [{"name": f"{name} (hw:{9 + i},0)", "index": 20 + i, "hostapi": 0, "max_input_channels": 1,
+                 "default_samplerate": 16000.0} for i, name in enumerate(["Mic A", "Mic B"]) if name in self.list]  # fmt: skip
+
+    def InputStream(self, device, channels, samplerate, callback, finished_callback, **kw):
+        name = ["Mic A", "Mic B"][device - 20]
+        if name not in self.present:
+            raise RuntimeError("Error opening InputStream: Invalid device")
+        stream = _TwoMicStream(self, callback)
+        with self._guard:
+            self.live.add(stream)
+        time.sleep(0.1)  # opening a real card takes a while: the window a re-scan must not hit
+        return stream
+
+
+class _TwoMicStream:
+    def __init__(self, pa: _TwoMicPortAudio, callback) -> None:
+        self.pa, self.callback = pa, callback
+        self.active = False
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.active = True
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        block = np.full((160, 1), 0.1, np.float32)
+        while not self._stop.wait(0.01):
+            self.callback(block, 160, None, _TwoMicPortAudio._Flags())
+
+    def abort(self, ignore_errors: bool = True) -> None:
+        self._stop.set()
+        self.active = False
+
+    def close(self, ignore_errors: bool = True) -> None:
+        self._stop.set()
+        with self.pa._guard:
+            self.pa.live.discard(self)
+
+
+def _two_mic_source(device_source, name: str):
+    return device_source.SoundDeviceSource(name, wait_for_device=True, backoff_s=0.05, backoff_max_s=0.1,
+                                           check_interval_s=0.02, sample_rate=16000)  # fmt: skip
+
+
+def test_portaudio_rescan_never_races_another_sources_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two inputs missing at start retry at the same moment: one's re-scan must not terminate
+    PortAudio while the other is opening its stream (one lock around re-scan, open, close)."""
+    import edge_asd.audio.sources.device as device_source
+
+    pa = _TwoMicPortAudio(present=set())
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", pa.rescan)
+    caps = [Capture(_two_mic_source(device_source, name)) for name in ("Mic A", "Mic B")]
+    for cap in caps:
+        cap.start()
+    try:
+        pa.present = {"Mic A", "Mic B"}  # both plugged in: the retries race
+        assert _wait(lambda: all(c.source.status == "online" for c in caps), 10)
+        assert pa.rescans >= 1 and pa.rescans_with_open_streams == 0, (pa.rescans, pa.rescans_with_open_streams)
+    finally:
+        for cap in caps:
+            cap.stop()
+    assert not pa.live
+
+
+def test_missing_device_behind_open_inputs_asks_for_a_restart(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While another input is open PortAudio's device list cannot be re-scanned, so a device
+    plugged in later is never seen: after ``rescan_escalate_s`` that is an error in the log and
+    in the stream's fault (a service restart re-scans); the daemon does not exit by itself."""
+    import edge_asd.audio.sources.device as device_source
+
+    pa = _TwoMicPortAudio(present={"Mic A"})
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", pa.rescan)
+    a, b = Capture(_two_mic_source(device_source, "Mic A")), Capture(_two_mic_source(device_source, "Mic B"))
+    b.source.rescan_escalate_s = 0.4
+    a.start()
+    b.start()
+    try:
+        assert a.source.status == "online" and b.source.status == "offline"
+        pa.present.add("Mic B")  # plugged in, but the list PortAudio holds is stale
+        assert _wait(lambda: device_source.RESCAN_HINT in (b.source.last_error or ""), 5), b.source.last_error
+        assert "no input device matches" in (b.source.last_error or "")
+        assert pa.rescans == 0 and b.source.status == "offline"
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "restart the service" in r.getMessage()]
+        time.sleep(0.3)
+        assert len(errors) == 1  # said once, not at every retry
+        a.stop()  # nothing open any more: the next retry re-scans and finds it
+        assert _wait(lambda: b.source.status == "online", 5), b.source.last_error
+        assert pa.rescans >= 1 and pa.rescans_with_open_streams == 0 and b.source.last_error is None
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_real_clip_replayed_through_capture_equals_the_file(shared_data) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from edge_asd.audio.ring import CaptureRing
@@ -46,6 +47,10 @@ class AudioSource(abc.ABC):
         self._ring: CaptureRing | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.opened_monotonic: float | None = None
+        """When the source was started or last (re)opened (``time.monotonic``): a stall is
+        measured from the later of this and the last block, so a device just reopened after an
+        outage is not reported stalled because its last block dates from before the unplug."""
 
     @property
     def finished(self) -> bool:
@@ -68,6 +73,7 @@ class AudioSource(abc.ABC):
         if ring.channels != self.channels:
             raise ValueError(f"ring has {ring.channels} channels, {what} {self.name} has {self.channels}")
         self._ring = ring
+        self.opened_monotonic = time.monotonic()
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         self._stop.clear()

@@ -10,7 +10,9 @@ fatal: the source stays ``offline`` with the reason in ``last_error`` until it c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
@@ -42,6 +44,21 @@ BACKOFF_MAX_S = 30.0
 """Longest wait between two attempts to reopen a missing device: a re-plugged microphone is
 heard again within half a minute, and a device that stays away costs one attempt per 30 s."""
 
+RESCAN_ESCALATE_S = 600.0
+"""How long a device may stay away while PortAudio's device list cannot be re-scanned (other
+inputs are open) before the stream's fault says that only a service restart finds it again: a
+re-plugged device is invisible to a stale list, so retrying alone would wait forever."""
+
+RESCAN_HINT = (
+    "; PortAudio cannot re-scan the devices while other inputs are open: "
+    "restart the service (systemctl restart edge-asd) to look for it again"
+)
+
+_PORTAUDIO_LOCK = threading.RLock()
+"""Held around every re-scan, device query, open and close of a PortAudio stream, process-wide:
+a re-scan terminates and re-initialises PortAudio, which would kill a stream another source's
+supervisor opened a moment before (or query a half-initialised library)."""
+
 
 def check_device_rate(rate: float, where: str) -> int:
     """A capture rate within what audio hardware does (a bogus driver report must not size a
@@ -72,7 +89,9 @@ class SoundDeviceSource(AudioSource):
     ``calibrate``: someone is watching) a missing device raises ``AudioDeviceError``.
 
     PortAudio only sees a re-plugged device after re-initialising, which would kill every
-    other open stream, so the device list is refreshed only while no stream is open.
+    other open stream, so the device list is refreshed only while no stream is open (and all
+    of it under one process-wide lock). A device that stays away for ``rescan_escalate_s``
+    while others are open logs an error and its fault says a service restart is needed.
     """
 
     _open_streams: set[int] = set()  # ids of sources with an open stream (process-wide)
@@ -101,15 +120,20 @@ class SoundDeviceSource(AudioSource):
         self.backoff_s = float(backoff_s)
         self.backoff_max_s = float(backoff_max_s)
         self.check_interval_s = float(check_interval_s)
+        self.rescan_escalate_s = RESCAN_ESCALATE_S
         self._stream: Any = None
         self._ended = False
-        self._opened_at = 0.0
         self.last_error: str | None = None
         self._lookup: str | int | None = device  # what the supervisor resolves (the stable id once found)
+        self._rescanned = True  # did the last reopen attempt re-scan PortAudio's device list?
+        self._stale_since: float | None = None  # first failed attempt in a row that could not re-scan
+        self._escalated = False
         found: InputDevice | None = None
+        devices: list[InputDevice] = []
         try:
-            devices = list_inputs(self._sd)
-            found = resolve_device(device, devices, default_input_index(self._sd))
+            with _PORTAUDIO_LOCK:
+                devices = list_inputs(self._sd)
+                found = resolve_device(device, devices, default_input_index(self._sd))
         except AudioDeviceError as err:
             if not self.wait_for_device:
                 raise
@@ -141,6 +165,10 @@ class SoundDeviceSource(AudioSource):
         self._ended = True
 
     def _open(self) -> None:
+        with _PORTAUDIO_LOCK:
+            self._open_locked()
+
+    def _open_locked(self) -> None:
         dev = self.device
         if dev is None:
             raise AudioDeviceError(self.last_error or f"input device {self.name} not found")
@@ -167,22 +195,24 @@ class SoundDeviceSource(AudioSource):
                         "set the source's `samplerate:` to a rate it supports)")  # fmt: skip
             raise AudioDeviceError(f"{err}{hint}") from err
         self._ended = False
-        stream.start()
+        try:
+            stream.start()
+        except BaseException:
+            # sounddevice streams have no finaliser: an unclosed one keeps the card busy and
+            # leaks one PortAudio stream per retry
+            _close_quietly(stream, self.name)
+            raise
         SoundDeviceSource._open_streams.add(id(self))
         self._stream = stream
-        self._opened_at = time.monotonic()
+        self.opened_monotonic = time.monotonic()
         self.status = ONLINE
 
     def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        SoundDeviceSource._open_streams.discard(id(self))
-        if stream is None:
-            return
-        try:
-            stream.abort(ignore_errors=True)
-            stream.close(ignore_errors=True)
-        except Exception as err:  # a vanished device may refuse even to close
-            logger.debug("closing stream of %s: %s", self.name, err)
+        with _PORTAUDIO_LOCK:
+            stream, self._stream = self._stream, None
+            SoundDeviceSource._open_streams.discard(id(self))
+            if stream is not None:
+                _close_quietly(stream, self.name)
 
     def start(self, ring: CaptureRing) -> None:
         self._attach(ring, "device")
@@ -209,52 +239,107 @@ class SoundDeviceSource(AudioSource):
     def alive(self) -> bool:
         """Is the open stream delivering? (finished, inactive or stalled count as dead)."""
         stream = self._stream
-        if stream is None or self._ended or not stream.active:
+        if stream is None or self._ended:
+            return False
+        try:
+            active = stream.active
+        except Exception as err:  # PortAudioError from a broken device: as good as dead
+            logger.warning("input %s: PortAudio cannot tell whether the stream runs (%s)", self.name, err)
+            return False
+        if not active:
             return False
         last = self._ring.last_write_monotonic if self._ring else None
         now = time.monotonic()
-        reference = max(last or 0.0, self._opened_at)
+        reference = max(last or 0.0, self.opened_monotonic or 0.0)
         return now - reference < self.stall_s
 
     def _supervise(self, next_try: float = 0.0) -> None:
+        """The liveness loop. It must outlive anything PortAudio throws at it (``stream.active``
+        raises on a broken device): a dead supervisor would leave the source ``online`` and the
+        device never reopened, so a failed check counts as a dead stream and is backed off."""
         backoff = self.backoff_s
         while not self._stop.wait(self.check_interval_s):
-            if self._stream is not None:
-                if self.alive():
-                    continue
-                logger.warning("input %s stopped delivering audio: reopening", self.name)
-                self._close_stream()
-                self.status = OFFLINE
-                self.last_error = "the input stopped delivering audio (unplugged, or a driver error)"
-                backoff = self.backoff_s
-                next_try = time.monotonic() + backoff
-                continue
-            if time.monotonic() < next_try:
-                continue
             try:
-                self._reopen()
-                self.restarts += 1
-                self.last_error = None
-                backoff = self.backoff_s
+                next_try, backoff = self._check(next_try, backoff)
             except Exception as err:
-                self.last_error = str(err).split(". available inputs:")[0]
+                logger.exception("liveness check of input %s failed: treating the input as dead", self.name)
+                with contextlib.suppress(Exception):
+                    self._close_stream()
+                self.status = OFFLINE
+                self.last_error = f"the input failed ({err})"
                 backoff = min(backoff * 2.0, self.backoff_max_s)
                 next_try = time.monotonic() + backoff
-                logger.info("input %s still unavailable (%s); next try in %.0f s", self.name, self.last_error, backoff)
+
+    def _check(self, next_try: float, backoff: float) -> tuple[float, float]:
+        """One pass of the liveness loop; returns the next ``(next_try, backoff)``."""
+        if self._stream is not None:
+            if self.alive():
+                return next_try, backoff
+            logger.warning("input %s stopped delivering audio: reopening", self.name)
+            self._close_stream()
+            self.status = OFFLINE
+            self.last_error = "the input stopped delivering audio (unplugged, or a driver error)"
+            return time.monotonic() + self.backoff_s, self.backoff_s
+        now = time.monotonic()
+        if now < next_try:
+            return next_try, backoff
+        try:
+            self._reopen()
+        except Exception as err:
+            backoff = min(backoff * 2.0, self.backoff_max_s)
+            self.last_error = str(err).split(". available inputs:")[0] + self._stale_list_hint(now)
+            logger.info("input %s still unavailable (%s); next try in %.0f s", self.name, self.last_error, backoff)
+            return time.monotonic() + backoff, backoff
+        self.restarts += 1
+        self.last_error = None
+        self._stale_since, self._escalated = None, False
+        return next_try, self.backoff_s
+
+    def _stale_list_hint(self, now: float) -> str:
+        """After a failed attempt: the restart hint once the device has been away for
+        ``rescan_escalate_s`` with PortAudio's device list never re-scanned (other inputs open)."""
+        if self._rescanned:
+            self._stale_since, self._escalated = None, False
+            return ""
+        if self._stale_since is None:
+            self._stale_since = now
+        if now - self._stale_since < self.rescan_escalate_s:
+            return ""
+        if not self._escalated:
+            self._escalated = True
+            logger.error("input %s has been unavailable for %.0f min while other inputs kept PortAudio from "
+                         "re-scanning its devices: restart the service (systemctl restart edge-asd) to find it "
+                         "again", self.name, (now - self._stale_since) / 60.0)  # fmt: skip
+        return RESCAN_HINT
 
     def _reopen(self) -> None:
         """Find the device again (new index after a re-plug) and open it; raises if it cannot."""
-        if not SoundDeviceSource._open_streams:
-            refresh_portaudio()
-        found = resolve_device(self._lookup, list_inputs(self._sd), default_input_index(self._sd))
-        self.device = found
-        self._lookup = found.stable_id
-        ring = self._ring
-        assert ring is not None
-        if ring.written:  # a splice after audio; a device first found late starts the stream clean
-            ring.mark_gap()
-        self._open()
+        with _PORTAUDIO_LOCK:
+            self._rescanned = not SoundDeviceSource._open_streams
+            if self._rescanned:
+                refresh_portaudio()
+            found = resolve_device(self._lookup, list_inputs(self._sd), default_input_index(self._sd))
+            self.device = found
+            self._lookup = found.stable_id
+            ring = self._ring
+            assert ring is not None
+            if ring.written:  # a splice after audio; a device first found late starts the stream clean
+                ring.mark_gap()
+            self._open_locked()
         logger.warning("input %s is back (%s, index %d)", self.name, found.name, found.index)
+
+
+def _close_quietly(stream: Any, name: str) -> None:
+    """Abort and close a PortAudio stream, whatever state it is in (a vanished device may
+    refuse even to close; there is nothing left to do about it then)."""
+    try:
+        stream.abort(ignore_errors=True)
+    except Exception as err:
+        logger.debug("aborting stream of %s: %s", name, err)
+    try:
+        stream.close(ignore_errors=True)
+    except Exception as err:
+        logger.debug("closing stream of %s: %s", name, err)
 
 
 def _spec_text(spec: str | int | None) -> str:
