@@ -5,20 +5,32 @@ microphones), one daemon, onnxruntime (or whatever `--backend` picks), no broker
 communicator timestamps what would be published). One stream gets an anomaly at a known time;
 with patience 1 the event latency is the wall time from the arrival of the first window that
 contains the anomaly to the publication of its event. Reported per N: windows scored per
-stream per second (1.0 = real time), skipped windows, CPU use, daemon overhead (tick time not
-spent in the engine), RSS at start and end, and the event latency.
+stream per second (1.0 = real time), skipped windows, audio still queued at the end, CPU use,
+daemon overhead (tick time not spent in the engine), RSS at start, end and peak, and the event
+latency.
 
     python bench/listen_scale.py --streams 8 16 24 32 --seconds 60
     python bench/listen_scale.py --streams 32 --seconds 600     # RSS over 10 minutes
+    python bench/listen_scale.py --find-max --probe-seconds 40  # most streams kept in real time
+    python bench/listen_scale.py --streams 32 --seconds 40 --rss-steps --tracemalloc   # where memory goes
+
+``--find-max`` bisects over stream counts, each probe a short run in a fresh process (so RSS and
+allocator state do not carry over): a count is kept in real time when no window was skipped
+and every stream scored its windows on time (at least 0.97 windows per second, less than two
+hops of audio queued at the end). The daemon overhead (< 10 % is the goal) is reported for
+the count found; ``--strict-overhead`` makes it part of the test. The RSS of ``--rss-streams``
+(32) comes from its probe, or from one more run. Environment variables reach every probe
+(``OPENBLAS_NUM_THREADS=1``, ``MALLOC_*``), and ``--ort-variant`` tries onnxruntime session
+options without editing the backend (``bench/memory.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import platform
-import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,18 +41,23 @@ import numpy as np
 
 # The random bundle that the tests use lives with the test fixtures (not product code).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import cpu_description
+from bench.memory import (
+    RssSteps,
+    cpu_seconds,
+    hwm_mib,
+    patch_onnxruntime,
+    rss_mib,
+    tracemalloc_top,
+)
 
+logger = logging.getLogger("bench.listen_scale")
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+HOP_S = 1.0
+MAX_OVERHEAD_PERCENT = 10.0
+"""The daemon's budget outside the engine (issue goal: overhead < 10 %)."""
+MIN_RATE = 0.97
+"""Windows per stream per second below this mean the scorer fell behind (1.0 = real time)."""
 
 
 def default_bundle() -> Path:
@@ -53,7 +70,36 @@ def default_bundle() -> Path:
     return ensure_random_bundle(artifacts / "bundle-random")
 
 
-def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: float, workdir: Path) -> dict:
+def real_time(row: dict) -> bool:
+    """Real time at this stream count: no window skipped, none left behind.
+
+    ``max_queue_s`` is the audio a stream holds past its last scored window when the run
+    stops: one hop means its next window is due, up to two hops is a window that came due
+    while a tick was scoring the others; more means the scorer is falling behind.
+    """
+    return row["skipped"] == 0 and row["windows_per_stream_per_s"] >= MIN_RATE and row["max_queue_s"] < 2.0 * HOP_S
+
+
+def overhead_ok(row: dict) -> bool:
+    """The daemon's own work under its budget (a share of the scoring ticks)."""
+    overhead = row.get("overhead_percent")
+    return overhead is not None and overhead < MAX_OVERHEAD_PERCENT
+
+
+def keeps_up(row: dict, strict_overhead: bool = False) -> bool:
+    """What ``--find-max`` bisects on: real time, and with ``strict_overhead`` the overhead budget too.
+
+    The overhead is a per-window share (the daemon's work per window over the engine's), about
+    the same at every stream count except a handful (fixed per-tick costs), so it is judged
+    apart by default: bisecting on it would flip on noise rather than on the stream count.
+    """
+    return real_time(row) and (overhead_ok(row) or not strict_overhead)
+
+
+def run_once(
+    bundle: Path, n: int, seconds: float, backend: str, anomaly_at: float, workdir: Path,
+    *, runtime: dict | None = None, steps: RssSteps | None = None, site: bool = True,
+) -> dict:
     from edge_asd.config import validate_config
     from edge_asd.core.audio_io import write_wav
     from edge_asd.core.synth import make_stream_recording
@@ -61,6 +107,8 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
     from engines.bundle import load_bundle
     from tests.fixtures.comms import MemoryCommunicator
 
+    if steps:
+        steps.mark(f"{n} streams: imports done")
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = cls.split("/")
     length = seconds + 15.0
@@ -68,6 +116,7 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
     faulty, span = make_stream_recording(machine_type, int(machine_id[-2:]), length, anomaly_at, 20.0, "imbalance", seed=1)
     write_wav(workdir / "normal.wav", normal)
     write_wav(workdir / "faulty.wav", faulty)
+    del normal, faulty
 
     class TimedCommunicator(MemoryCommunicator):
         def __init__(self) -> None:
@@ -79,16 +128,27 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
                 self.event_times.append((time.time(), after))
             super().publish_event(kind, before, after)
 
+        def publish_score(self, stream, score, threshold=None):
+            pass  # one call per window: recording them would grow the bench's own memory
+
     sources = [{"name": f"s{i}", "type": "file", "path": str(workdir / ("faulty.wav" if i == 0 else "normal.wav")),
                 "realtime": True} for i in range(n)]
     streams = [{"name": f"m{i}", "source": f"s{i}", "classes": [cls], "threshold": 1e9,
                 "decision": {"warmup_windows": 0, "patience": 1}} for i in range(n)]
-    cfg = validate_config({
-        "bundle": str(bundle), "backend": backend, "hop_s": 1.0, "state_dir": str(workdir / "state"),
+    raw = {
+        "bundle": str(bundle), "hop_s": HOP_S, "state_dir": str(workdir / "state"),
         "sources": sources, "streams": streams, "evidence": {"enabled": False}, "logging": {"level": "WARNING"},
-    }, where="bench")
+        "site": {"enabled": site},
+    }
+    if runtime:
+        raw["runtime"] = runtime
+    else:
+        raw["backend"] = backend
+    cfg = validate_config(raw, where="bench")
     comms = TimedCommunicator()
     daemon = build_daemon(cfg, comms=comms)
+    if steps:
+        steps.mark(f"{n} streams: daemon built (engine open)")
     pipeline = daemon.pipeline
     t_start_wall = time.time()  # stream 0's source starts first: its audio clock starts here
     for capture in daemon.captures:
@@ -97,9 +157,13 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
     stop = threading.Timer(seconds, pipeline.stop)
     stop.start()
     calibrated = False
+    first_batch_marked = False
     try:
         while not pipeline.stop_event.is_set():
             scored = pipeline.tick()
+            if steps and scored and not first_batch_marked:
+                first_batch_marked = True
+                steps.mark(f"{n} streams: first windows scored")
             first = pipeline.streams[0]
             if not calibrated and first.last_score is not None:
                 # Its first (normal) window's score + 50 %: the faulty stream is quiet until the
@@ -113,10 +177,12 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
         wall = time.monotonic() - t0
         cpu = cpu_seconds() - cpu0
         rss1 = rss_mib()
+        stats = pipeline.stats()
+        if steps:
+            steps.mark(f"{n} streams: end of run")
         for capture in daemon.captures:
             capture.stop()
         daemon.runtime.close()
-    stats = pipeline.stats()
     per_stream = [s["windows"] for s in stats["streams"].values()]
     expected = max(1.0, seconds - 10.0)  # first window after 10 s of audio, then one per hop
     latency = None
@@ -130,15 +196,96 @@ def run_once(bundle: Path, n: int, seconds: float, backend: str, anomaly_at: flo
         "windows_per_stream_per_s": round(float(np.mean(per_stream)) / expected, 3),
         "min_windows_per_stream": int(min(per_stream)),
         "skipped": int(sum(s["skipped"] for s in stats["streams"].values())),
+        "max_queue_s": max(s["queue_s"] for s in stats["streams"].values()),
         "cpu_percent": round(100.0 * cpu / wall, 1),
         "inference_ms_mean": stats["detector"]["inference_ms"],
+        "batches": stats["detector"]["batches"],
         "overhead_percent": stats["detector"]["overhead_percent"],
         "rss_start_mib": round(rss0, 1),
         "rss_end_mib": round(rss1, 1),
+        "rss_peak_mib": round(hwm_mib(), 1),
         "event_latency_s": None if latency is None else round(latency, 3),
         "anomaly_span_s": span,
         "backend": stats["detector"]["engine"],
     }
+
+
+def probe(n: int, seconds: float, args: argparse.Namespace) -> dict:
+    """One run of ``n`` streams in a fresh process (clean RSS, allocator and thread state)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--streams", str(n), "--seconds", str(seconds),
+               "--backend", args.backend, "--out", str(out), "--ort-variant", args.ort_variant]
+        if args.bundle:
+            cmd += ["--bundle", str(args.bundle)]
+        if args.max_batch:
+            cmd += ["--max-batch", str(args.max_batch)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if args.no_site:
+            cmd.append("--no-site")
+        if args.ring_s:
+            cmd += ["--ring-s", str(args.ring_s)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        row = json.loads(out.read_text())["rows"][0]
+    row["keeps_up"] = keeps_up(row, args.strict_overhead)
+    row["overhead_ok"] = overhead_ok(row)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def find_max(args: argparse.Namespace) -> dict:
+    """Bisection over stream counts: the largest N in [lo, hi] that ``keeps_up``.
+
+    Doubling from ``lo`` finds a failing count first (unless ``hi`` keeps up), then halving the
+    interval; each count is probed once (a noisy machine can flip a count near the limit, so
+    the answer comes with every probe's figures).
+    """
+    probes: dict[int, dict] = {}
+
+    def ok(n: int) -> bool:
+        if n not in probes:
+            probes[n] = probe(n, args.probe_seconds, args)
+        return bool(probes[n]["keeps_up"])
+
+    lo, hi = args.lo, args.hi
+    if not ok(lo):
+        good = 0
+        bad = lo
+    else:
+        good, bad = lo, None
+        n = lo
+        while bad is None:
+            n = min(hi, n * 2)
+            if ok(n):
+                good = n
+                if n == hi:
+                    break
+            else:
+                bad = n
+    while bad is not None and bad - good > max(1, args.resolution):
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    at_max = probes.get(good)
+    return {"max_streams": good, "first_failing": bad, "probe_seconds": args.probe_seconds,
+            "strict_overhead": args.strict_overhead,
+            "overhead_percent_at_max": None if at_max is None else at_max["overhead_percent"],
+            "overhead_ok_at_max": None if at_max is None else overhead_ok(at_max),
+            "probes": [probes[k] for k in sorted(probes)]}
+
+
+def runtime_section(args: argparse.Namespace) -> dict | None:
+    if args.max_batch is None and args.threads is None:
+        return None
+    section: dict = {"type": "onnxruntime" if args.backend == "auto" else args.backend}
+    if args.max_batch is not None:
+        section["max_batch"] = args.max_batch
+    if args.threads is not None:
+        section["threads"] = args.threads
+    return section
 
 
 def main() -> None:
@@ -148,32 +295,94 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--bundle", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--find-max", action="store_true", help="bisect for the most streams kept in real time")
+    parser.add_argument("--probe-seconds", type=float, default=40.0, help="length of each --find-max probe")
+    parser.add_argument("--lo", type=int, default=16, help="--find-max: smallest count probed")
+    parser.add_argument("--hi", type=int, default=160, help="--find-max: largest count probed")
+    parser.add_argument("--resolution", type=int, default=4, help="--find-max: stop when the interval is this narrow")
+    parser.add_argument("--rss-streams", type=int, default=32, help="--find-max: stream count whose RSS is reported")
+    parser.add_argument("--strict-overhead", action="store_true",
+                        help=f"--find-max: a count must also keep the overhead under {MAX_OVERHEAD_PERCENT:g} %%")
+    parser.add_argument("--max-batch", type=int, default=None, help="runtime max_batch (default: the backend's)")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    parser.add_argument("--no-site", action="store_true", help="site learning off (no indicators per window)")
+    parser.add_argument("--ort-variant", default="default",
+                        help="onnxruntime session options to try, e.g. no-arena+no-spin (bench only, bench/memory.py)")
+    parser.add_argument("--ring-s", type=float, default=None,
+                        help="capture ring length in seconds to try (bench only; default: the product's)")
+    parser.add_argument("--rss-steps", action="store_true", help="print RSS after each step of each run")
+    parser.add_argument("--tracemalloc", action="store_true", help="print the biggest Python/numpy allocations")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     bundle = args.bundle or default_bundle()
+    machine = {**cpu_description(), "load_average_before": os.getloadavg()}
+
+    if args.find_max:
+        result = find_max(args)
+        budget = ("met" if result["overhead_ok_at_max"] else "NOT met") if result["overhead_ok_at_max"] is not None else "-"
+        print(f"\nmost streams kept in real time: {result['max_streams']} "
+              f"(first failing: {result['first_failing']}; {args.probe_seconds:.0f} s probes); daemon overhead there "
+              f"{result['overhead_percent_at_max']} % (< {MAX_OVERHEAD_PERCENT:g} %: {budget})")
+        rss_row = next((p for p in result["probes"] if p["streams"] == args.rss_streams), None)
+        if rss_row is None:
+            rss_row = probe(args.rss_streams, args.probe_seconds, args)
+        result["rss_row"] = rss_row
+        print(f"RSS at {args.rss_streams} streams: {rss_row['rss_start_mib']} -> {rss_row['rss_end_mib']} MiB "
+              f"(peak {rss_row['rss_peak_mib']} MiB)")
+        machine["load_average_after"] = os.getloadavg()
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"machine": machine, "bundle": str(bundle), **result}, indent=2) + "\n")
+        return
+
+    steps = RssSteps() if args.rss_steps else None
+    if steps:
+        steps.mark("python + numpy + bench imports")
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start()
+    patch_onnxruntime(args.ort_variant)
+    if args.ring_s:
+        # The capture ring holds ring_s seconds at the source's native rate per source; the
+        # daemon builds its captures with the default, so the bench changes the default.
+        from edge_asd.audio.capture import Capture
+
+        Capture.__init__.__kwdefaults__["ring_s"] = float(args.ring_s)
     anomaly_at = max(12.0, args.seconds - 25.0)
     rows = []
     for n in args.streams:
         with tempfile.TemporaryDirectory() as tmp:
-            row = run_once(bundle, n, args.seconds, args.backend, anomaly_at, Path(tmp))
+            row = run_once(bundle, n, args.seconds, args.backend, anomaly_at, Path(tmp),
+                           runtime=runtime_section(args), steps=steps, site=not args.no_site)
+        row["keeps_up"] = keeps_up(row, args.strict_overhead)
+        row["overhead_ok"] = overhead_ok(row)
+        row["ort_variant"] = args.ort_variant
+        row["ring_s"] = args.ring_s
         rows.append(row)
         print(json.dumps(row), flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                machine = f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-                break
-    except OSError:
-        pass
-    print(f"\nMachine: {machine}; bundle {bundle}\n")
-    print("| streams | windows/stream/s (1.0 = real time) | skipped | CPU % | inference ms/batch | overhead % | RSS start → end MiB | event latency s |")
+    machine["load_average_after"] = os.getloadavg()
+    print(f"\nMachine: {machine['cpu']}, {machine['logical_cores']} logical cores; bundle {bundle}\n")
+    print("| streams | windows/stream/s (1.0 = real time) | skipped | CPU % | inference ms/batch | overhead % "
+          "| RSS start → end (peak) MiB | event latency s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['streams']} | {r['windows_per_stream_per_s']} | {r['skipped']} | {r['cpu_percent']} | "
-              f"{r['inference_ms_mean']} | {r['overhead_percent']} | {r['rss_start_mib']} → {r['rss_end_mib']} | "
-              f"{r['event_latency_s']} |")
+              f"{r['inference_ms_mean']} | {r['overhead_percent']} | {r['rss_start_mib']} → {r['rss_end_mib']} "
+              f"({r['rss_peak_mib']}) | {r['event_latency_s']} |")
+    extra: dict = {}
+    if steps:
+        print("\n" + steps.report())
+        extra["rss_steps"] = steps.steps
+    if args.tracemalloc:
+        top = tracemalloc_top()
+        extra["tracemalloc"] = top
+        print("\nPython/numpy allocations alive at the end (tracemalloc):")
+        for t in top:
+            print("  ", t)
     if args.out:
-        args.out.write_text(json.dumps({"machine": machine, "bundle": str(bundle), "rows": rows}, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine, "bundle": str(bundle), "rows": rows, **extra}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

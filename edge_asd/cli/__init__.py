@@ -7,7 +7,14 @@ inside the commands so that ``edge-asd --help`` works on a bare Jetson.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# numpy's BLAS must be single-threaded before numpy loads: the monitoring loop's small products
+# (level check, whitening, distances) each woke a second OpenBLAS thread that fought the engine's
+# threads for the cores, 8 ms a call on a busy 2-core box against 0.08 ms on one thread
+# (bench/hop_overhead.py). The engine keeps its own thread pool. Set it to override.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 from rich.markup import escape

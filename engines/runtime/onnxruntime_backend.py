@@ -78,6 +78,10 @@ class OnnxRuntimeBackend(Runtime):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No memory pattern: onnxruntime plans one block per input shape, and the daemon's batches
+        # take every size up to max_batch; without it RSS is 54-93 MiB lower at batch 8 at the same
+        # speed (docs/performance.md, bench/memory.py).
+        options.enable_mem_pattern = False
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
