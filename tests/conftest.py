@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 # Fixtures live in tests/fixtures/ and are loaded here, in one place, for every test folder.
-pytest_plugins = ["tests.fixtures.mosquitto", "tests.fixtures.bundles"]
+pytest_plugins = ["tests.fixtures.mosquitto", "tests.fixtures.bundles", "tests.fixtures.faults"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
