@@ -59,7 +59,9 @@ class ScoreConfig(_Strict):
 class ClassCalibration(_Strict):
     """Per-class threshold and the held-out normal statistics it came from (thresholds.json)."""
 
-    threshold: float
+    threshold: float = Field(gt=0, allow_inf_nan=False)
+    """Finite and positive: a NaN threshold would compare false with every score, so the
+    stream would never alert (every score is >= 0)."""
     fit: dict[str, Any] | None = None
     quantiles: dict[str, float] = Field(default_factory=dict)
     n: int = Field(0, ge=0)

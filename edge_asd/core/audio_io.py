@@ -10,6 +10,7 @@ naming the path instead of a soundfile traceback.
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,31 @@ class AudioFileError(UserError):
     """A sound file that cannot be used: unreadable, corrupt, empty or holding NaN/inf."""
 
 
+def wav_truncation(path: Path) -> str | None:
+    """What is wrong with a RIFF/WAVE file shorter than its header says, or None.
+
+    libsndfile quietly reads a truncated WAV (a copy interrupted half-way) as a shorter one;
+    scoring or replaying it would silently test something else, so callers refuse it. Files
+    that are not plain RIFF WAV (RF64, FLAC, ...) are left to libsndfile. ``OSError`` passes.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            kind, length = struct.unpack("<4sI", fh.read(8))
+            if kind == b"data":
+                if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:
+                    return (f"WAV file {path} is truncated: its header announces {length} bytes of audio "
+                            f"but only {size - pos - 8} are present. Copy or record the file again")  # fmt: skip
+                return None
+            pos += 8 + length + (length & 1)
+    return f"WAV file {path} has no audio data chunk: it is corrupt, record it again"
+
+
 def read_audio(path: str | Path, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     """Load ``path`` as float32 mono in [-1, 1] at ``target_sr``.
 
@@ -36,6 +62,12 @@ def read_audio(path: str | Path, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise AudioFileError(f"audio file {path} does not exist (or is not a file): check the path")
+    try:
+        problem = wav_truncation(path)
+    except OSError as err:
+        raise AudioFileError(f"cannot read audio file {path}: {err}") from err
+    if problem is not None:
+        raise AudioFileError(problem)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
@@ -112,5 +144,6 @@ __all__ = [
     "fit_length",
     "read_audio",
     "resample",
+    "wav_truncation",
     "write_wav",
 ]

@@ -99,6 +99,17 @@ def test_empty_and_missing_files_are_user_errors(tmp_path):
         read_audio(tmp_path / "missing.wav")
 
 
+def test_truncated_wav_is_refused_not_read_short(tmp_path):
+    """A copy interrupted half-way is not a shorter recording: refused, naming the file."""
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, np.full(16000, 0.1, dtype=np.float32), SAMPLE_RATE, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:-10000])
+    assert read_audio(whole).size == 16000
+    with pytest.raises(AudioFileError, match=r"cut\.wav is truncated"):
+        read_audio(cut)
+
+
 def test_nan_content_is_rejected(tmp_path):
     x = np.zeros(1000, dtype=np.float32)
     x[10] = np.nan

@@ -84,6 +84,8 @@ def test_schema_violations_are_refused(bundle_copy: Path) -> None:
         (lambda d: d["classes"].pop(), "class names but model.num_classes"),
         (lambda d: d["score"].update(mode="magic"), "score"),
         (lambda d: d["files"].pop("model_cpu.onnx"), "model_cpu.onnx"),
+        (lambda d: next(iter(d["thresholds"]["classes"].values())).update(threshold=float("nan")), "threshold"),
+        (lambda d: next(iter(d["thresholds"]["classes"].values())).update(threshold=-1.5), "threshold"),
     ):
         broken = json.loads(json.dumps(doc))
         mutate(broken)

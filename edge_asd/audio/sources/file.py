@@ -8,45 +8,27 @@ impossible sample rate is refused with a message instead of being played as some
 from __future__ import annotations
 
 import logging
-import struct
 from pathlib import Path
 
 import numpy as np
 
 from edge_asd.audio.sources.base import AudioSourceError
 from edge_asd.audio.sources.threaded import ThreadedSource
+from edge_asd.core.audio_io import wav_truncation
 from edge_asd.core.constants import MAX_AUDIO_RATE, MIN_AUDIO_RATE
 
 logger = logging.getLogger(__name__)
 
 
 def check_wav_complete(path: Path) -> None:
-    """Raise ``AudioSourceError`` if a RIFF/WAVE file is shorter than its header says.
-
-    libsndfile quietly plays a truncated WAV (a copy interrupted half-way) as a shorter one;
-    for a replayed recording that silently changes what is being tested, so we refuse it.
-    """
+    """Raise ``AudioSourceError`` if a RIFF/WAVE file is shorter than its header says
+    (``edge_asd.core.audio_io.wav_truncation``: the one check, also in ``read_audio``)."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return  # not a plain RIFF WAV (RF64, FLAC, ...): leave it to libsndfile
-            pos = 12
-            while pos + 8 <= size:
-                fh.seek(pos)
-                kind, length = struct.unpack("<4sI", fh.read(8))
-                if kind == b"data":
-                    if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:
-                        raise AudioSourceError(
-                            f"WAV file {path} is truncated: its header announces {length} bytes of audio "
-                            f"but only {size - pos - 8} are present. Copy or record the file again"
-                        )
-                    return
-                pos += 8 + length + (length & 1)
+        problem = wav_truncation(path)
     except OSError as err:
         raise AudioSourceError(f"cannot read WAV file {path}: {err}") from err
-    raise AudioSourceError(f"WAV file {path} has no audio data chunk: it is corrupt, record it again")
+    if problem is not None:
+        raise AudioSourceError(problem)
 
 
 class FileSource(ThreadedSource):
