@@ -18,18 +18,25 @@ import time
 from edge_asd.audio.ring import CaptureRing
 from edge_asd.audio.sources import AudioSource
 from edge_asd.audio.stream_buffer import StreamBuffer
-from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.constants import SAMPLE_RATE
 from edge_asd.core.resample import StreamingResampler
 
 logger = logging.getLogger(__name__)
+
+
+RING_S = 5.0
+"""Seconds of native-rate audio between the device callback and this worker. The worker empties
+it every ``poll_s`` (50 ms), so 5 s is a hundred polls of slack for a worker held up by a busy
+machine; longer only costs memory: 20 s held 31 MiB more at 32 streams of 16 kHz, and 94 MiB at
+48 kHz, for no sample saved (docs/performance.md)."""
 
 
 class Capture:
     """Glue of one source to its per-channel 16 kHz ``StreamBuffer``s.
 
     ``channels``: which source channels become streams (default: all), in that order.
-    ``ring_s``: capture ring length at the native rate (about two windows by default, so a
-    worker that is late by seconds loses nothing). ``buffer_s``: history kept per stream.
+    ``ring_s``: capture ring length at the native rate (``RING_S``). ``buffer_s``: history kept
+    per stream.
     """
 
     def __init__(
@@ -38,7 +45,7 @@ class Capture:
         *,
         channels: list[int] | None = None,
         target_rate: int = SAMPLE_RATE,
-        ring_s: float = 2.0 * WINDOW_SAMPLES / SAMPLE_RATE,
+        ring_s: float = RING_S,
         buffer_s: float = 12.0,
         poll_s: float = 0.05,
     ) -> None:

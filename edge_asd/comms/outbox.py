@@ -412,8 +412,14 @@ class Outbox:
     def _next_seq(self) -> int:
         """Hand out the next number, reserving a block in the mark first when it runs out."""
         self._last_seq += 1
-        if self._last_seq > self._reserved and self._write_mark(self._last_seq + SEQ_RESERVE - 1):
-            self._reserved = self._last_seq + SEQ_RESERVE - 1
+        if self._last_seq > self._reserved:
+            if self._write_mark(self._last_seq + SEQ_RESERVE - 1):
+                self._reserved = self._last_seq + SEQ_RESERVE - 1
+            else:
+                # Past the reservation with no mark on disk: a crash now would restart numbering
+                # below numbers consumers have seen. The clock (in ms) is the last resort that
+                # stays above them (a run cannot hand out 1000 numbers a millisecond).
+                self._last_seq = max(self._last_seq, int(time.time() * 1000))
         return self._last_seq
 
     # --- failure and recovery ----------------------------------------------------------------

@@ -41,9 +41,10 @@ from engines.scorer import RowScore, Scorer
 
 logger = logging.getLogger(__name__)
 
-REFIT_STOP_WAIT_S = 30.0
-"""How long a stop waits for enrolment refits still running (they take seconds; systemd's
-stop timeout is longer)."""
+REFIT_STOP_WAIT_S = 8.0
+"""How long a stop waits for the enrolment refit still running: well inside the unit's
+``TimeoutStopSec=20`` with the outbox flush (5 s) after it; a fit cut short loses only its
+result (its save is atomic)."""
 
 FAULT_TEXT = {
     "silent": "microphone silent (muted or unplugged?)",
@@ -207,7 +208,11 @@ class Pipeline:
         site = stream.site
 
         def refit() -> Callable[[], None]:  # on the refit worker
-            result = site.feedback(event, label, None if evidence is None else str(evidence), by)
+            try:
+                result = site.feedback(event, label, None if evidence is None else str(evidence), by)
+            except Exception as err:  # the operator gets an answer whatever happened
+                logger.exception("feedback %s on event %s of %s failed", label, event, stream.name)
+                result = FeedbackResult(event, label, False, f"failed: {err}")
             return lambda: self._feedback_done(stream, label, by, result)
 
         if not self.refits.submit(refit, f"feedback {label} on event {event} of {stream.name}"):

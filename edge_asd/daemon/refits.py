@@ -10,6 +10,10 @@ thread, where everything that publishes lives.
 A refit swaps the stream's new enrolment in with one reference assignment, so the pipeline
 thread sees either the old enrolment or the new one, never a half-built one.
 
+At a stop, refits still waiting are dropped and the running one gets a short wait (its save is
+atomic: a fit cut short loses only its result, never the stored enrolment); the worker is a
+daemon thread, so nothing here can hold the process past systemd's stop timeout.
+
 Offline runs (a file replayed as fast as possible, ``score --stream``) run refits inline, so a
 replay gives the same windows and scores every time.
 """
@@ -19,8 +23,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +44,12 @@ class Refits:
 
     def __init__(self, *, inline: bool = False) -> None:
         self.inline = inline
-        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: queue.Queue[tuple[Job, str] | None] = queue.Queue()
         self._done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def pending(self) -> int:
@@ -52,30 +58,43 @@ class Refits:
             return self._pending
 
     def submit(self, job: Job, what: str) -> bool:
-        """Run ``job`` (in the background unless inline); False when too many are waiting."""
+        """Run ``job`` (in the background unless inline); False when too many are waiting or
+        the node is stopping."""
         if self.inline:
-            self._run(job, what, counted=False)
+            self._run(job, what)
             return True
         with self._lock:
+            if self._closed:
+                logger.warning("refit refused (%s): the node is stopping", what)
+                return False
             if self._pending >= MAX_PENDING:
                 logger.error("refit refused (%s): %d refits are already waiting", what, self._pending)
                 return False
             self._pending += 1
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-asd-refit")
-        self._pool.submit(self._run, job, what, True)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="edge-asd-refit", daemon=True)
+                self._thread.start()
+        self._jobs.put((job, what))
         return True
 
-    def _run(self, job: Job, what: str, counted: bool) -> None:
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, what = item
+            try:
+                self._run(job, what)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def _run(self, job: Job, what: str) -> None:
         try:
             done = job()
         except Exception:  # a failed fit must never take the monitor down
             logger.exception("refit failed: %s", what)
             done = None
-        finally:
-            if counted:
-                with self._lock:
-                    self._pending -= 1
         if done is not None:
             self._done.put(done)
 
@@ -93,23 +112,38 @@ class Refits:
             except Exception:
                 logger.exception("announcing a refit failed")
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every submitted refit has finished (True) or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def close(self, timeout_s: float | None = None) -> None:
-        """Let the running and waiting refits finish (they write the enrolment atomically)."""
-        pool, self._pool = self._pool, None
-        if pool is None:
+        """Drop the refits still waiting and give the running one ``timeout_s`` to finish."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        dropped = 0
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                dropped += 1
+                logger.warning("refit dropped at stop: %s", item[1])
+        with self._lock:
+            self._pending -= dropped
+        if thread is None:
             return
-        if timeout_s is None:
-            pool.shutdown(wait=True)
-            return
-        finished = threading.Event()
-
-        def _wait() -> None:
-            pool.shutdown(wait=True)
-            finished.set()
-
-        threading.Thread(target=_wait, name="edge-asd-refit-close", daemon=True).start()
-        if not finished.wait(timeout_s):
-            logger.warning("refits still running after %.0f s at shutdown: not waiting for them", timeout_s)
+        self._jobs.put(None)
+        thread.join(timeout_s)
+        if thread.is_alive():
+            logger.warning("a refit was still running after %.0f s at stop: its result is lost "
+                           "(the stored enrolment is unchanged)", timeout_s or 0.0)  # fmt: skip
 
 
 __all__ = ["Refits"]

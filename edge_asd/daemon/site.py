@@ -141,6 +141,8 @@ class StreamSite:
         """A live re-enrolment's windows are all in and its fit is running."""
         self.refits = Refits(inline=True)
         """Where refits run; ``listen`` gives every stream the pipeline's worker."""
+        self._generation = 0
+        """Bumped by ``disable``: a feedback refit swaps its result in only if none happened."""
         self.load()
 
     # -- enrolment ----------------------------------------------------------------------------
@@ -178,6 +180,7 @@ class StreamSite:
     def disable(self, message: str) -> None:
         """Stop using an enrolment that cannot score this stream; the bundle's score takes over."""
         logger.error("%s", message)
+        self._generation += 1  # a refit built on the disabled enrolment must not bring it back
         self.enrolment = None
         self.status = EnrolmentStatus("stale", message, self.status.path)
 
@@ -316,7 +319,7 @@ class StreamSite:
             logger.warning("stream %s: event %s confirmed as an anomaly by %s (kept as %s)",
                            self.stream, event_id, by, path)  # fmt: skip
             return FeedbackResult(event_id, label, True, f"kept as a labelled anomaly: {path}", self.threshold)
-        base = self.enrolment
+        base, generation = self.enrolment, self._generation
         if base is None:
             return FeedbackResult(event_id, label, False,
                                   f"stream {self.stream} is not enrolled: enrol it before teaching it what is normal")  # fmt: skip
@@ -334,6 +337,9 @@ class StreamSite:
             save_stream_enrolment(updated, self.state_dir, self.stream)
         except (UserError, OSError, ValueError) as err:
             return FeedbackResult(event_id, label, False, f"could not learn event {event_id} as normal: {err}")
+        if generation != self._generation:  # disabled while fitting: stay on the bundle's score
+            return FeedbackResult(event_id, label, False, f"stream {self.stream}'s enrolment was disabled meanwhile "
+                                  f"({self.status.message}): re-enrol it; the feedback was saved with it")  # fmt: skip
         self.enrolment = updated
         still = updated.score(windows.indicators, windows.embeddings, windows.ce, profiles=windows.profiles)
         note = ""
@@ -415,13 +421,24 @@ class StreamSite:
                 false_alarm_rate=false_alarm_rate_for(self.false_alarms_per_day, self.hop_s),
                 source={"kind": "live", "minutes": live.minutes}, class_names=self.class_names, hop_s=self.hop_s,
             )  # fmt: skip
-            enrolment = keep_feedback(enrolment, self.enrolment)  # what operators taught stays taught
+            enrolment = keep_feedback(enrolment, self._previous_enrolment())  # taught stays taught
             save_stream_enrolment(enrolment, self.state_dir, self.stream)
         except (UserError, OSError, ValueError) as err:
             self.status = EnrolmentStatus("failed", f"re-enrolment of {self.stream} failed: {err}", self.status.path)
             logger.error("%s", self.status.message)
             return
         self.load()
+
+
+    def _previous_enrolment(self) -> Enrolment | None:
+        """The enrolment a re-enrolment replaces: the one in use, else the stored one for this
+        bundle (disabled or stale for its classes, it still holds what operators taught)."""
+        if self.enrolment is not None:
+            return self.enrolment
+        try:
+            return load_stream_enrolment(self.state_dir, self.stream, self.bundle_sha)
+        except (EnrolmentError, OSError):
+            return None
 
 
 def _is_file(path: str | Path) -> bool:

@@ -300,7 +300,8 @@ def test_enabled_off_ends_the_event_and_survives_a_restart(
     the state directory and is the stream's state after a restart; a second daemon on the same
     state directory is refused while the first runs; the client id stays the same."""
     from edge_asd.config import validate_config
-    from edge_asd.daemon.listen import StateDirError, build_daemon, run_daemon
+    from edge_asd.daemon.installation import StateDirError
+    from edge_asd.daemon.listen import build_daemon, run_daemon
 
     bundle, cls, audio = bundle_and_sound
     wav = tmp_path / "machine.wav"
@@ -370,17 +371,17 @@ def test_second_listen_on_a_state_dir_exits_2_naming_the_pid(
 
 
 def test_default_mqtt_client_id_is_kept_per_installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edge_asd.daemon.listen as listen
+    import edge_asd.daemon.installation as installation
 
-    first = listen.installation_client_id(tmp_path, "press-hall")
+    first = installation.installation_client_id(tmp_path, "press-hall")
     assert first.startswith("edge-asd-press-hall-") and len(first) > len("edge-asd-press-hall-")
-    assert listen.installation_client_id(tmp_path, "press-hall") == first  # a restart keeps it
-    other = listen.installation_client_id(tmp_path / "other", "press-hall")
+    assert installation.installation_client_id(tmp_path, "press-hall") == first  # a restart keeps it
+    other = installation.installation_client_id(tmp_path / "other", "press-hall")
     assert other != first  # another installation with the same host name
-    monkeypatch.setattr(listen, "_machine_fingerprint", lambda: "a-cloned-image")
-    clone = listen.installation_client_id(tmp_path, "press-hall")
+    monkeypatch.setattr(installation, "_machine_fingerprint", lambda: "a-cloned-image")
+    clone = installation.installation_client_id(tmp_path, "press-hall")
     assert clone != first  # the same state directory copied to another machine
-    assert listen.installation_client_id(tmp_path, "press-hall") == clone
+    assert installation.installation_client_id(tmp_path, "press-hall") == clone
 
 
 def test_unset_device_is_the_default_input(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -409,11 +410,12 @@ def test_unset_device_is_the_default_input(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_state_dir_that_cannot_be_locked_is_a_node_fault(tmp_path: Path) -> None:
+    import edge_asd.daemon.installation as installation
     import edge_asd.daemon.listen as listen
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the state directory should be")
-    lock = listen.StateDirLock(blocker / "state").acquire()  # not refused: nothing to protect there
+    lock = installation.StateDirLock(blocker / "state").acquire()  # not refused: nothing to protect there
     assert not lock.held and lock.error is not None and "cannot lock the state directory" in lock.error
     comms = MemoryCommunicator()
     listen._node_fault(comms, "lock", lock.error)
@@ -462,11 +464,11 @@ def test_lock_file_of_another_user_is_locked_read_only(
 ) -> None:
     """A ``listen.lock`` left by a manual ``sudo edge-asd listen`` (root's, 0644): the service
     user cannot open it for writing, but ``flock`` needs no write access, so it still locks."""
-    import edge_asd.daemon.listen as listen
+    import edge_asd.daemon.installation as installation
 
     state = tmp_path / "state"
     state.mkdir()
-    lock_file = state / listen.LOCK_FILE
+    lock_file = state / installation.LOCK_FILE
     lock_file.write_text("4242\n")
     lock_file.chmod(0o444)
     real_open = os.open
@@ -477,15 +479,15 @@ def test_lock_file_of_another_user_is_locked_read_only(
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", open_as_service_user)
-    lock = listen.StateDirLock(state).acquire()
+    lock = installation.StateDirLock(state).acquire()
     try:
         assert lock.held and lock.error is None
         assert "not writable by this user" in caplog.text
-        with pytest.raises(listen.StateDirError, match=r"another edge-asd listen \(pid 4242\)"):
-            listen.StateDirLock(state).acquire()  # a second listen is still refused
+        with pytest.raises(installation.StateDirError, match=r"another edge-asd listen \(pid 4242\)"):
+            installation.StateDirLock(state).acquire()  # a second listen is still refused
     finally:
         lock.release()
-    listen.StateDirLock(state).acquire().release()
+    installation.StateDirLock(state).acquire().release()
 
 
 @pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "ENOSYS"])
@@ -497,6 +499,7 @@ def test_state_dir_without_locks_is_a_node_fault_not_exit_2(
     import errno
     import fcntl
 
+    import edge_asd.daemon.installation as installation
     import edge_asd.daemon.listen as listen
     from edge_asd.config import validate_config
 
@@ -504,7 +507,7 @@ def test_state_dir_without_locks_is_a_node_fault_not_exit_2(
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    lock = listen.StateDirLock(tmp_path / "plain").acquire()
+    lock = installation.StateDirLock(tmp_path / "plain").acquire()
     assert not lock.held and "has no locks" in (lock.error or "") and "not refused" in (lock.error or "")
 
     bundle, cls, audio = bundle_and_sound
@@ -527,32 +530,32 @@ def test_client_id_follows_the_machine_id_not_the_mac(tmp_path: Path, monkeypatc
     import json
     import uuid
 
-    import edge_asd.daemon.listen as listen
+    import edge_asd.daemon.installation as installation
 
     machine_id = tmp_path / "machine-id"
-    monkeypatch.setattr(listen, "MACHINE_ID_FILES", (str(machine_id), str(tmp_path / "dbus-machine-id")))
+    monkeypatch.setattr(installation, "MACHINE_ID_FILES", (str(machine_id), str(tmp_path / "dbus-machine-id")))
     macs = iter([0x02AA00000001, 0x02AA00000002, 0x02AA00000003, 0x02AA00000004])
     monkeypatch.setattr(uuid, "getnode", lambda: next(macs))
 
     machine_id.write_text("0123456789abcdef0123456789abcdef\n")
-    first = listen.installation_client_id(tmp_path / "state", "press-hall")
-    assert listen.installation_client_id(tmp_path / "state", "press-hall") == first  # another MAC: same id
+    first = installation.installation_client_id(tmp_path / "state", "press-hall")
+    assert installation.installation_client_id(tmp_path / "state", "press-hall") == first  # another MAC: same id
     for unusable in ("", "uninitialized\n", "0" * 32):  # none yet, or a prepared image's placeholder
         machine_id.write_text(unusable)
-        assert listen._machine_id() is None
-    assert listen._machine_fingerprint() != listen._machine_fingerprint()  # the MAC stands in, and it changed
+        assert installation._machine_id() is None
+    assert installation._machine_fingerprint() != installation._machine_fingerprint()  # the MAC stands in, and it changed
 
     # a state directory from a version that mixed the MAC in keeps its id over the upgrade
     machine_id.write_text("fedcba9876543210fedcba9876543210\n")
     monkeypatch.setattr(uuid, "getnode", lambda: 0x02BB00000001)
     legacy = hashlib.sha256(b"fedcba9876543210fedcba9876543210|02bb00000001").hexdigest()[:16]
-    kept = tmp_path / "upgraded" / listen.CLIENT_ID_FILE
+    kept = tmp_path / "upgraded" / installation.CLIENT_ID_FILE
     kept.parent.mkdir()
     kept.write_text(json.dumps({"suffix": "c0ffee12", "machine": legacy}))
-    assert listen.installation_client_id(kept.parent, "press-hall") == "edge-asd-press-hall-c0ffee12"
-    assert json.loads(kept.read_text())["machine"] == listen._machine_fingerprint()
+    assert installation.installation_client_id(kept.parent, "press-hall") == "edge-asd-press-hall-c0ffee12"
+    assert json.loads(kept.read_text())["machine"] == installation._machine_fingerprint()
     monkeypatch.setattr(uuid, "getnode", lambda: 0x02BB00000002)
-    assert listen.installation_client_id(kept.parent, "press-hall") == "edge-asd-press-hall-c0ffee12"
+    assert installation.installation_client_id(kept.parent, "press-hall") == "edge-asd-press-hall-c0ffee12"
 
 
 def test_reopened_input_is_not_stalled_by_its_last_block_before_the_unplug(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -589,3 +592,34 @@ def test_reopened_input_is_not_stalled_by_its_last_block_before_the_unplug(monke
         assert problem is not None and problem[0] == "fault" and "stalled" in problem[1], problem
     finally:
         capture.stop()
+
+
+def test_a_disk_copy_with_the_same_machine_id_gets_its_own_client_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dd`` keeps /etc/machine-id: the physical NICs' factory MACs tell the copy apart, while a
+    randomised Wi-Fi MAC or an added USB adapter does not change the id."""
+    import edge_asd.daemon.installation as installation
+
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    monkeypatch.setattr(installation, "MACHINE_ID_FILES", (str(machine_id),))
+    net = tmp_path / "net"
+    monkeypatch.setattr(installation, "NET_CLASS", str(net))
+
+    def nics(**macs: str) -> None:
+        for old in net.glob("*/address"):
+            old.unlink()
+        for name, mac in macs.items():
+            (net / name / "device").mkdir(parents=True, exist_ok=True)
+            (net / name / "address").write_text(mac + "\n")
+
+    state = tmp_path / "state"
+    nics(eth0="48:b0:2d:01:02:03", wlan0="4a:11:22:33:44:55")  # wlan0: locally administered (random)
+    first = installation.installation_client_id(state, "press")
+    nics(eth0="48:b0:2d:01:02:03", wlan0="d2:aa:bb:cc:dd:ee")  # Wi-Fi MAC re-randomised
+    assert installation.installation_client_id(state, "press") == first
+    nics(eth0="48:b0:2d:01:02:03", eth1="00:e0:4c:68:00:01")  # a USB adapter added
+    assert installation.installation_client_id(state, "press") == first
+    nics(eth0="48:b0:2d:09:09:09")  # the same disk in another box
+    clone = installation.installation_client_id(state, "press")
+    assert clone != first
+    assert installation.installation_client_id(state, "press") == clone  # and it keeps its own

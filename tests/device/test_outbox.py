@@ -321,10 +321,12 @@ def test_a_really_full_file_system_at_start_keeps_order_and_open_events(small_di
     box = Outbox(path)
     assert box.degraded
     seqs = [box.append("new", "t", b"m", _event("m")), box.append("new", "t", b"m2", _event("m2"))]
-    assert seqs == [6, 7]
+    # The previous run closed cleanly (its mark says 5) and no new mark can be written: numbers
+    # jump to the clock, so a crash now could never hand out again what went out from memory.
+    assert 5 < seqs[0] < seqs[1] and seqs[0] >= 10**12
     filler.unlink()
     assert box.retry() and not box.retry()  # works, and stays working
-    assert [(r.seq, r.payload) for r in box.pending(limit=50)] == [(4, b"x3"), (5, b"x4"), (6, b"m"), (7, b"m2")]
+    assert [(r.seq, r.payload) for r in box.pending(limit=50)] == [(4, b"x3"), (5, b"x4"), (seqs[0], b"m"), (seqs[1], b"m2")]
     assert [e.id for e in box.take_stale()] == [f"e{i}" for i in range(5)]
     box.close()
 
@@ -340,12 +342,13 @@ def test_a_read_only_file_system_at_start_degrades_instead_of_failing(small_disk
         faults: list[str | None] = []
         box = Outbox(path, on_fault=faults.append)
         assert box.degraded and faults and "mounted read-only" in (faults[-1] or "")
-        assert box.append("new", "t", b"m", _event("m")) == 6  # the mark is still readable
+        seq = box.append("new", "t", b"m", _event("m"))
+        assert seq > 5  # above the readable mark (and the clock's, as no new mark can be written)
         assert not box.retry()
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True)
     assert box.retry() and faults[-1] is None
-    assert [r.seq for r in box.pending(limit=50)] == [4, 5, 6]
+    assert [r.seq for r in box.pending(limit=50)] == [4, 5, seq]
     box.close()
 
 
@@ -387,6 +390,18 @@ def test_the_mark_reserves_numbers_ahead_so_a_crash_never_reuses_them(tmp_path: 
     again = Outbox(path)
     assert again.append("new", "t", b"b") == mark + 1
     again.close()
+
+
+def test_past_the_reservation_without_a_mark_numbers_jump_to_the_clock(tmp_path: Path, monkeypatch) -> None:
+    """A long spell with an unwritable mark must not leave numbers a crash would hand out again."""
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    first = box.append("new", "t", b"a")
+    monkeypatch.setattr(box, "_write_mark", lambda value: False)  # the mark cannot be written any more
+    box._last_seq = box._reserved  # the reservation is used up
+    before = int(time.time() * 1000)
+    seq = box._next_seq()
+    assert seq >= before > first  # above anything the reservation covered, and what a crash would reuse
+    box.close()
 
 
 def test_fault_notices_end_with_the_current_state(tmp_path: Path) -> None:

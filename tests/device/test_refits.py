@@ -33,8 +33,8 @@ def test_background_refits_do_not_block_and_are_announced_after() -> None:
     assert refits.submit(job, "slow fit")  # returns while the job waits on the gate
     assert refits.pending == 1 and refits.announce() == 0 and said == []
     gate.set()
+    assert refits.wait_idle(10)
     refits.close(timeout_s=10)
-    assert refits.pending == 0
     assert refits.announce() == 1 and said == ["done"]
 
 
@@ -46,10 +46,26 @@ def test_a_failing_refit_is_logged_and_the_next_one_runs(caplog: pytest.LogCaptu
 
     with caplog.at_level(logging.ERROR):
         assert refits.submit(broken, "broken fit")
-        assert refits.submit(lambda: None, "fine fit")
+        assert refits.submit(lambda: (lambda: None), "fine fit")
+        assert refits.wait_idle(10)
         refits.close(timeout_s=10)
     assert "refit failed: broken fit" in caplog.text and "singular" in caplog.text
-    assert refits.pending == 0
+    assert refits.announce() == 1  # the fit after the failed one ran
+
+
+def test_a_stop_drops_waiting_refits_and_does_not_wait_for_ever() -> None:
+    """Queued refits are dropped at a stop, and a running one cannot hold the process."""
+    refits = Refits()
+    gate = threading.Event()
+    ran: list[str] = []
+    refits.submit(lambda: gate.wait(30) and None, "running")
+    refits.submit(lambda: ran.append("queued") and None, "queued")
+    assert refits.pending == 2
+    refits.close(timeout_s=0.2)  # returns although the running one is still blocked
+    assert not refits.submit(lambda: None, "after the stop")
+    gate.set()
+    assert refits.wait_idle(10)
+    assert ran == []  # the queued refit never ran
 
 
 def test_inline_refits_run_at_once_and_the_queue_is_bounded() -> None:
@@ -118,7 +134,8 @@ def test_live_re_enrolment_fits_in_the_background_and_swaps_in_whole(
     assert site.score(row) is not None
 
     gate.set()
-    site.refits.close(timeout_s=120)
+    assert site.refits.wait_idle(120)
+    site.refits.close(timeout_s=10)
     assert not site.fitting
     assert site.enrolment is not None and site.enrolment is not old
     assert site.enrolment.meta["source"]["kind"] == "live" and site.enrolment.n_windows == 60
