@@ -274,7 +274,12 @@ def read_manifest(bundle_dir: Path) -> BundleManifest:
     try:
         return BundleManifest.model_validate(raw)
     except ValidationError as err:
-        raise BundleError(f"{path} does not match the bundle schema: {err}") from err
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()[:5]
+        ) + (f"; and {err.error_count() - 5} more" if err.error_count() > 5 else "")
+        raise BundleError(
+            f"{path} does not match the bundle schema ({problems}): re-export the bundle with this edge-asd version"
+        ) from err
 
 
 def verify_files(bundle_dir: Path, manifest: BundleManifest) -> None:
