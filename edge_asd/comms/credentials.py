@@ -21,7 +21,6 @@ What is checked, each time a daemon, ``watch`` or the console connects:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import ssl
@@ -29,6 +28,7 @@ import stat
 from pathlib import Path
 
 from edge_asd.config import ConfigError, MqttConfig
+from edge_asd.core.hosts import is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +42,6 @@ def _read_secret(path: Path, what: str) -> str:
         raise ConfigError(f"cannot read {what} {path}: {err.strerror}; check its permissions") from None
     lines = text.splitlines()
     return lines[0] if lines else ""
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` names this machine (a literal loopback address or ``localhost``); names
-    are not resolved: a warning must not wait on DNS."""
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def resolve_password(cfg: MqttConfig) -> str | None:

@@ -31,7 +31,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asd.console.settings import ConsoleError, is_loopback_host
+from edge_asd.console.settings import ConsoleError
+from edge_asd.core.hosts import is_loopback_host
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ state directory.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from edge_asd.config import ConsoleConfig, MqttConfig
 from edge_asd.core.errors import UserError
+from edge_asd.core.hosts import is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -119,17 +119,6 @@ class ConsoleSettings:
                 raise ConsoleError(f"{what} {path} not found: create it or fix the path")
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for a bind address or host name that only this machine can reach."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 __all__ = [
     "BUCKET_S",
     "DB_NAME",
@@ -139,5 +128,4 @@ __all__ = [
     "HISTORY_S",
     "ConsoleError",
     "ConsoleSettings",
-    "is_loopback_host",
 ]

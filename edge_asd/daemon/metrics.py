@@ -50,9 +50,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
-from edge_asd.comms.credentials import is_loopback_host
 from edge_asd.config.schema import MetricsConfig
 from edge_asd.core.constants import STREAM_STATES
+from edge_asd.core.hosts import is_loopback_host
 
 logger = logging.getLogger(__name__)
 

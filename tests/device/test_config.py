@@ -271,7 +271,7 @@ def test_config_check_prints_the_runtime_section(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["config", "check", str(write(tmp_path, GOOD))])
     assert result.exit_code == 0, result.output
     out = yaml.safe_load(result.stdout)
-    assert out["runtime"] == {"type": "onnxruntime", "max_batch": 8, "threads": None, "onnx_file": None}
+    assert out["runtime"] == {"type": "onnxruntime", "max_batch": 1, "threads": None, "onnx_file": None}
     assert "backend" not in out  # the shorthand is folded into runtime.type
     again = validate_config({**out, "mqtt": {"url": "mqtt://h"}}, base_dir=tmp_path)
     assert isinstance(again.runtime, OnnxRuntimeConfig)

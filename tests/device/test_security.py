@@ -20,10 +20,10 @@ import pytest
 from edge_asd.comms.credentials import (
     check_key_permissions,
     check_tls_files,
-    is_loopback_host,
     resolve_password,
 )
 from edge_asd.config import ConfigError, MqttConfig, config_from_cli, validate_config
+from edge_asd.core.hosts import is_loopback_host
 
 pytestmark = pytest.mark.device
 

@@ -141,10 +141,10 @@ def test_runtime_from_the_config_section(cached_bundle: Path, no_torch_guard) ->
     })
     with open_configured_runtime(cfg, load_bundle(cached_bundle), streams=3) as rt:
         assert rt.type_key == "onnxruntime" and rt.threads == 1
-        assert rt.max_batch == 3  # never more rows than streams (the config's default is 8)
+        assert rt.max_batch == 1  # the config's default (never more rows than streams either)
         assert "(1 threads)" in rt.describe()
     with open_runtime(cached_bundle, cfg.runtime) as rt:
-        assert rt.max_batch == 8 and rt.threads == 1
+        assert rt.max_batch == 1 and rt.threads == 1
 
 
 def test_named_backend_rejects_settings_of_another(cached_bundle: Path) -> None:
@@ -159,7 +159,7 @@ def test_auto_resolves_to_a_backend_that_can_run_here() -> None:
     if backend_status()["tensorrt"] is None:
         assert isinstance(chosen, TensorRTRuntimeConfig) and chosen.max_batch == 16
     else:
-        assert isinstance(chosen, OnnxRuntimeConfig) and (chosen.threads, chosen.max_batch) == (2, 8)
+        assert isinstance(chosen, OnnxRuntimeConfig) and (chosen.threads, chosen.max_batch) == (2, 1)
     explicit = OnnxRuntimeConfig(max_batch=3)
     assert resolve_config(explicit) is explicit
 
