@@ -77,18 +77,14 @@ def _print_enrolment(stream: str, enrolment: Enrolment, path: Path | None) -> No
 
 def _with_feedback(enrolment: Any, state_dir: Path, stream: str, bundle: Any, forget: bool) -> Any:
     """The new enrolment plus what operators taught the stream's previous one (same bundle)."""
-    from edge_asd.core.site.enrolment import EnrolmentError
     from edge_asd.site.enrol import keep_feedback
-    from edge_asd.site.storage import bundle_sha, load_stream_enrolment
+    from edge_asd.site.storage import bundle_sha, stored_enrolment
 
     if forget:
         return enrolment
-    try:
-        previous = load_stream_enrolment(state_dir, stream, bundle_sha(bundle))
-    except (EnrolmentError, OSError):  # none yet, or for another bundle: nothing to keep
-        return enrolment
+    previous = stored_enrolment(state_dir, stream, bundle_sha(bundle))
     kept = keep_feedback(enrolment, previous)
-    if kept is not enrolment:
+    if previous is not None and kept is not enrolment:
         console.print(f"{stream}: kept the {len(previous.exemplars)} windows operators taught as normal "
                       "(--forget-feedback drops them)", highlight=False)  # fmt: skip
     return kept

@@ -141,15 +141,10 @@ class PipelineCollector:
     @staticmethod
     def _streams(streams: Mapping[str, Mapping[str, Any]]) -> Iterable[Metric]:
         families: list[Metric] = []
-        for key, name, doc in _STREAM_COUNTERS:
-            family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["stream"])
-            for stream, values in streams.items():
-                value = _number(values.get(key))
-                if value is not None:
-                    family.add_metric([stream], value)
-            families.append(family)
-        for key, name, doc in _STREAM_GAUGES:
-            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["stream"])
+        kinds = [(CounterMetricFamily, spec) for spec in _STREAM_COUNTERS]
+        kinds += [(GaugeMetricFamily, spec) for spec in _STREAM_GAUGES]
+        for kind, (key, name, doc) in kinds:
+            family = kind(f"{PREFIX}_{name}", doc, labels=["stream"])
             for stream, values in streams.items():
                 value = _number(values.get(key))
                 if value is not None:

@@ -45,6 +45,7 @@ from edge_asd.site.storage import (
     enrolment_status,
     load_stream_enrolment,
     save_stream_enrolment,
+    stored_enrolment,
 )
 from edge_asd.site.store import event_path, load_event_windows, record_label, save_event_windows
 from engines.bundle import Bundle
@@ -435,10 +436,7 @@ class StreamSite:
         bundle (disabled or stale for its classes, it still holds what operators taught)."""
         if self.enrolment is not None:
             return self.enrolment
-        try:
-            return load_stream_enrolment(self.state_dir, self.stream, self.bundle_sha)
-        except (EnrolmentError, OSError):
-            return None
+        return stored_enrolment(self.state_dir, self.stream, self.bundle_sha)
 
 
 def _is_file(path: str | Path) -> bool:

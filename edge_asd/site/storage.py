@@ -129,6 +129,15 @@ def load_stream_enrolment(state_dir: str | Path, stream: str, bundle_sha: str | 
     return load_enrolment(enrolment_dir(state_dir, stream))
 
 
+def stored_enrolment(state_dir: str | Path, stream: str, bundle_sha: str) -> Enrolment | None:
+    """The stream's stored enrolment for this bundle, or None (none, unreadable, another bundle):
+    what a re-enrolment replaces, and whose taught windows it keeps."""
+    try:
+        return load_stream_enrolment(state_dir, stream, bundle_sha)
+    except (EnrolmentError, OSError):
+        return None
+
+
 __all__ = [
     "ENROLMENT_DIR",
     "EnrolmentStatus",
@@ -140,4 +149,5 @@ __all__ = [
     "load_stream_enrolment",
     "same_bundle",
     "save_stream_enrolment",
+    "stored_enrolment",
 ]

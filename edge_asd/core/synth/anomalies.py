@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_asd.core.synth.dsp import EventTrack, resonant_click, sine, sine_phase, smooth_window
+from edge_asd.core.synth.dsp import EventTrack, Span, resonant_click, sine, sine_phase
 from edge_asd.core.synth.machines import Signature, SynthError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ ANOMALY_KINDS: tuple[str, ...] = (
 _LOAD = {"bearing": 0.05, "imbalance": 0.03, "rattle": 0.03, "impact_missing": 0.04, "impact_extra": 0.03, "squeal": 0.04}
 
 
-class Anomaly:
+class Anomaly(Span):
     """One anomaly of a kind, active in [start, end) (absolute samples), of a given severity.
 
     Severity 1 is clearly audible in the log-mel; about 0.3-0.5 is subtle. All its random
@@ -74,17 +74,6 @@ class Anomaly:
         self.knock_res = (float(rng.uniform(300.0, 900.0)), float(rng.uniform(1200.0, 2500.0)))
         self.drop_prob = min(0.97, 0.6 + 0.35 * s)
         self._dip_block: tuple[int, np.ndarray] | None = None
-
-    @property
-    def until(self) -> int:
-        """Last sample it may touch: clicks scheduled before ``end`` ring on a little."""
-        return self.end + self.sr
-
-    def overlaps(self, start: int, n: int) -> bool:
-        return self.start < start + n and self.until > start
-
-    def window(self, start: int, n: int) -> np.ndarray:
-        return smooth_window(start, n, self.start, self.end, self.ramp)
 
     def speed_factor(self, start: int, n: int) -> np.ndarray | None:
         """Multiplier of the machine's speed (fundamental and cycle rate), or None."""

@@ -188,6 +188,28 @@ def smooth_window(start: int, n: int, on: int, off: int, ramp: int) -> np.ndarra
     return w
 
 
+class Span:
+    """An anomaly's active span [``start``, ``end``) in absolute samples, with raised-cosine
+    ramps of ``ramp`` samples inside its edges; subclasses set the four attributes."""
+
+    start: int
+    end: int
+    sr: int
+    ramp: int
+
+    @property
+    def until(self) -> int:
+        """Last sample it may touch: a click or stroke scheduled before ``end`` rings on a little."""
+        return self.end + self.sr
+
+    def overlaps(self, start: int, n: int) -> bool:
+        return self.start < start + n and self.until > start
+
+    def window(self, start: int, n: int) -> np.ndarray:
+        """0..1 over samples start..start+n-1: how far the anomaly has set in."""
+        return smooth_window(start, n, self.start, self.end, self.ramp)
+
+
 def harmonic_wavetable(amps: np.ndarray, phases: np.ndarray) -> np.ndarray:
     """One period of a harmonic hum (harmonic k at ``amps[k-1]``, ``phases[k-1]``) at unit RMS.
 

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_asd.core.synth.dsp import smooth_window
+from edge_asd.core.synth.dsp import Span
 from edge_asd.core.synth.machines import SynthError
 from edge_asd.core.synth.site_machines import SiteMachine, check_family, line_amplitude
 
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 _RAMP_S = 0.5  # fade in/out of a site anomaly spliced into a stream (a fault sets in, not a switch)
 
 
-class SiteAnomaly:
+class SiteAnomaly(Span):
     """Base: the active span, its ramps and the renderer's hooks (all neutral here)."""
 
     family: ClassVar[str] = ""
@@ -66,18 +66,6 @@ class SiteAnomaly:
 
     def _draw(self) -> None:
         """Draw the anomaly's own parameters from ``self.rng`` (subclasses)."""
-
-    @property
-    def until(self) -> int:
-        """Last sample it may touch (a stroke hit before ``end`` rings on a little)."""
-        return self.end + self.sr
-
-    def overlaps(self, start: int, n: int) -> bool:
-        return self.start < start + n and self.until > start
-
-    def window(self, start: int, n: int) -> np.ndarray:
-        """0..1 over samples start..start+n-1: how far the anomaly has set in."""
-        return smooth_window(start, n, self.start, self.end, self.ramp)
 
     def weight_at(self, at: int) -> float:
         return float(self.window(at, 1)[0])
