@@ -83,6 +83,13 @@ class Refits:
             if item is None:
                 return
             job, what = item
+            with self._lock:
+                closed = self._closed
+            if closed:  # taken off the queue while a stop was draining it: dropped, not run
+                logger.warning("refit dropped at stop: %s", what)
+                with self._lock:
+                    self._pending -= 1
+                continue
             try:
                 self._run(job, what)
             finally:

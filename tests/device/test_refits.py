@@ -56,11 +56,12 @@ def test_a_failing_refit_is_logged_and_the_next_one_runs(caplog: pytest.LogCaptu
 def test_a_stop_drops_waiting_refits_and_does_not_wait_for_ever() -> None:
     """Queued refits are dropped at a stop, and a running one cannot hold the process."""
     refits = Refits()
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
     ran: list[str] = []
-    refits.submit(lambda: gate.wait(30) and None, "running")
+    refits.submit(lambda: started.set() or gate.wait(30) and None, "running")
     refits.submit(lambda: ran.append("queued") and None, "queued")
     assert refits.pending == 2
+    assert started.wait(10)  # the first one is on the worker, the second still waits
     refits.close(timeout_s=0.2)  # returns although the running one is still blocked
     assert not refits.submit(lambda: None, "after the stop")
     gate.set()
@@ -141,3 +142,19 @@ def test_live_re_enrolment_fits_in_the_background_and_swaps_in_whole(
     assert site.enrolment.meta["source"]["kind"] == "live" and site.enrolment.n_windows == 60
     assert site.attributes()["state"] == "ok"
     assert len(site.enrolment.exemplars) == 3  # what the operator taught survives the re-enrolment
+
+
+def test_a_refit_the_worker_takes_during_a_stop_is_dropped_not_run() -> None:
+    """The race CI once hit: the stop drains the queue while the worker takes the next job."""
+    refits = Refits()
+    gate, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+    refits.submit(lambda: started.set() or gate.wait(30) and None, "running")
+    assert started.wait(10)
+    refits.submit(lambda: ran.append("queued") and None, "queued")
+    with refits._lock:  # the stop has begun; the queue is not drained yet
+        refits._closed = True
+    gate.set()  # the worker finishes, then takes "queued" off the queue itself
+    assert refits.wait_idle(10)
+    assert ran == [] and refits.pending == 0
+    refits.close(timeout_s=5)
