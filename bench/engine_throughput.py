@@ -47,7 +47,9 @@ logger = logging.getLogger("bench.engine_throughput")
 
 WINDOW = WINDOW_SAMPLES
 STREAMING = "cpu (streaming front end): model_cpu_logmel.onnx + streaming numpy log-mel, 1 s hop"
-"""Graph label of the row whose windows/s include the streaming front end's per-window cost."""
+"""Graph label of the rows whose windows/s include the streaming front end's per-window cost
+(one call at a time on every thread; with `` x N parallel runs`` appended: as ``listen`` runs it,
+N single-threaded calls at once while the next streams' front end is computed)."""
 OFFICIAL = "official torch eager"
 """Backend name of the official network's rows in the JSON (the ratios are taken against them)."""
 
@@ -58,8 +60,8 @@ def frontend_flops(lowering: str) -> float:
     power = 3.0 * N_BINS * FRAMES
     if lowering == "conv":
         dft = 2.0 * (2 * N_BINS) * N_FFT * FRAMES
-    elif lowering == "fft-stream":  # the frames a 1 s hop computes: 125 interior + 4 edge of 313
-        return frontend_flops("fft") * 129 / FRAMES
+    elif lowering == "fft-stream":  # the frames a 1 s hop computes on the grid: 31.25 interior + 4 edge
+        return frontend_flops("fft") * 35.25 / FRAMES
     else:  # real FFT: ~2.5 N log2 N per frame, plus the window multiply
         dft = (2.5 * N_FFT * math.log2(N_FFT) + N_FFT) * FRAMES
     return dft + power + mel
@@ -134,26 +136,30 @@ def official_model(model: Any) -> Any:
 class StreamingHops:
     """``batch`` streams at a 1 s hop through the device's streaming log-mel, as ``listen`` feeds them.
 
-    Each call moves every stream one hop on (its window drops the oldest second and gains a new
-    one, taken from a pool of noise blocks) and computes the window's log-mel with the stream's
-    ``LogMelStream``: only the frames it does not have yet, plus the four edge frames. The
-    windows, log-mel and stream state are what the engine row's input is made of, so the
-    windows/s of that row include the front end at its streaming cost. ``timed`` sees the same
-    function signature as the other rows (the audio argument is only a stand-in).
+    Each call moves every stream one hop on (its audio drops the oldest second and gains a new
+    one, taken from a pool of noise blocks), moves the window back onto the frame grid as
+    ``Stream.model_window`` does, and computes its log-mel with the stream's ``LogMelStream``:
+    only the frames it does not have yet, plus the four edge frames. The windows, log-mel and
+    stream state are what the engine row's input is made of, so the windows/s of that row
+    include the front end at its streaming cost. ``timed`` sees the same function signature as
+    the other rows (the audio argument is only a stand-in).
     """
 
     def __init__(self, batch: int, hop: int = 16000, seed: int = 1, pool_blocks: int = 32) -> None:
+        from edge_asd.core.logmel import HOP as FRAME_HOP
         from edge_asd.core.logmel import LogMelStream
 
         rng = np.random.default_rng(seed)
         self.hop = hop
         self.pool = (0.1 * rng.standard_normal((pool_blocks, hop))).astype(np.float32)
-        self.windows = (0.1 * rng.standard_normal((batch, WINDOW))).astype(np.float32)
-        self.streams = [LogMelStream(hop_samples=hop) for _ in range(batch)]
-        self.start = 0
+        # Each stream's newest WINDOW + 512 samples: room to move its window back onto the grid.
+        self.audio = (0.1 * rng.standard_normal((batch, WINDOW + FRAME_HOP))).astype(np.float32)
+        self.windows = np.empty((batch, WINDOW), dtype=np.float32)
+        self.streams = [LogMelStream(hop_samples=hop, on_grid=True) for _ in range(batch)]
+        self.start = FRAME_HOP
         self.k = 0
         self.frontend_s = 0.0
-        for _ in range(6):  # past the first windows: the cache holds every phase of the grid
+        for _ in range(6):  # past the first windows: the cache holds what later windows reuse
             self.step()
         self.frontend_s = 0.0
         self._counts0 = self._counts()
@@ -163,14 +169,19 @@ class StreamingHops:
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One hop of every stream: ``(audio (B, 160000), logmel (B, 128, 313))``."""
+        from edge_asd.core.logmel import grid_start
+
         t0 = time.perf_counter()
         self.start += self.hop
-        for i in range(self.windows.shape[0]):
+        moved = grid_start(self.start)
+        back = self.audio.shape[1] - WINDOW - (self.start - moved)  # offset of the moved window
+        for i in range(self.audio.shape[0]):
             block = self.pool[(self.k + 7 * i) % self.pool.shape[0]]
-            self.windows[i, :-self.hop] = self.windows[i, self.hop:]
-            self.windows[i, -self.hop:] = block
+            self.audio[i, :-self.hop] = self.audio[i, self.hop:]
+            self.audio[i, -self.hop:] = block
+            self.windows[i] = self.audio[i, back : back + WINDOW]
         self.k += 1
-        logmel = np.stack([s.window(w, self.start) for s, w in zip(self.streams, self.windows)])
+        logmel = np.stack([s.window(w, moved) for s, w in zip(self.streams, self.windows)])
         self.frontend_s += time.perf_counter() - t0
         return self.windows, logmel
 
@@ -213,6 +224,8 @@ def main() -> None:
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-conv", action="store_true", help="skip onnxruntime on the conv graph (slow on CPUs)")
     parser.add_argument("--skip-official", action="store_true", help="skip the official network (torch eager)")
+    parser.add_argument("--parallel-runs", type=int, default=None,
+                        help="parallel runs of the second streaming row (default: one per thread)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="measure every row this many times (median + spread)")
     parser.add_argument("--ort-variant", default="default",
                         help="onnxruntime session options to try, e.g. no-arena+no-spin (bench only, bench/memory.py)")
@@ -288,7 +301,8 @@ def main() -> None:
 
     def ort_factory(onnx_file: str, lowering: str):
         def factory(batch: int):
-            rt = open_runtime(bundle32, backend="onnxruntime", max_batch=batch, threads=threads, onnx_file=onnx_file)
+            rt = open_runtime(bundle32, backend="onnxruntime", max_batch=batch, threads=threads, onnx_file=onnx_file,
+                              parallel_runs=1)  # fmt: skip
             return rt.infer, ort_frontend(lowering), rt
 
         return factory
@@ -301,26 +315,36 @@ def main() -> None:
         def numpy_factory(batch: int):
             from edge_asd.core.logmel import LogMelFrontEnd
 
-            rt = open_runtime(bundle32, backend="onnxruntime", max_batch=batch, threads=threads)
+            rt = open_runtime(bundle32, backend="onnxruntime", max_batch=batch, threads=threads, parallel_runs=1)
             fe = LogMelFrontEnd()
             return (lambda a: rt.infer(a, logmel=fe.window(a))), fe.window, rt
 
-        def streaming_factory(batch: int):
-            rt = open_runtime(bundle32, backend="onnxruntime", max_batch=batch, threads=threads)
-            if not getattr(rt, "accepts_logmel", False):
-                raise SystemExit(f"{logmel_graph.name} is in the bundle but the runtime did not open it: {rt.describe()}")
-            hops = StreamingHops(batch)
-            fe_hops = StreamingHops(batch, seed=2)
+        def streaming_factory(runs: int):
+            def factory(batch: int):
+                rt = open_runtime(bundle32, backend="onnxruntime", max_batch=batch, threads=threads, parallel_runs=runs)
+                if not getattr(rt, "accepts_logmel", False):
+                    raise SystemExit(f"{logmel_graph.name} is in the bundle but the runtime did not open it: {rt.describe()}")
+                hops = StreamingHops(batch)
+                fe_hops = StreamingHops(batch, seed=2)
+                in_flight: list = []
 
-            def full(_a):
-                audio, logmel = hops.step()
-                return rt.infer(audio, logmel=logmel)
+                def full(_a):
+                    # As listen does: hand this batch to the engine, then wait for the one before it,
+                    # so with parallel runs the next front end is computed while the engine runs.
+                    audio, logmel = hops.step()
+                    in_flight.append(rt.submit(audio.copy(), logmel))  # the next step shifts `audio`
+                    return in_flight.pop(0).result() if len(in_flight) >= max(2, runs) else None
 
-            streaming_reuse[batch] = hops.reuse
-            return full, (lambda _a: fe_hops.step()), rt
+                streaming_reuse[batch] = hops.reuse
+                return full, (lambda _a: fe_hops.step()), rt
+
+            return factory
 
         configs.append(("onnxruntime", f"{logmel_graph.name} + numpy log-mel per window", "fft", numpy_factory))
-        configs.append(("onnxruntime", STREAMING, "fft-stream", streaming_factory))
+        configs.append(("onnxruntime", STREAMING, "fft-stream", streaming_factory(1)))
+        parallel = args.parallel_runs or threads
+        if parallel > 1:
+            configs.append(("onnxruntime", f"{STREAMING} x {parallel} parallel runs", "fft-stream", streaming_factory(parallel)))
     else:
         logger.warning("the exported bundle has no log-mel-input CPU graph: no streaming front-end row")
     if not args.skip_conv:
@@ -366,7 +390,7 @@ def main() -> None:
             flops = (bb_flops + frontend_flops(lowering)) * batch
             rows.append({
                 "backend": backend,
-                **({"frames_reused": round(streaming_reuse[batch](), 3)} if graph == STREAMING else {}),
+                **({"frames_reused": round(streaming_reuse[batch](), 3)} if graph.startswith(STREAMING) else {}),
                 "graph": graph,
                 "batch": batch,
                 "windows_per_s": batch / seconds,

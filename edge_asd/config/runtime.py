@@ -82,7 +82,24 @@ class OnnxRuntimeConfig(ConfigModel):
             "try 8-32 with the CUDA provider or many cores."
         ),
     )
-    threads: int | None = Field(None, ge=1, title="Threads", description="intra-op CPU threads; all cores if unset.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        title="Threads",
+        description="CPU threads for inference, shared by the parallel runs; every core this process may use if unset.",
+    )
+    parallel_runs: int | None = Field(
+        None,
+        ge=1,
+        le=_MAX_BATCH_LIMIT,
+        title="Parallel runs",
+        description=(
+            "Inference calls (chunks of max_batch) run at once, each on threads / parallel_runs intra-op threads "
+            "(at most one run per thread). Unset: one per thread, up to 4, on the CPU provider (2 cores: two "
+            "single-threaded runs at once score more windows per second than one run on two threads; "
+            "docs/performance.md), 1 with the CUDA provider."
+        ),
+    )
     onnx_file: Literal["model.onnx", "model_cpu.onnx"] | None = Field(
         None,
         title="ONNX file",

@@ -19,28 +19,35 @@ The frame grid (docs/architecture.md, "Streaming log-mel"):
   each side. Frames 0, 1, 311 and 312 reach into that padding (*edge frames*): they depend on
   where the window starts and are computed for every window. The 309 others (*interior
   frames*) depend only on the audio, so they are keyed by their absolute start sample.
-* The hop stays what the config says (windows start on the stream's hop grid, so ``--hop 1``
-  still means 16000 samples and the 1 s indicator blocks keep their own cache). A cached frame
-  is reused when its start lands on a later window's frame grid. With a 1 s hop a window moves
-  16000 = 31.25 x 512 samples: its grid lines up with the window 4 hops earlier (4 phases of
-  128 samples), so a window computes 125 interior frames + 4 edge frames = 129 of its 313.
-  A hop that is a multiple of 512 samples (0.992 s, 1.024 s) lines up every window: 31 or 32
-  new interior frames + 4 edges.
-* The cache keeps one set of frames per phase, and only frames some future window of the grid
-  can use: start >= that window's start, on its frame grid, and inside it (``_keep_mask``).
-  At a 1 s hop that is 4 x 184 frames of 128 float32 (about 370 KiB per stream).
+* The hop stays what the config says: windows end on the stream's hop grid, so ``--hop 1``
+  still means 16000 samples and the 1 s indicator blocks (level checks, condition indicators)
+  keep their own cache. The *model's* window is moved back onto the frame grid instead
+  (``grid_start``: its start rounded down to a multiple of 512 samples, at most 511 samples,
+  32 ms, earlier; ``Stream.model_window`` live, ``edge_asd.site.features.extract`` offline,
+  the same windows on both paths). Then every window shares its frame grid with the one
+  before: at a 1 s hop a window computes 31 or 32 new interior frames + 4 edge frames, about
+  35 of its 313 (``LogMelStream(on_grid=True)``).
+* A caller that does not move its windows (``on_grid=False``) still reuses a cached frame when
+  its start lands on a later window's frame grid: with a 1 s hop a window moves 16000 = 31.25
+  x 512 samples, its grid lines up with the window 4 hops earlier (4 phases of 128 samples),
+  and a window computes 125 interior frames + 4 edge frames = 129 of its 313.
+* The cache keeps only frames some future window can use: start >= that window's start, on
+  its frame grid, and inside it (``_keep_mask``). At a 1 s hop that is about 282 frames of
+  128 float32 on the grid (about 140 KiB per stream), 4 x 184 frames without it.
 * It is dropped (``reset``) on a gap, on a capture restart (both arrive as gaps: the pipeline's
   stream resets it), when the clock goes backwards, and whenever the new window's audio
   differs from the previous window's on the samples they share (a sparse probe of exact
   equality): frames are reused only from audio that is provably the same.
 
-numpy only (device side); float32 FFT where numpy has one (numpy >= 2), float64 otherwise.
+numpy on the device side, and scipy's FFT where scipy is installed (``real_fft``: an optional
+accelerator, the same numbers); float32 FFT where the library has one, float64 otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +72,12 @@ BASIS_SCALE = 1.0 / 16.0
 SCALE_DB = -20.0 * math.log10(BASIS_SCALE)
 FRAMES = 1 + WINDOW_SAMPLES // HOP
 """Log-mel frames of one window: 313."""
+
+
+def grid_start(start: int) -> int:
+    """Where the model's window starting at ``start`` begins once moved onto the frame grid:
+    ``start`` rounded down to a multiple of the STFT hop (see the module doc)."""
+    return int(start) - int(start) % HOP
 
 
 def n_frames(window_samples: int = WINDOW_SAMPLES) -> int:
@@ -154,9 +167,28 @@ def hann_window(n: int = N_FFT) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * math.pi * k / n)
 
 
-def _fft_dtype() -> type[np.floating]:
-    """float32 where numpy's FFT computes in single precision (numpy >= 2), else float64."""
-    probe = np.fft.rfft(np.zeros(8, dtype=np.float32))
+RealFFT = Callable[..., np.ndarray]
+
+
+def real_fft() -> tuple[RealFFT, str]:
+    """``scipy.fft.rfft`` where scipy is installed, else ``numpy.fft.rfft``, and which one.
+
+    Why: scipy's pocketfft vectorises a stack of frames with SIMD, numpy's transforms one row
+    at a time; for a hop's 129 frames of 2048 samples scipy took 0.49 ms and numpy 2.0 ms on
+    the 2-core development VM (the front end's largest cost, docs/performance.md). Both give
+    the same spectrum to float32 rounding, so scipy is an accelerator (the ``onnx`` extra
+    installs it) and never a requirement.
+    """
+    try:
+        from scipy import fft as scipy_fft
+    except ImportError:
+        return np.fft.rfft, "numpy"
+    return scipy_fft.rfft, "scipy"
+
+
+def _fft_dtype(rfft: RealFFT) -> type[np.floating]:
+    """float32 where the FFT computes in single precision (scipy; numpy >= 2), else float64."""
+    probe = rfft(np.zeros(8, dtype=np.float32))
     return np.float32 if probe.dtype == np.complex64 else np.float64
 
 
@@ -194,7 +226,8 @@ class LogMelFrontEnd:
     def __init__(self, window_samples: int = WINDOW_SAMPLES) -> None:
         self.window_samples = int(window_samples)
         self.frames = n_frames(self.window_samples)
-        self.dtype = _fft_dtype()
+        self._rfft, self.fft_library = real_fft()
+        self.dtype = _fft_dtype(self._rfft)
         self._window = hann_window().astype(self.dtype)
         self._fb = mel_filterbank()  # (1025, 128) float32
         self._sparse = _SparseFilterbank.of(self._fb)
@@ -210,7 +243,7 @@ class LogMelFrontEnd:
         """``(K, 2048)`` audio frames -> ``(K, 128)`` float32 log-mel rows in dB."""
         if frames.shape[0] == 0:
             return np.empty((0, N_MELS), dtype=np.float32)
-        spec = np.fft.rfft(frames.astype(self.dtype, copy=False) * self._window, axis=1)
+        spec = self._rfft(frames.astype(self.dtype, copy=False) * self._window, axis=1)
         power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32, copy=False)
         mel = self._sparse.apply(power) if self._sparse is not None else power @ self._fb
         np.maximum(mel, np.float32(EPS), out=mel)
@@ -288,12 +321,17 @@ class LogMelStream:
     ``window(audio, start)`` returns the same ``(128, 313)`` as ``LogMelFrontEnd.window(audio)``
     for the window whose first sample is ``start`` on the stream's clock. ``hop_samples`` (the
     stream's hop) bounds the cache to frames a later window of that grid can use; without it
-    every interior frame at or after the next possible window is kept.
+    every interior frame at or after the next possible window is kept. ``on_grid``: the caller
+    moves every window onto the frame grid (``grid_start``), so the cache keeps the frames of
+    the grid-moved later windows (about 35 new frames per 1 s hop instead of 129).
     """
 
-    def __init__(self, hop_samples: int | None = None, front_end: LogMelFrontEnd | None = None) -> None:
+    def __init__(
+        self, hop_samples: int | None = None, front_end: LogMelFrontEnd | None = None, *, on_grid: bool = False
+    ) -> None:
         self.front_end = front_end or default_front_end()
         self.hop_samples = None if hop_samples is None else int(hop_samples)
+        self.on_grid = on_grid
         self.stats = StreamStats()
         self._starts = np.empty(0, dtype=np.int64)  # sorted absolute frame starts
         self._rows = np.empty((0, N_MELS), dtype=np.float32)
@@ -390,7 +428,7 @@ class LogMelStream:
             return starts >= start + 1
         keep = np.zeros(starts.size, dtype=bool)
         for m in range(1, span // hop + 1):
-            s = start + m * hop
+            s = grid_start(start + m * hop) if self.on_grid else start + m * hop
             keep |= (starts >= s) & (starts <= s + span) & ((starts - s + PAD) % HOP == 0)
         return keep
 
@@ -410,6 +448,7 @@ __all__ = [
     "StreamStats",
     "default_front_end",
     "front_end_parameters",
+    "grid_start",
     "hann_window",
     "logmel",
     "mel_filterbank",

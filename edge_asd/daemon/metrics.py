@@ -30,7 +30,9 @@ Metric names (all ``edge_asd_``; per-stream ones carry the label ``stream``):
 ``refused_events``                              events the broker refused (kept and retried)
 ``dead_letter_events``                          events set aside in the outbox's dead_letter table
 ``inference_latency_seconds`` (``_max_``)       mean (max) engine time per batch, recent batches
-``tick_seconds`` / ``overhead_ratio``           time per scoring tick / share spent outside the engine
+``tick_seconds`` / ``overhead_ratio``           time per scoring tick / share of it the pipeline thread
+                                                spent on its own work, not on the model (front end,
+                                                engine, waiting for parallel runs)
 ``inference_batches_total``                     batches run
 ``uptime_seconds``, ``info{version,backend,engine}``, ``stats_up`` (0 when the stats could not be read)
 =============================================  ======================================================
@@ -190,7 +192,7 @@ class PipelineCollector:
         overhead = _number(detector.get("overhead_percent"))
         if overhead is not None:
             yield GaugeMetricFamily(
-                f"{PREFIX}_overhead_ratio", "Share of scoring time spent outside the engine.", value=overhead / 100.0
+                f"{PREFIX}_overhead_ratio", "Share of scoring time the pipeline spent on its own work, not on the model.", value=overhead / 100.0
             )
         batches = _number(detector.get("batches"))
         if batches is not None:

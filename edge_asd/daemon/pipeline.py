@@ -36,10 +36,13 @@ from edge_asd.daemon.streams import EnabledStates, Stream
 from edge_asd.evidence import EvidenceStore
 from edge_asd.levels import LevelReport
 from edge_asd.sdnotify import SystemdIntegration, format_status
-from engines.runtime.base import Inference, Runtime
+from engines.runtime.base import Inference, PendingInference, Runtime
 from engines.scorer import RowScore, Scorer
 
 logger = logging.getLogger(__name__)
+
+Features = tuple[np.ndarray, np.ndarray]
+"""A window's condition indicators and spectral profile (``SiteMonitor.features``)."""
 
 REFIT_STOP_WAIT_S = 8.0
 """How long a stop waits for the enrolment refit still running: well inside the unit's
@@ -131,7 +134,7 @@ class Pipeline:
         self._infer_ms: deque[float] = deque(maxlen=256)
         self._tick_ms: deque[float] = deque(maxlen=256)
         self.busy_s = 0.0  # time spent in ticks that scored windows
-        self.engine_s = 0.0  # of which inside the engine
+        self.engine_s = 0.0  # of which handing windows to the model (front end included) or waiting for it
         self._last_stats = time.monotonic()
         self._captures = {id(s.capture): s.capture for s in streams}
         self.comms.on_enabled = self._on_enabled
@@ -346,16 +349,55 @@ class Pipeline:
         if self.systemd is not None:
             self.systemd.progress()
 
+    def _submit(self, batch: list[tuple[Stream, np.ndarray, int]]) -> list[tuple[int, PendingInference]]:
+        """Hand ``batch`` to the engine chunk by chunk (``max_batch`` windows): each chunk's
+        log-mel is computed (each stream only the frames it lacks) just before it is handed
+        over, so with parallel runs the engine works while the next chunk is prepared. The
+        model scores each window moved onto the log-mel frame grid (``Stream.model_window``)."""
+        step = self.runtime.max_batch
+        with_logmel = getattr(self.runtime, "accepts_logmel", False)
+        pending = []
+        for lo in range(0, len(batch), step):
+            part = [(s, *s.model_window(a, end)) for s, a, end in batch[lo : lo + step]]
+            audio = np.stack([a for _, a, _ in part]).astype(np.float32, copy=False)
+            logmel = None
+            if with_logmel:
+                logmel = np.stack([s.logmel.window(a, start, s.hop_samples) for s, a, start in part])
+            pending.append((lo, self.runtime.submit(audio, logmel)))
+        return pending
+
     def _score(self, batch: list[tuple[Stream, np.ndarray, int]]) -> None:
-        audio = np.stack([a for _, a, _ in batch]).astype(np.float32, copy=False)
+        """Score ``batch``: all chunks go to the engine first; the indicator features are computed
+        and each chunk's windows are scored as its result comes back, while the engine (with
+        parallel runs) works on the chunks after it. On a small CPU the daemon's own work so
+        hides behind the engine's instead of adding to it."""
         t0 = time.monotonic()
-        logmel = None  # a graph with a log-mel input: each stream computes only the frames it lacks
-        if getattr(self.runtime, "accepts_logmel", False):
-            logmel = np.stack([s.logmel.window(a, end - WINDOW_SAMPLES, s.hop_samples) for s, a, end in batch])
-        out = self.runtime.infer(audio) if logmel is None else self.runtime.infer(audio, logmel=logmel)
-        self._infer_ms.append((time.monotonic() - t0) * 1000.0)
-        self.engine_s += time.monotonic() - t0
+        pending = self._submit(batch)
+        # What this thread spends on the model: the front end and handing chunks over (the whole
+        # run where the runtime has no parallel runs), then waiting for results. The rest of the
+        # tick, the daemon's own work, is the overhead in stats(), whether or not the engine
+        # was running meanwhile.
+        model_s = time.monotonic() - t0
+        features = {i: s.site.features(a, end) for i, (s, a, end) in enumerate(batch) if s.site is not None}
+        engine_done = t0
+        for lo, chunk in pending:
+            waited = time.monotonic()
+            out = chunk.result()
+            engine_done = time.monotonic()
+            model_s += engine_done - waited
+            part = batch[lo : lo + len(out)]
+            self._score_part(part, out, {i - lo: f for i, f in features.items() if lo <= i < lo + len(out)})
+        self._infer_ms.append((engine_done - t0) * 1000.0)  # from the first hand-over to the last result
+        self.engine_s += model_s
         self.batches += 1
+        if not self.first_scored:
+            self.first_scored = True
+            logger.info("first windows scored")
+
+    def _score_part(
+        self, batch: list[tuple[Stream, np.ndarray, int]], out: Inference, features: dict[int, Features]
+    ) -> None:
+        """Score, decide and publish the windows of one chunk from its engine outputs."""
         # The bundle's score only for the streams that use it (not enrolled): an enrolled stream's
         # knn against the bundle's references would be computed for nothing on every hop.
         fallback = [i for i, (s, _, _) in enumerate(batch) if s.class_indices and not (s.site and s.site.enrolled)]
@@ -369,7 +411,7 @@ class Pipeline:
                 continue
             if stream.capture.status == ONLINE:
                 self._set_status(stream, ONLINE, "")
-            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows)
+            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows, features.get(i))
             stream.counters.windows += 1
             stream.last_scored_mono = time.monotonic()
             stream.last_score = score
@@ -377,9 +419,6 @@ class Pipeline:
             self.comms.publish_score(stream.name, score, threshold)
             self._decide(stream, end_index, score, window, threshold=threshold, detail=detail)
             self._publish_site_state(stream)
-        if not self.first_scored:
-            self.first_scored = True
-            logger.info("first windows scored")
 
     def _bundle_rows(
         self, out: Inference, batch: list[tuple[Stream, np.ndarray, int]], which: list[int],
@@ -393,13 +432,15 @@ class Pipeline:
     def _window_score(
         self, stream: Stream, window: np.ndarray, end_index: int, out: Inference, i: int,
         bundle_rows: dict[int, RowScore],
+        features: Features | None = None,
     ) -> tuple[float, float, dict | None]:
         """(score, threshold, detail) of one window: the fused site score of an enrolled
         stream, else the bundle's score. ``detail`` is only built for a window over its
-        threshold (it may open or raise an event)."""
+        threshold (it may open or raise an event). ``features``: the window's indicators and
+        profile when already computed (``_infer``)."""
         site = stream.site
         if site is not None:
-            indicators, profile = site.features(window, end_index)
+            indicators, profile = features if features is not None else site.features(window, end_index)
             ce = float(out.scores[i, stream.class_indices].min()) if stream.class_indices else None
             row = WindowRow(end_index, indicators, profile, np.asarray(out.embedding[i], np.float32), ce)
             try:

@@ -22,7 +22,7 @@ from edge_asd.audio.capture import Capture
 from edge_asd.audio.stream_buffer import StreamBuffer
 from edge_asd.core.atomic import atomic_write_text
 from edge_asd.core.constants import WINDOW_SAMPLES
-from edge_asd.core.logmel import LogMelStream
+from edge_asd.core.logmel import LogMelStream, grid_start
 from edge_asd.daemon.site import StreamSite
 from edge_asd.decisions import DecisionEngine
 from edge_asd.levels import LevelMonitor
@@ -57,8 +57,8 @@ class Stream:
     site: StreamSite | None = None
     """Site learning (enrolment, features, feedback); None when site learning is off."""
     next_end: int = WINDOW_SAMPLES  # end sample index of the next window on the hop grid
-    logmel: LogMelStream = field(default_factory=LogMelStream, repr=False)
-    """Log-mel frames kept for this stream's next windows (the CPU graph with a log-mel input)."""
+    logmel: LogMelStream = field(default_factory=lambda: LogMelStream(on_grid=True), repr=False)
+    """Log-mel frames kept for this stream's next model windows (the CPU graph with a log-mel input)."""
     counters: StreamCounters = field(default_factory=StreamCounters)
     last_score: float | None = None
     last_threshold: float | None = None
@@ -92,9 +92,25 @@ class Stream:
         self.next_end = target + self.hop_samples
         return audio, target, has_gap
 
+    def model_window(self, audio: np.ndarray, end_index: int) -> tuple[np.ndarray, int]:
+        """The window the model scores for the window ``audio`` ending at ``end_index``, and its
+        start: the same 10 s moved back onto the log-mel frame grid (at most 511 samples, see
+        ``edge_asd.core.logmel``), so its frames are shared with the stream's previous window.
+        The window itself when it already starts on the grid, or when the samples before it have
+        left the buffer or hold a gap."""
+        start = end_index - WINDOW_SAMPLES
+        moved = grid_start(start)
+        if moved == start:
+            return audio, start
+        got = self.buffer.get(moved, WINDOW_SAMPLES)
+        if got is None or got[1]:
+            return audio, start
+        return got[0], moved
+
     def hold_index(self) -> int:
-        """First sample this stream still needs (backpressure for non-real-time sources)."""
-        return self.next_end - WINDOW_SAMPLES
+        """First sample this stream still needs (backpressure for non-real-time sources): the
+        start of the next window's model window (``model_window``), on the frame grid."""
+        return grid_start(self.next_end - WINDOW_SAMPLES)
 
     def idle(self) -> None:
         """Not scored on purpose (disabled): let the grid follow the audio without counting

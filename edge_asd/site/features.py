@@ -26,6 +26,7 @@ from edge_asd.core import indicators as ind
 from edge_asd.core import spectra
 from edge_asd.core.audio_io import fit_length
 from edge_asd.core.constants import EMBEDDING_DIM, SAMPLE_RATE, WINDOW_SAMPLES
+from edge_asd.core.logmel import grid_start
 from edge_asd.core.site.holdout import WindowRef
 from engines.runtime.base import Runtime
 
@@ -112,7 +113,9 @@ def extract(
     hop_samples = int(round(hop_s * SAMPLE_RATE))
     if hop_samples < 1:
         raise ValueError(f"hop_s must be positive, got {hop_s}")
-    batch = max(1, min(int(batch), int(getattr(runtime, "max_batch", batch))))
+    # Enough windows per call to keep every parallel run busy (onnxruntime spreads a call over them).
+    per_call = int(getattr(runtime, "max_batch", batch)) * int(getattr(runtime, "parallel_runs", 1))
+    batch = max(1, min(int(batch), per_call))
     cls = None if class_indices is None else np.asarray(list(class_indices), dtype=np.int64)
     if cls is not None and cls.size == 0:
         cls = None
@@ -147,7 +150,8 @@ def extract(
         profiles.append(seg_profiles)
         for start in starts:
             refs.append(WindowRef(str(segment_id), int(start)))
-            pending.append(fit_length(x[start : start + WINDOW_SAMPLES]))
+            model_start = grid_start(start)  # the model's window, as listen moves it (Stream.model_window)
+            pending.append(fit_length(x[model_start : model_start + WINDOW_SAMPLES]))
             if len(pending) >= batch:
                 flush()
     flush()

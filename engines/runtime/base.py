@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +73,37 @@ def validate_logmel(logmel: object, batch: int, window_samples: int = WINDOW_SAM
     return np.ascontiguousarray(logmel)
 
 
+class PendingInference:
+    """An inference started by ``Runtime.submit``: its chunks, joined by ``result()``."""
+
+    def __init__(self, chunks: list[Future[tuple[np.ndarray, np.ndarray]]], rows: int, classes: int, backend: str) -> None:
+        self._chunks = chunks
+        self._rows, self._classes, self._backend = rows, classes, backend
+
+    def result(self) -> Inference:
+        """Wait for every chunk (all of them, even after one failed) and join them in order."""
+        results, failure = [], None
+        for chunk in self._chunks:
+            try:
+                results.append(chunk.result())
+            except Exception as err:  # the first failure is raised once every chunk is finished
+                failure = failure or err
+        if failure is not None:
+            raise failure
+        scores = [np.asarray(s, dtype=np.float32) for s, _ in results]
+        embeddings = [np.asarray(e, dtype=np.float32) for _, e in results]
+        out = Inference(
+            scores=scores[0] if len(scores) == 1 else np.concatenate(scores),
+            embedding=embeddings[0] if len(embeddings) == 1 else np.concatenate(embeddings),
+        )
+        if out.scores.shape != (self._rows, self._classes) or out.embedding.shape != (self._rows, EMBEDDING_DIM):
+            raise RuntimeError(
+                f"{self._backend} returned scores {out.scores.shape} / embedding {out.embedding.shape} for "
+                f"{self._rows} windows and {self._classes} classes"
+            )
+        return out
+
+
 class Runtime(ABC):
     """A loaded model that maps (B, 160000) float32 audio to an ``Inference``.
 
@@ -108,6 +140,19 @@ class Runtime(ABC):
         ``logmel``: the rows' log-mel ``(B, 128, 313)``, used where ``accepts_logmel`` (else
         ignored: the backend computes the same numbers itself).
         """
+        return self.submit(audio, logmel).result()
+
+    def submit(self, audio: np.ndarray, logmel: np.ndarray | None = None) -> PendingInference:
+        """Start the inference of ``audio`` and return at once where the backend runs chunks in
+        the background (``parallel_runs``), else after running it; ``.result()`` gives the
+        ``Inference`` (or raises what the backend raised).
+
+        Why: on a small CPU two single-threaded runs at once outpace one run on two threads
+        (the convolutions of one window do not split well across cores), and the caller can
+        compute the next streams' front end while the engine runs. The caller must leave
+        ``audio`` and ``logmel`` unchanged until ``result()`` has returned. Where chunks run
+        one after another, the first that fails ends the batch (the rest are not run).
+        """
         if self._closed:
             raise RuntimeError(f"{self.type_key} runtime is closed")
         audio = validate_audio(audio, self.window_samples)
@@ -115,25 +160,33 @@ class Runtime(ABC):
             logmel = validate_logmel(logmel, audio.shape[0], self.window_samples)
         else:
             logmel = None
-        scores, embeddings = [], []
-        for lo in range(0, audio.shape[0], self.max_batch):
-            chunk = audio[lo : lo + self.max_batch]
-            if logmel is None:
-                s, e = self._infer_batch(chunk)
-            else:
-                s, e = self._infer_batch_logmel(chunk, logmel[lo : lo + self.max_batch])
-            scores.append(np.asarray(s, dtype=np.float32))
-            embeddings.append(np.asarray(e, dtype=np.float32))
-        out = Inference(
-            scores=scores[0] if len(scores) == 1 else np.concatenate(scores),
-            embedding=embeddings[0] if len(embeddings) == 1 else np.concatenate(embeddings),
-        )
-        if out.scores.shape != (audio.shape[0], self.num_classes) or out.embedding.shape != (audio.shape[0], EMBEDDING_DIM):
-            raise RuntimeError(
-                f"{self.type_key} returned scores {out.scores.shape} / embedding {out.embedding.shape} for "
-                f"{audio.shape[0]} windows and {self.num_classes} classes"
-            )
-        return out
+        chunks = []
+        step = self._chunk_rows(audio.shape[0])
+        for lo in range(0, audio.shape[0], step):
+            hi = lo + step
+            chunk = self._start_chunk(audio[lo:hi], None if logmel is None else logmel[lo:hi])
+            chunks.append(chunk)
+            if chunk.done() and chunk.exception() is not None:
+                break  # run in line and failed: the engine may be broken, do not run the rest
+        return PendingInference(chunks, audio.shape[0], self.num_classes, self.type_key)
+
+    def _chunk_rows(self, rows: int) -> int:
+        """Rows per chunk of a ``rows``-row batch: ``max_batch``, or fewer to feed parallel runs."""
+        return self.max_batch
+
+    def _start_chunk(self, audio: np.ndarray, logmel: np.ndarray | None) -> Future[tuple[np.ndarray, np.ndarray]]:
+        """Run one chunk; a backend with a worker pool overrides this to run it there."""
+        done: Future[tuple[np.ndarray, np.ndarray]] = Future()
+        try:
+            done.set_result(self._run_chunk(audio, logmel))
+        except Exception as err:
+            done.set_exception(err)
+        return done
+
+    def _run_chunk(self, audio: np.ndarray, logmel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if logmel is None:
+            return self._infer_batch(audio)
+        return self._infer_batch_logmel(audio, logmel)
 
     @abstractmethod
     def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,4 +246,4 @@ class PredictorRuntime(Runtime):
         super().close()
 
 
-__all__ = ["Inference", "Predictor", "PredictorRuntime", "Runtime", "validate_audio", "validate_logmel"]
+__all__ = ["Inference", "PendingInference", "Predictor", "PredictorRuntime", "Runtime", "validate_audio", "validate_logmel"]

@@ -12,7 +12,7 @@ run checks it), every op in it has a CUDA kernel, and its fp16 backbone uses the
 cores; whether the CUDA EP covers ``STFT`` depends on the onnxruntime build, the conv graph
 does not. ``onnx_file`` forces one of the self-contained graphs.
 
-Settings: ``runtime: {type: onnxruntime, threads, max_batch, onnx_file}``
+Settings: ``runtime: {type: onnxruntime, threads, parallel_runs, max_batch, onnx_file}``
 (``edge_asd.config.OnnxRuntimeConfig``). onnxruntime itself is imported only when a session
 is opened, so registering this backend works without it.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ from engines.runtime.registry import RuntimeEntry, register
 logger = logging.getLogger(__name__)
 
 BACKEND_KEY: str = OnnxRuntimeConfig.model_fields["type"].default
+DEFAULT_MAX_PARALLEL_RUNS = 4
+"""Parallel runs when ``parallel_runs`` is unset (one per thread up to this): each run in flight
+holds its own activations, so on a many-core host more runs would cost memory before speed
+(measured on 2 cores only: docs/performance.md)."""
 INSTALL_HINT = "install it with `pip install 'edge-asd[onnx]'` (or `pip install onnxruntime`)"
 
 
@@ -64,6 +69,7 @@ class OnnxRuntimeBackend(Runtime):
     def __init__(self, bundle: Bundle, config: OnnxRuntimeConfig | None = None) -> None:
         config = config or OnnxRuntimeConfig()
         super().__init__(bundle.classes, config.max_batch, bundle.manifest.window_samples)
+        self._pool: ThreadPoolExecutor | None = None
         ort = import_onnxruntime()
         providers = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -73,8 +79,17 @@ class OnnxRuntimeBackend(Runtime):
             onnx_file = MODEL_ONNX if providers[0] == "CUDAExecutionProvider" else _cpu_graph(bundle)
         self.onnx_path: Path = bundle.path / onnx_file
         options = ort.SessionOptions()
-        # Whole cores for one inference at a time: the daemon batches every stream into one call.
-        options.intra_op_num_threads = int(config.threads or os.cpu_count() or 1)
+        # Parallel runs, each on its share of the threads: one window's convolutions do not split
+        # well over cores, so on the CPU two single-threaded runs at once beat one run on two
+        # threads (docs/performance.md, bench/engine_throughput.py --parallel-runs).
+        threads = int(config.threads or usable_cores())
+        cuda = providers[0] == "CUDAExecutionProvider"
+        runs = int(config.parallel_runs or (1 if cuda else min(threads, DEFAULT_MAX_PARALLEL_RUNS)))
+        if runs > threads:
+            logger.warning("onnxruntime: parallel_runs %d is more than the %d threads: running %d", runs, threads, threads)
+            runs = threads
+        self.parallel_runs = runs
+        options.intra_op_num_threads = max(1, threads // runs)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -89,15 +104,28 @@ class OnnxRuntimeBackend(Runtime):
             raise BundleError(f"onnxruntime cannot load {self.onnx_path}: {err}. Re-export the bundle") from err
         self.providers = self.session.get_providers()
         self.threads = options.intra_op_num_threads
+        if self.parallel_runs > 1:
+            self._pool = ThreadPoolExecutor(self.parallel_runs, thread_name_prefix="edge-asd-onnxruntime")
         self._outputs = ["scores", "embedding"]
         inputs = {i.name for i in self.session.get_inputs()}
         self.accepts_logmel = LOGMEL_INPUT_NAME in inputs
         self._front_end = LogMelFrontEnd(self.window_samples) if self.accepts_logmel else None
-        logger.info("onnxruntime %s: %s on %s (%d threads)", ort.__version__, onnx_file, self.providers[0], self.threads)
+        logger.info("onnxruntime %s: %s", ort.__version__, self.describe())
 
     def describe(self) -> str:
-        front = " + numpy log-mel" if self.accepts_logmel else ""
-        return f"onnxruntime {self.onnx_path.name}{front} on {self.providers[0]} ({self.threads} threads)"
+        front = f" + {self._front_end.fft_library} log-mel" if self._front_end is not None else ""
+        runs = f"{self.parallel_runs} parallel runs x " if self.parallel_runs > 1 else ""
+        return f"onnxruntime {self.onnx_path.name}{front} on {self.providers[0]} ({runs}{self.threads} threads)"
+
+    def _chunk_rows(self, rows: int) -> int:
+        # A batch is spread over the parallel runs: 8 windows with 2 runs are 2 chunks of 4.
+        return max(1, min(self.max_batch, -(-rows // self.parallel_runs)))
+
+    def _start_chunk(self, audio: np.ndarray, logmel: np.ndarray | None) -> Future[tuple[np.ndarray, np.ndarray]]:
+        pool = self._pool
+        if pool is None:
+            return super()._start_chunk(audio, logmel)
+        return pool.submit(self._run_chunk, audio, logmel)  # session.run is thread-safe
 
     def _infer_batch(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._front_end is not None:  # audio only: the stateless numpy front end fills the input
@@ -110,8 +138,20 @@ class OnnxRuntimeBackend(Runtime):
         return scores, embedding
 
     def close(self) -> None:
+        super().close()  # first: a submit from now on is refused
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # running chunks finish, queued ones are dropped
         self.session = None  # type: ignore[assignment]
-        super().close()
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which a container's cpuset limits), not
+    every core of the host."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _cpu_graph(bundle: Bundle) -> str:
@@ -130,4 +170,4 @@ def _cpu_graph(bundle: Bundle) -> str:
 
 ENTRY = register(RuntimeEntry(BACKEND_KEY, OnnxRuntimeConfig, OnnxRuntimeBackend, available))
 
-__all__ = ["BACKEND_KEY", "ENTRY", "OnnxRuntimeBackend", "available", "import_onnxruntime"]
+__all__ = ["BACKEND_KEY", "ENTRY", "OnnxRuntimeBackend", "available", "import_onnxruntime", "usable_cores"]

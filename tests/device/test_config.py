@@ -247,7 +247,7 @@ def test_runtime_section_defaults_to_auto_and_takes_per_backend_settings(tmp_pat
 def test_runtime_typos_and_unknown_types_are_clear_errors(tmp_path: Path) -> None:
     msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {type: onnxruntime, thread: 1}"))
     assert "runtime.thread (line 2): unknown key 'thread'" in msg
-    assert "allowed keys: type, max_batch, threads, onnx_file" in msg
+    assert "allowed keys: type, max_batch, threads, parallel_runs, onnx_file" in msg
     msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime: {type: onnxruntime, workspace_mib: 64}"))
     assert "runtime.workspace_mib" in msg and "unknown key" in msg  # a TensorRT setting
     msg = errors_of(tmp_path, GOOD.replace("backend: onnxruntime", "runtime:\n  type: cuda"))
@@ -271,7 +271,7 @@ def test_config_check_prints_the_runtime_section(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["config", "check", str(write(tmp_path, GOOD))])
     assert result.exit_code == 0, result.output
     out = yaml.safe_load(result.stdout)
-    assert out["runtime"] == {"type": "onnxruntime", "max_batch": 1, "threads": None, "onnx_file": None}
+    assert out["runtime"] == {"type": "onnxruntime", "max_batch": 1, "threads": None, "parallel_runs": None, "onnx_file": None}
     assert "backend" not in out  # the shorthand is folded into runtime.type
     again = validate_config({**out, "mqtt": {"url": "mqtt://h"}}, base_dir=tmp_path)
     assert isinstance(again.runtime, OnnxRuntimeConfig)

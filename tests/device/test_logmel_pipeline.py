@@ -61,3 +61,91 @@ def test_pipeline_scores_equal_with_and_without_the_logmel_graph(cached_bundle: 
     np.testing.assert_allclose(got[-n:], ref[-n:], rtol=1e-4, atol=1e-4)
     assert ref_stream.logmel.stats.windows == 0  # the self-contained graph computes its own front end
     assert stream.logmel.stats.windows == len(got) and stream.logmel.stats.reused > 0
+    # the model's windows are moved onto the frame grid: after the first, about 35 new frames each
+    assert stream.logmel.stats.computed <= 313 + 40 * (len(got) - 1), stream.logmel.stats
+
+
+def test_the_model_window_moves_onto_the_frame_grid_unless_it_cannot() -> None:
+    """``Stream.model_window``: the 10 s the model scores start on the 512-sample frame grid,
+    at most 511 samples before the hop's window; the window itself where the samples before it
+    are gone or hold a gap."""
+    from edge_asd.audio.stream_buffer import StreamBuffer
+    from edge_asd.core.constants import WINDOW_SAMPLES
+    from edge_asd.core.logmel import HOP
+    from edge_asd.daemon.streams import Stream
+
+    buffer = StreamBuffer(capacity=WINDOW_SAMPLES + 40000)
+    audio = np.arange(3 * 16000 + WINDOW_SAMPLES, dtype=np.float32) / 1e6
+    buffer.append(audio)  # 8000 samples have left the buffer
+    stream = Stream("s", None, buffer, [], [], None, None, None, 16000)  # type: ignore[arg-type]
+    for end in (WINDOW_SAMPLES + 16000, WINDOW_SAMPLES + 3 * 16000):
+        window, _ = buffer.get(end - WINDOW_SAMPLES, WINDOW_SAMPLES)
+        moved, start = stream.model_window(window, end)
+        assert start % HOP == 0 and 0 < end - WINDOW_SAMPLES - start < HOP
+        np.testing.assert_array_equal(moved, audio[start : start + WINDOW_SAMPLES])
+    oldest = buffer.first_index  # 8000 = 15.6 x 512: the samples to move back to are gone
+    window, _ = buffer.get(oldest, WINDOW_SAMPLES)
+    same, start = stream.model_window(window, oldest + WINDOW_SAMPLES)
+    assert same is window and start == oldest and oldest % HOP
+    start = 32000  # 62.5 x 512: the model window would start at 31744
+    buffer.mark_gap(31800, 31801)  # a gap before the window, inside the moved one
+    window, _ = buffer.get(start, WINDOW_SAMPLES)
+    same, got = stream.model_window(window, start + WINDOW_SAMPLES)
+    assert same is window and got == start
+
+
+def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(cached_bundle: Path, tmp_path: Path) -> None:
+    """Three streams, one window per chunk, two runs at once: each window is scored with its
+    own stream's indicator features and its own row of the engine's output."""
+    from edge_asd.config import load_config
+    from edge_asd.daemon.listen import build_daemon, run_daemon
+    from engines.runtime import open_runtime
+    from tests.fixtures.comms import MemoryCommunicator
+
+    rng = np.random.default_rng(1)
+    names = ["quiet", "tone", "loud"]
+    sounds = {
+        "quiet": 0.01 * rng.standard_normal(16000 * 14),
+        "tone": 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 14) / 16000) + 0.01 * rng.standard_normal(16000 * 14),
+        "loud": 0.1 * rng.standard_normal(16000 * 14),
+    }
+    sources, streams = [], []
+    for name in names:
+        wav = tmp_path / f"{name}.wav"
+        write_wav(wav, np.clip(sounds[name], -1, 1).astype(np.float32))
+        sources.append({"name": name, "type": "file", "path": str(wav), "realtime": False})
+        streams.append({"name": name, "source": name, "classes": ["fan/section_00"]})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "bundle": str(cached_bundle), "backend": "onnxruntime", "state_dir": str(tmp_path / "state"),
+        "sources": sources, "streams": streams,
+    }))  # fmt: skip
+    runtime = open_runtime(cached_bundle, backend="onnxruntime", max_batch=1, threads=2, parallel_runs=2)
+    daemon = build_daemon(load_config(config), comms=MemoryCommunicator(), runtime=runtime)
+    pipeline = daemon.pipeline
+    embeddings = {}
+    for stream in pipeline.streams:
+        assert stream.site is not None
+        marker = np.full(3, float(names.index(stream.name)))
+        stream.site.features = lambda window, end, m=marker: (m, m)  # type: ignore[method-assign]
+    seen: list[tuple[str, float, np.ndarray]] = []
+    window_score = pipeline._window_score
+
+    def recording(stream, window, end_index, out, i, bundle_rows, features=None):
+        seen.append((stream.name, float(features[0][0]), np.array(out.embedding[i])))
+        return window_score(stream, window, end_index, out, i, bundle_rows, None)
+
+    pipeline._window_score = recording  # type: ignore[method-assign]
+    for stream in pipeline.streams:  # each stream's own embedding of its first window, alone
+        moved, _ = stream.model_window(sounds[stream.name][:160000].astype(np.float32), 160000)
+        embeddings[stream.name] = runtime.infer(np.clip(moved, -1, 1)[None].astype(np.float32)).embedding[0]
+    assert run_daemon(daemon, install_signals=False) == 0
+    assert {name for name, _, _ in seen} == set(names) and len(seen) >= 3 * 3
+    for name, marker, _ in seen:
+        assert marker == names.index(name), f"{name} was scored with another stream's features"
+    for name in names:  # the first window of each stream: its own engine row
+        first = next(e for n, _, e in seen if n == name)
+        others = [embeddings[o] for o in names if o != name]
+        own = np.abs(first - embeddings[name]).max()
+        # a random model: embeddings of different sounds differ by ~1e-5, the same window's by ~1e-9
+        assert own < 1e-6 and all(np.abs(first - o).max() > 20 * max(own, 1e-8) for o in others), name

@@ -24,8 +24,6 @@ def test_non_finite_engine_output_is_one_fault_not_a_flapping_status(artifacts_d
     from edge_asd.config import validate_config
     from edge_asd.daemon.listen import build_daemon, run_daemon
     from engines.bundle import load_bundle
-    from engines.runtime.base import Inference
-
     bundle = synth_bundle(artifacts_dir)
     cls = load_bundle(bundle).classes[0]
     machine_type, machine_id = cls.split("/")
@@ -39,13 +37,13 @@ def test_non_finite_engine_output_is_one_fault_not_a_flapping_status(artifacts_d
     })  # fmt: skip
     comms = MemoryCommunicator()
     daemon = build_daemon(cfg, comms=comms)
-    infer = daemon.runtime.infer
+    run_chunk = daemon.runtime._run_chunk
 
-    def broken(batch: np.ndarray, **kw: object) -> Inference:
-        out = infer(batch, **kw)  # type: ignore[arg-type]
-        return Inference(np.full_like(out.scores, np.nan), out.embedding)
+    def broken(audio: np.ndarray, logmel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        scores, embedding = run_chunk(audio, logmel)  # every chunk, on whichever thread runs it
+        return np.full_like(scores, np.nan), embedding
 
-    daemon.runtime.infer = broken  # type: ignore[method-assign]
+    daemon.runtime._run_chunk = broken  # type: ignore[method-assign]
     assert run_daemon(daemon, install_signals=False) == 0
     statuses = [call[1][1] for call in comms.calls if call[0] == "status" and call[1][0] == "m1"]
     faults = daemon.pipeline.stats()["streams"]["m1"]["faults"]

@@ -9,8 +9,10 @@ without the new graph keeps working. Torch-free (also run in the Python 3.10 ven
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from edge_asd.core.logmel import (
     N_FFT,
     N_MELS,
     LogMelStream,
+    grid_start,
     hann_window,
     logmel,
     mel_filterbank,
@@ -89,6 +92,25 @@ def test_streaming_equals_whole_window_on_synth_streams(hop: int) -> None:
     assert cache.stats.resets == 0
 
 
+def test_without_scipy_numpys_fft_gives_the_same_log_mel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scipy only speeds the front end up (the ``onnx`` extra installs it); without it numpy's
+    FFT computes the same numbers."""
+    from edge_asd.core.logmel import LogMelFrontEnd
+
+    with_scipy = LogMelFrontEnd()
+    if importlib.util.find_spec("scipy") is not None:
+        assert with_scipy.fft_library == "scipy"
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `from scipy import fft` now fails
+    without = LogMelFrontEnd()
+    assert without.fft_library == "numpy"
+    audio = synth_audio(30.0, seed=11)
+    streams = LogMelStream(16000, front_end=with_scipy), LogMelStream(16000, front_end=without)
+    for start, window in stream_windows(audio, 16000):
+        a, b = (s.window(window, start) for s in streams)
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
+        assert max_error_db(b, reference(window)) <= TOL_DB
+
+
 @pytest.mark.parametrize(
     ("hop", "computed", "cached_max"),
     [
@@ -109,6 +131,30 @@ def test_frames_computed_per_window_and_cache_bound(hop: int, computed: int, cac
         assert cache.cached_frames <= cached_max
     assert per_window[0] == FRAMES
     assert per_window[8:] and all(n == computed for n in per_window[8:]), per_window
+
+
+@pytest.mark.parametrize("hop", [16000, 8000, 24000, 16001])
+def test_windows_moved_onto_the_frame_grid_share_their_frames(hop: int) -> None:
+    """What listen does (``Stream.model_window``): each window moved back onto the 512-sample
+    grid, at most 511 samples; then a 1 s hop computes 31 or 32 new frames + 4 edges, not 129,
+    and the log-mel still equals the reference of the moved window."""
+    audio = synth_audio(40.0, seed=hop + 1)
+    cache = LogMelStream(hop, on_grid=True)
+    per_window, worst = [], 0.0
+    for start, _ in stream_windows(audio, hop, first=hop):
+        moved = grid_start(start)
+        assert 0 <= start - moved < HOP and moved % HOP == 0
+        window = audio[moved : moved + WINDOW_SAMPLES]
+        before = cache.stats.computed
+        ours = cache.window(window, moved)
+        per_window.append(cache.stats.computed - before)
+        worst = max(worst, max_error_db(ours, reference(window)))
+        assert cache.cached_frames <= FRAMES
+    assert worst <= TOL_DB and cache.stats.resets == 0
+    new_interior = -(-hop // HOP)  # at most this many frames of a later window are new
+    assert per_window[1:] and all(n <= new_interior + 4 for n in per_window[1:]), per_window
+    if hop == 16000:
+        assert np.mean(per_window[1:]) < 37  # against 129 for windows left where they are
 
 
 def test_every_shared_clip_streamed_equals_the_reference(shared_data: Path) -> None:

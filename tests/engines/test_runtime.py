@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,102 @@ def test_classes_for_file() -> None:
     assert classes_for_file("anomaly_id_00_0001.wav", classes) == [3]  # the id names one class only
     assert classes_for_file("/x/pump/section_00_0001.wav", classes) == list(range(5))  # ambiguous -> all
     assert classes_for_file("recording.wav", classes) == list(range(5))
+
+
+# -- parallel runs (issue 13): chunks run at once, results joined in order ---------------------
+@pytest.mark.parametrize(
+    "runs, max_batch, rows, chunks",
+    [(2, 1, 5, [1] * 5), (2, 8, 8, [4, 4]), (3, 2, 7, [2, 2, 2, 1]), (1, 4, 10, [4, 4, 2])],
+)  # a batch is spread over the runs: 8 windows on 2 runs are 2 chunks of 4, not one of 8
+def test_parallel_runs_give_the_rows_in_order(
+    cached_bundle: Path, runtime, runs: int, max_batch: int, rows: int, chunks: list[int]
+) -> None:
+    audio = _clips(rows, seed=7)
+    expected = runtime.infer(audio)  # one run at a time (max_batch 4 on every thread)
+    with open_runtime(cached_bundle, backend="onnxruntime", max_batch=max_batch, threads=max(2, runs), parallel_runs=runs) as rt:
+        calls: list[int] = []
+        run_chunk = rt._run_chunk
+
+        def counted(a: np.ndarray, logmel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(a.shape[0])
+            return run_chunk(a, logmel)
+
+        rt._run_chunk = counted  # type: ignore[method-assign]
+        pending = rt.submit(audio)
+        out = pending.result()
+        assert f"{runs} parallel runs" in rt.describe() or runs == 1
+    assert sorted(calls) == sorted(chunks)
+    np.testing.assert_allclose(out.scores, expected.scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.embedding, expected.embedding, rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_chunk_fails_the_whole_inference_after_the_others_finish(cached_bundle: Path) -> None:
+    with open_runtime(cached_bundle, backend="onnxruntime", max_batch=1, threads=2, parallel_runs=2) as rt:
+        finished: list[int] = []
+        run_chunk = rt._run_chunk
+
+        def flaky(a: np.ndarray, logmel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            if float(a[0, 0]) == 0.5:
+                raise RuntimeError("engine lost its device")
+            out = run_chunk(a, logmel)
+            finished.append(1)
+            return out
+
+        rt._run_chunk = flaky  # type: ignore[method-assign]
+        audio = _clips(4, seed=3)
+        audio[1, 0] = 0.5
+        with pytest.raises(RuntimeError, match="engine lost its device"):
+            rt.infer(audio)
+        done = len(finished)  # the chunks handed over before the failure showed: 1 to 3
+        time.sleep(0.3)
+        assert 1 <= done <= 3 and len(finished) == done  # none was left running behind the error
+        ok = rt.infer(_clips(2, seed=4))  # and the runtime still works
+        assert ok.scores.shape[0] == 2
+    with pytest.raises(RuntimeError, match="closed"):
+        rt.submit(_clips(1, seed=5))
+
+
+def test_chunks_run_at_the_same_time(cached_bundle: Path) -> None:
+    """Both chunks must be inside the engine at once: run one after the other, the barrier breaks."""
+    import threading
+
+    with open_runtime(cached_bundle, backend="onnxruntime", max_batch=1, threads=2, parallel_runs=2) as rt:
+        barrier = threading.Barrier(2, timeout=20)
+        run_chunk = rt._run_chunk
+
+        def together(a: np.ndarray, logmel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            barrier.wait()
+            return run_chunk(a, logmel)
+
+        rt._run_chunk = together  # type: ignore[method-assign]
+        assert rt.infer(_clips(2, seed=9)).scores.shape[0] == 2
+
+
+def test_a_failing_chunk_run_in_line_stops_the_batch(cached_bundle: Path) -> None:
+    with open_runtime(cached_bundle, backend="onnxruntime", max_batch=1, threads=1, parallel_runs=1) as rt:
+        ran: list[int] = []
+
+        def broken(a: np.ndarray, logmel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            ran.append(1)
+            raise RuntimeError("CUDA context lost")
+
+        rt._run_chunk = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="context lost"):
+            rt.infer(_clips(3, seed=2))
+        assert ran == [1]  # the engine may be broken: the other chunks were not run
+
+
+def test_parallel_runs_default_and_validation(cached_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with open_runtime(cached_bundle, backend="onnxruntime", threads=2) as rt:
+        if rt.providers[0] != "CPUExecutionProvider":
+            pytest.skip("the CUDA provider runs one at a time")
+        assert (rt.parallel_runs, rt.threads) == (2, 1)  # CPU provider: one single-threaded run per thread
+    with open_runtime(cached_bundle, backend="onnxruntime", threads=4, parallel_runs=2) as rt:
+        assert (rt.parallel_runs, rt.threads) == (2, 2)
+    with open_runtime(cached_bundle, backend="onnxruntime", threads=16) as rt:
+        assert (rt.parallel_runs, rt.threads) == (4, 4)  # at most 4 by default: each run holds its activations
+    with open_runtime(cached_bundle, backend="onnxruntime", threads=2, parallel_runs=3) as rt:
+        assert (rt.parallel_runs, rt.threads) == (2, 1)
+    assert "parallel_runs 3 is more than the 2 threads" in caplog.text
+    with pytest.raises(ConfigError, match="parallel_runs"):
+        open_runtime(cached_bundle, backend="onnxruntime", parallel_runs=0)
