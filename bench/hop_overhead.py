@@ -120,6 +120,7 @@ def main() -> None:
         daemon = build_daemon(validate_config(raw, where="bench"), comms=MemoryCommunicator(), runtime=FixedEngine())
         pipeline = daemon.pipeline
         timed_method(Stream, "due_window", "window out of the stream buffer (copy)")
+        timed_method(Stream, "model_window", "model window moved onto the frame grid (copy)")
         timed_method(runtime_base, "validate_audio", "batch validation (finite check)")
         timed_method(LevelMonitor, "check", "level check")
         timed_method(StreamSite, "features", "site features (indicator blocks, profile)")
