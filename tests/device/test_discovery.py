@@ -13,7 +13,7 @@ from edge_asd.comms.discovery import discovery_messages
 from edge_asd.comms.mqtt import MqttCommunicator
 from edge_asd.comms.topics import Topics
 from edge_asd.config import MqttConfig
-from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot
+from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot, settled_retained
 
 pytestmark = pytest.mark.device
 
@@ -105,7 +105,7 @@ def test_discovery_can_be_disabled(broker: Broker, tmp_path: Path) -> None:
     try:
         comm.announce([StreamInfo("a")])
         assert comm.wait_connected(10)
-        time.sleep(0.3)
+        settled_retained(broker.port, "edge-asd/n2/#", lambda snap: snap.get("edge-asd/n2/available") == "online")
         assert retained_snapshot(broker.port, "edge-asd/n2/available", 0.3) == {"edge-asd/n2/available": "online"}
         assert retained_snapshot(broker.port, "homeassistant/#", 0.3) == {}
     finally:

@@ -36,7 +36,7 @@ from edge_asd.core.audio_io import write_wav
 from tests.device.test_listen_systemd import NotifySocket
 from tests.fixtures.bundles import recording_with_anomaly, synth_bundle
 from tests.fixtures.comms import MemoryCommunicator
-from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot
+from tests.fixtures.mosquitto import Broker, Recorder, settled_retained
 
 pytestmark = [pytest.mark.device, pytest.mark.timeout(300)]
 
@@ -336,8 +336,9 @@ def test_enabled_off_ends_the_event_and_survives_a_restart(
             assert daemon.pipeline.streams[0].enabled is False and daemon.comms.client_id == client_id
             daemon.comms.start()  # announces the streams' enabled states again on connect
             assert daemon.comms.wait_connected(10)
-            time.sleep(0.5)
-            retained = retained_snapshot(broker.port, "edge-asd/live/#")
+            retained = settled_retained(
+                broker.port, "edge-asd/live/#", lambda snap: snap.get("edge-asd/live/m1/enabled/state") is not None
+            )
         finally:
             daemon.close()
         assert retained.get("edge-asd/live/m1/enabled/state") == "OFF", retained

@@ -14,7 +14,7 @@ from edge_asd.comms.base import StreamInfo
 from edge_asd.comms.mqtt import MqttCommunicator
 from edge_asd.comms.watcher import Message, WatchState
 from edge_asd.config import MqttConfig
-from tests.fixtures.mosquitto import Broker
+from tests.fixtures.mosquitto import Broker, settled_retained
 
 pytestmark = pytest.mark.device
 
@@ -27,7 +27,9 @@ def live_node(broker: Broker, tmp_path: Path):
     comm.publish_status("fan1", "online")
     comm.publish_anomaly("fan1", True)
     assert comm.wait_connected(10)
-    time.sleep(0.3)
+    # The retained state must be at the broker before a test's watcher subscribes: one that
+    # subscribes while the publishes are in flight gets them live, without the retain flag.
+    settled_retained(broker.port, "edge-asd/n1/#", lambda snap: snap.get("edge-asd/n1/available") == "online")
     yield comm
     comm.stop(timeout_s=1)
 
