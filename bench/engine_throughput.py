@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import cpu_description
 from bench.memory import patch_onnxruntime
 from edge_asd.core.constants import WINDOW_SAMPLES
-from edge_asd.core.logmel import EPS, FRAMES, HOP, N_BINS, N_FFT, N_MELS, mel_filterbank
+from edge_asd.core.logmel import EPS, FRAMES, HOP, N_BINS, N_FFT, N_MELS, grid_start, mel_filterbank
 
 logger = logging.getLogger("bench.engine_throughput")
 
@@ -146,17 +146,16 @@ class StreamingHops:
     """
 
     def __init__(self, batch: int, hop: int = 16000, seed: int = 1, pool_blocks: int = 32) -> None:
-        from edge_asd.core.logmel import HOP as FRAME_HOP
         from edge_asd.core.logmel import LogMelStream
 
         rng = np.random.default_rng(seed)
         self.hop = hop
         self.pool = (0.1 * rng.standard_normal((pool_blocks, hop))).astype(np.float32)
         # Each stream's newest WINDOW + 512 samples: room to move its window back onto the grid.
-        self.audio = (0.1 * rng.standard_normal((batch, WINDOW + FRAME_HOP))).astype(np.float32)
+        self.audio = (0.1 * rng.standard_normal((batch, WINDOW + HOP))).astype(np.float32)
         self.windows = np.empty((batch, WINDOW), dtype=np.float32)
         self.streams = [LogMelStream(hop_samples=hop, on_grid=True) for _ in range(batch)]
-        self.start = FRAME_HOP
+        self.start = HOP
         self.k = 0
         self.frontend_s = 0.0
         for _ in range(6):  # past the first windows: the cache holds what later windows reuse
@@ -169,8 +168,6 @@ class StreamingHops:
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One hop of every stream: ``(audio (B, 160000), logmel (B, 128, 313))``."""
-        from edge_asd.core.logmel import grid_start
-
         t0 = time.perf_counter()
         self.start += self.hop
         moved = grid_start(self.start)

@@ -378,15 +378,14 @@ class Pipeline:
         # tick, the daemon's own work, is the overhead in stats(), whether or not the engine
         # was running meanwhile.
         model_s = time.monotonic() - t0
-        features = {i: s.site.features(a, end) for i, (s, a, end) in enumerate(batch) if s.site is not None}
+        features = [None if s.site is None else s.site.features(a, end) for s, a, end in batch]
         engine_done = t0
         for lo, chunk in pending:
             waited = time.monotonic()
             out = chunk.result()
             engine_done = time.monotonic()
             model_s += engine_done - waited
-            part = batch[lo : lo + len(out)]
-            self._score_part(part, out, {i - lo: f for i, f in features.items() if lo <= i < lo + len(out)})
+            self._score_part(batch[lo : lo + len(out)], out, features[lo : lo + len(out)])
         self._infer_ms.append((engine_done - t0) * 1000.0)  # from the first hand-over to the last result
         self.engine_s += model_s
         self.batches += 1
@@ -395,7 +394,7 @@ class Pipeline:
             logger.info("first windows scored")
 
     def _score_part(
-        self, batch: list[tuple[Stream, np.ndarray, int]], out: Inference, features: dict[int, Features]
+        self, batch: list[tuple[Stream, np.ndarray, int]], out: Inference, features: list[Features | None]
     ) -> None:
         """Score, decide and publish the windows of one chunk from its engine outputs."""
         # The bundle's score only for the streams that use it (not enrolled): an enrolled stream's
@@ -411,7 +410,7 @@ class Pipeline:
                 continue
             if stream.capture.status == ONLINE:
                 self._set_status(stream, ONLINE, "")
-            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows, features.get(i))
+            score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows, features[i])
             stream.counters.windows += 1
             stream.last_scored_mono = time.monotonic()
             stream.last_score = score

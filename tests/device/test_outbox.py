@@ -14,6 +14,7 @@ import pytest
 from edge_asd.comms import outbox as outbox_mod
 from edge_asd.comms.outbox import Outbox
 from edge_asd.config import ConfigError
+from tests.fixtures.faults import small_filesystem
 
 pytestmark = pytest.mark.device
 
@@ -184,17 +185,8 @@ def test_a_damaged_page_is_moved_aside(tmp_path: Path, where: str) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 320 KiB tmpfs: a real full disk (root only; elsewhere the max_page_count test covers it)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mnt)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
-    try:
+    with small_filesystem(tmp_path / "small", "320k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_really_full_file_system_degrades_and_recovers(small_disk: Path) -> None:

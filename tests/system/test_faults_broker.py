@@ -25,6 +25,7 @@ from tests.fixtures.faults import (
     running,
     strict_json,
     topic,
+    wait_delivered,
     wait_for,
 )
 from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot
@@ -66,7 +67,7 @@ def test_broker_down_30s_mid_stream_loses_nothing(event_plan: EventPlan, tmp_pat
             rc = daemon.terminate()
         assert rc == 0, daemon.tail()
         opened = daemon.opened()
-        assert wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(opened).values()), 30)
+        assert wait_delivered(rec, opened, 30)
         ledger = EventLedger.from_recorder(rec)
         missing = ledger.missing(opened)
         problems = ledger.order_problems()
@@ -114,7 +115,7 @@ def test_acl_denying_the_events_topic_keeps_events_and_raises_a_node_fault(
         quiet = listen_config(tmp_path / "quiet.yaml", event_plan, state=state, wav=wav, broker=broker, threshold=1e9)
         with running(ListenProcess(quiet, tmp_path / "listen2.log")) as second:
             assert second.wait(180) == 0, second.tail()
-        delivered = wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(opened).values()), 30)
+        delivered = wait_delivered(rec, opened, 30)
         ledger = EventLedger.from_recorder(rec)
         left = outbox_rows(state)
         node_after = retained_snapshot(broker.port, topic("status"), 0.3).get(topic("status"))

@@ -26,6 +26,7 @@ from tests.fixtures.faults import (
     small_filesystem,
     strict_json,
     topic,
+    wait_delivered,
     wait_for,
 )
 from tests.fixtures.mosquitto import Broker, Recorder, retained_snapshot
@@ -78,7 +79,7 @@ def test_sigkill_five_times_loses_nothing_and_leaves_nothing_open(event_plan: Ev
             if run < KILLS:
                 integrity.append(integrity_check(state))
         committed = [e for r in runs for e in r["committed"]]
-        assert wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(committed).values()), 60)
+        assert wait_delivered(rec, committed, 60)
         ledger = EventLedger.from_recorder(rec)
         snapshot = retained_snapshot(broker.port, topic("#"))
         final_integrity = integrity_check(state)
@@ -147,7 +148,7 @@ def test_disk_full_under_the_state_directory_keeps_alerting(event_plan: EventPla
             assert rc == 0, daemon.tail()
             opened = daemon.opened()
             during_full = len(opened) - full_from
-            assert wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(opened).values()), 30)
+            assert wait_delivered(rec, opened, 30)
             ledger = EventLedger.from_recorder(rec)
 
             # A start on the still-full disk: not the exit-2 loop of a daemon that needs its outbox.
@@ -158,7 +159,7 @@ def test_disk_full_under_the_state_directory_keeps_alerting(event_plan: EventPla
                 assert restart.terminate() == 0, restart.tail()
             restart_s = time.monotonic() - restart_at
             again = restart.opened()
-            assert wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(again).values()), 30)
+            assert wait_delivered(rec, again, 30)
             ledger2 = EventLedger.from_recorder(rec)
     finally:
         rec.close()

@@ -30,7 +30,7 @@ from tests.fixtures.faults import (
     tone,
     topic,
     user_error,
-    wait_for,
+    wait_delivered,
     write_wav,
 )
 from tests.fixtures.mosquitto import Broker, Recorder
@@ -181,7 +181,7 @@ def test_garbage_outbox_is_moved_aside_and_nothing_is_lost(event_plan: EventPlan
         with running(ListenProcess(config, tmp_path / "listen.log")) as daemon:
             rc = daemon.wait(180)
         opened = daemon.opened()
-        assert wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(opened).values()), 20)
+        assert wait_delivered(rec, opened, 20)
         ledger = EventLedger.from_recorder(rec)
     finally:
         rec.close()
@@ -212,7 +212,7 @@ def test_nan_wav_source_is_a_stream_fault_and_nothing_is_lost(event_plan: EventP
         with running(ListenProcess(config, tmp_path / "listen.log")) as daemon:
             rc = daemon.wait(180)
         opened = daemon.opened()
-        assert wait_for(lambda: not any(EventLedger.from_recorder(rec).missing(opened).values()), 20)
+        assert wait_delivered(rec, opened, 20)
         ledger = EventLedger.from_recorder(rec)
         statuses = [m["payload"] for m in rec.on(topic(STREAM, "status"))]
         messages = [m["payload"] for m in rec.on(topic(STREAM, "status", "message")) if m["payload"]]
