@@ -147,7 +147,7 @@ def test_last_will_offline_when_the_process_dies(broker: Broker, tmp_path: Path)
     proc = spawn_child(broker.url, tmp_path / "state", "connect", 0)
     topic = f"edge-asd/{NODE}/available"
     try:
-        assert wait_until(lambda: retained_snapshot(broker.port, topic, 0.3).get(topic) == "online")
+        assert wait_until(lambda: retained_snapshot(broker.port, topic).get(topic) == "online")
         rec = Recorder(broker.port, [topic])
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
@@ -302,7 +302,7 @@ def test_enabled_command_calls_hook_and_reports_state(broker: Broker, comm_facto
     comm.announce([StreamInfo("fan1")])
     assert comm.wait_connected(10)
     state = f"edge-asd/{NODE}/fan1/enabled/state"
-    assert wait_until(lambda: retained_snapshot(broker.port, state, 0.3).get(state) == "ON")
+    assert wait_until(lambda: retained_snapshot(broker.port, state).get(state) == "ON")
     rec = Recorder(broker.port, [state])
     rec.client.publish(f"edge-asd/{NODE}/fan1/enabled/set", "OFF", qos=1)
     assert wait_until(lambda: calls == [("fan1", False)])
@@ -418,18 +418,18 @@ def test_node_faults_are_retained_joined_cleared_and_forgotten_by_the_next_run(
     comm.publish_node_fault("outbox", "event outbox full")  # before the connect: said at connect
     assert comm.wait_connected(10)
     comm.publish_node_fault("lock", "another daemon uses the state directory")
-    assert wait_until(lambda: retained_snapshot(broker.port, message, 0.3).get(message)
+    assert wait_until(lambda: retained_snapshot(broker.port, message).get(message)
                       == "another daemon uses the state directory; event outbox full")  # fmt: skip
     assert retained_snapshot(broker.port, status)[status] == "fault"
     comm.publish_node_fault("lock", None)
-    assert wait_until(lambda: retained_snapshot(broker.port, message, 0.3).get(message) == "event outbox full")
+    assert wait_until(lambda: retained_snapshot(broker.port, message).get(message) == "event outbox full")
     comm.publish_node_fault("nothing-raised", None)  # clearing an unknown key is harmless
     comm.stop(timeout_s=1)
     assert retained_snapshot(broker.port, status)[status] == "fault"  # the dead run's last word
     comm = comm_factory(broker.url, state_dir=tmp_path / "state2")
     comm.start()
     assert comm.wait_connected(10)
-    assert wait_until(lambda: retained_snapshot(broker.port, status, 0.3).get(status) == "online")
+    assert wait_until(lambda: retained_snapshot(broker.port, status).get(status) == "online")
     assert message not in retained_snapshot(broker.port, message)  # an empty retained message clears it
 
 

@@ -48,7 +48,7 @@ def wait_until(predicate, timeout_s: float = 10.0, step: float = 0.05) -> bool:
 
 
 def retained(port: int, topic: str) -> str | None:
-    return retained_snapshot(port, topic, 0.3).get(topic)
+    return retained_snapshot(port, topic).get(topic)
 
 
 @pytest.fixture

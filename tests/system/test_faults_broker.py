@@ -118,7 +118,7 @@ def test_acl_denying_the_events_topic_keeps_events_and_raises_a_node_fault(
         delivered = wait_delivered(rec, opened, 30)
         ledger = EventLedger.from_recorder(rec)
         left = outbox_rows(state)
-        node_after = retained_snapshot(broker.port, topic("status"), 0.3).get(topic("status"))
+        node_after = retained_snapshot(broker.port, topic("status")).get(topic("status"))
     finally:
         rec.close()
         broker.stop()
