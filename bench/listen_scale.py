@@ -8,7 +8,9 @@ contains the anomaly to the publication of its event. Reported per N: windows sc
 stream per second (1.0 = real time), skipped windows, audio still queued at the end, CPU use,
 daemon overhead (the share of the scoring ticks the pipeline thread spent on its own work:
 windows, level checks, indicators, scores, decisions, comms; not on the model, i.e. the front
-end, the engine and waiting for parallel runs), RSS at start, end and peak, and the event
+end, the engine and waiting for parallel runs), the same work as a share of the CPU the whole
+process used (its thread CPU time over all threads' CPU time, capture included: the share of
+the machine the daemon's own work takes), RSS at start, end and peak, and the event
 latency.
 
     python bench/listen_scale.py --streams 8 16 24 32 --seconds 60
@@ -182,12 +184,12 @@ def run_once(
     stop.start()
     calibrated = False
     first_batch_marked = False
-    scoring_from: tuple[float, dict[str, float]] | None = None  # CPU per thread group from the first window on
+    scoring_from: tuple[float, dict[str, float], float] | None = None  # CPU per thread group from the first window on
     try:
         while not pipeline.stop_event.is_set():
             scored = pipeline.tick()
             if scored and scoring_from is None:
-                scoring_from = (time.monotonic(), thread_cpu_seconds())
+                scoring_from = (time.monotonic(), thread_cpu_seconds(), pipeline.own_cpu_s)
             if steps and scored and not first_batch_marked:
                 first_batch_marked = True
                 steps.mark(f"{n} streams: first windows scored")
@@ -203,11 +205,15 @@ def run_once(
         stop.cancel()
         wall = time.monotonic() - t0
         cpu = cpu_seconds() - cpu0
-        by_thread = None
+        by_thread = own_share = None
         if scoring_from is not None:
             span = time.monotonic() - scoring_from[0]
             now = thread_cpu_seconds()
-            by_thread = {g: round(100.0 * (now[g] - scoring_from[1].get(g, 0.0)) / span, 1) for g in sorted(now)}
+            used = {g: now[g] - scoring_from[1].get(g, 0.0) for g in now}
+            by_thread = {g: round(100.0 * used[g] / span, 1) for g in sorted(used)}
+            own = pipeline.own_cpu_s - scoring_from[2]
+            total = sum(used.values())
+            own_share = round(100.0 * own / total, 1) if total > 0 else None
         rss1 = rss_mib()
         stats = pipeline.stats()
         if steps:
@@ -235,6 +241,9 @@ def run_once(
         "inference_ms_mean": stats["detector"]["inference_ms"],
         "batches": stats["detector"]["batches"],
         "overhead_percent": stats["detector"]["overhead_percent"],
+        # The pipeline thread's own work (not the front end, the hand-over or the engine) as a
+        # share of the CPU the whole process used while scoring (capture threads included).
+        "own_cpu_share_percent": own_share,
         "rss_start_mib": round(rss0, 1),
         "rss_end_mib": round(rss1, 1),
         "rss_peak_mib": round(hwm_mib(), 1),
@@ -398,13 +407,14 @@ def main() -> None:
     machine["load_average_after"] = os.getloadavg()
     print(f"\nMachine: {machine['cpu']}, {machine['logical_cores']} logical cores; bundle {bundle}\n")
     print("| streams | windows/stream/s (1.0 = real time) | skipped | CPU % | CPU % while scoring: engine / "
-          "pipeline / capture / other | inference ms/batch | overhead % | RSS start → end (peak) MiB | event latency s |")
+          "pipeline / capture / other | inference ms/batch | overhead % (tick share / CPU share) | "
+          "RSS start → end (peak) MiB | event latency s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         groups = r.get("cpu_percent_by_thread") or {}
         split = " / ".join(str(groups.get(g, "-")) for g in ("engine", "pipeline", "capture", "other"))
         print(f"| {r['streams']} | {r['windows_per_stream_per_s']} | {r['skipped']} | {r['cpu_percent']} | {split} | "
-              f"{r['inference_ms_mean']} | {r['overhead_percent']} | {r['rss_start_mib']} → {r['rss_end_mib']} "
+              f"{r['inference_ms_mean']} | {r['overhead_percent']} / {r.get('own_cpu_share_percent') or '-'} | {r['rss_start_mib']} → {r['rss_end_mib']} "
               f"({r['rss_peak_mib']}) | {r['event_latency_s']} |")
     extra: dict = {}
     if steps:

@@ -33,6 +33,8 @@ Metric names (all ``edge_asd_``; per-stream ones carry the label ``stream``):
 ``tick_seconds`` / ``overhead_ratio``           time per scoring tick / share of it the pipeline thread
                                                 spent on its own work, not on the model (front end,
                                                 engine, waiting for parallel runs)
+``own_cpu_seconds_total``                       CPU time of that own work in scoring ticks (its rate over
+                                                ``process_cpu_seconds_total``'s: its share of the CPU)
 ``inference_batches_total``                     batches run
 ``uptime_seconds``, ``info{version,backend,engine}``, ``stats_up`` (0 when the stats could not be read)
 =============================================  ======================================================
@@ -193,6 +195,13 @@ class PipelineCollector:
         if overhead is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_overhead_ratio", "Share of scoring time the pipeline spent on its own work, not on the model.", value=overhead / 100.0
+            )
+        own_cpu = _number(detector.get("own_cpu_s"))
+        if own_cpu is not None:
+            yield CounterMetricFamily(
+                f"{PREFIX}_own_cpu_seconds",
+                "CPU time the pipeline thread spent on its own work while scoring, not on the model (over process_cpu_seconds: its share).",
+                value=own_cpu,
             )
         batches = _number(detector.get("batches"))
         if batches is not None:

@@ -135,6 +135,14 @@ class Pipeline:
         self._tick_ms: deque[float] = deque(maxlen=256)
         self.busy_s = 0.0  # time spent in ticks that scored windows
         self.engine_s = 0.0  # of which handing windows to the model (front end included) or waiting for it
+        # The same split in this thread's CPU time (time.thread_time): waiting costs none, so the
+        # difference is the CPU the daemon's own work takes, whatever the other threads do.
+        # All three grow once per tick, at its end, so a stats() read from another thread (the
+        # metrics scrape) never sees own_cpu_s go down.
+        self.busy_cpu_s = 0.0
+        self.model_cpu_s = 0.0  # the front end and the hand-over (the whole run without parallel runs)
+        self.own_cpu_s = 0.0
+        self._tick_model_cpu_s = 0.0
         self._last_stats = time.monotonic()
         self._captures = {id(s.capture): s.capture for s in streams}
         self.comms.on_enabled = self._on_enabled
@@ -290,7 +298,8 @@ class Pipeline:
 
         Every pass is proof of life for the systemd watchdog and the first one sends READY:
         the loop turning is what matters, not whether any stream had a window to score."""
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
+        self._tick_model_cpu_s = 0.0
         if self._loop_started_mono is None:
             self._loop_started_mono = t0
         dt = 0.0 if self._last_tick_mono is None else t0 - self._last_tick_mono
@@ -330,6 +339,10 @@ class Pipeline:
         self._tick_ms.append(elapsed * 1000.0)
         if batch:
             self.busy_s += elapsed
+            busy_cpu = time.thread_time() - c0
+            self.busy_cpu_s += busy_cpu
+            self.model_cpu_s += self._tick_model_cpu_s
+            self.own_cpu_s += max(busy_cpu - self._tick_model_cpu_s, 0.0)
         if time.monotonic() - self._last_stats >= self.stats_interval_s:
             self.publish_stats()
         return len(batch)
@@ -371,8 +384,9 @@ class Pipeline:
         and each chunk's windows are scored as its result comes back, while the engine (with
         parallel runs) works on the chunks after it. On a small CPU the daemon's own work so
         hides behind the engine's instead of adding to it."""
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         pending = self._submit(batch)
+        self._tick_model_cpu_s += time.thread_time() - c0
         # What this thread spends on the model: the front end and handing chunks over (the whole
         # run where the runtime has no parallel runs), then waiting for results. The rest of the
         # tick, the daemon's own work, is the overhead in stats(), whether or not the engine
@@ -640,6 +654,8 @@ class Pipeline:
                 "tick_ms": round(float(np.mean(ticks)), 2) if ticks else None,
                 # share of the scoring ticks spent outside the engine (windows, levels, decisions, comms)
                 "overhead_percent": round(100.0 * (1.0 - self.engine_s / self.busy_s), 1) if self.busy_s else None,
+                # CPU seconds this thread spent on that work (not the model), for a share of the CPU
+                "own_cpu_s": round(self.own_cpu_s, 3),
             },
             "window_s": WINDOW_SAMPLES / SAMPLE_RATE,
             "hop_s": self.hop_s,

@@ -69,6 +69,7 @@ def test_discovery_is_retained_republished_on_ha_birth_and_stale_entities_remove
         snap: dict[str, str] = {}
         # the configs are published one by one: wait for both rather than the first
         while not (anomaly_a in snap and anomaly_b in snap) and time.monotonic() < deadline:
+            time.sleep(0.05)
             snap = retained_snapshot(broker.port, "homeassistant/#")
         assert json.loads(snap[anomaly_a])["device_class"] == "problem"
         assert anomaly_b in snap
@@ -92,6 +93,7 @@ def test_discovery_is_retained_republished_on_ha_birth_and_stale_entities_remove
         deadline = time.monotonic() + 10
         snap = retained_snapshot(broker.port, "homeassistant/#")
         while gone in snap and time.monotonic() < deadline:
+            time.sleep(0.05)
             snap = retained_snapshot(broker.port, "homeassistant/#")
         assert gone not in snap and anomaly_a in snap
     finally:

@@ -336,8 +336,12 @@ def test_enabled_off_ends_the_event_and_survives_a_restart(
             assert daemon.pipeline.streams[0].enabled is False and daemon.comms.client_id == client_id
             daemon.comms.start()  # announces the streams' enabled states again on connect
             assert daemon.comms.wait_connected(10)
+            # `available` goes online last on connect (the first run left it offline), so the
+            # enabled state read after it is this run's, not the first run's retained copy
             retained = settled_retained(
-                broker.port, "edge-asd/live/#", lambda snap: snap.get("edge-asd/live/m1/enabled/state") is not None
+                broker.port, "edge-asd/live/#",
+                lambda snap: snap.get("edge-asd/live/available") == "online"
+                and snap.get("edge-asd/live/m1/enabled/state") is not None,
             )
         finally:
             daemon.close()

@@ -4,6 +4,8 @@ and resampler; each stream's cache is reused between hops. Torch-free."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,72 @@ def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(ca
         own = np.abs(first - embeddings[name]).max()
         # a random model: embeddings of different sounds differ by ~1e-5, the same window's by ~1e-9
         assert own < 1e-6 and all(np.abs(first - o).max() > 20 * max(own, 1e-8) for o in others), name
+
+
+def _burn_cpu(seconds: float) -> None:
+    """Spin until this thread has used ``seconds`` of CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
+    cached_bundle: Path, tmp_path: Path
+) -> None:
+    """``own_cpu_s`` (stats, ``edge_asd_own_cpu_seconds_total``) counts the CPU the pipeline
+    thread spends on its own work (here the site features) and not what it spends handing
+    windows to the model (the front end and the hand-over, here ``_submit``). Read from another
+    thread meanwhile (a metrics scrape) it never goes down: Prometheus would call that a reset."""
+    from edge_asd.config import load_config
+    from edge_asd.daemon.listen import build_daemon, run_daemon
+    from engines.runtime import open_runtime
+    from tests.fixtures.comms import MemoryCommunicator
+
+    wav = tmp_path / "line.wav"
+    write_wav(wav, (0.05 * np.random.default_rng(2).standard_normal(16000 * 13)).astype(np.float32))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "bundle": str(cached_bundle), "backend": "onnxruntime", "state_dir": str(tmp_path / "state"),
+        "sources": [{"name": "line", "type": "file", "path": str(wav), "realtime": False}],
+        "streams": [{"name": "press1", "source": "line", "classes": ["fan/section_00"]}],
+    }))  # fmt: skip
+    runtime = open_runtime(cached_bundle, backend="onnxruntime", max_batch=1)
+    daemon = build_daemon(load_config(config), comms=MemoryCommunicator(), runtime=runtime)
+    pipeline = daemon.pipeline
+    stream = pipeline.streams[0]
+    assert stream.site is not None
+    model_burn, own_burn = 0.03, 0.02
+    submit, features = pipeline._submit, stream.site.features
+
+    def slow_submit(batch):
+        _burn_cpu(model_burn)
+        return submit(batch)
+
+    def slow_features(window, end):
+        _burn_cpu(own_burn)
+        return features(window, end)
+
+    pipeline._submit = slow_submit  # type: ignore[method-assign]
+    stream.site.features = slow_features  # type: ignore[method-assign]
+    seen: list[float] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            seen.append(pipeline.stats()["detector"]["own_cpu_s"])
+            time.sleep(0.002)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        assert run_daemon(daemon, install_signals=False) == 0
+    finally:
+        done.set()
+        scraper.join(5)
+    assert len(seen) > 10 and seen == sorted(seen) and seen[0] >= 0, seen
+    windows, batches = stream.counters.windows, pipeline.batches
+    assert windows >= 3 and batches >= 3
+    own = pipeline.stats()["detector"]["own_cpu_s"]
+    assert pipeline.model_cpu_s >= model_burn * batches
+    assert own >= own_burn * windows
+    assert own <= pipeline.busy_cpu_s - model_burn * batches + 1e-3  # own_cpu_s is rounded to 1 ms

@@ -29,7 +29,7 @@ STATS: dict[str, Any] = {
     "service": {"version": "0.1.0", "uptime_s": 12.5, "last_updated": 0.0},
     "detector": {
         "backend": "onnxruntime", "engine": "onnxruntime model_cpu.onnx", "batches": 40,
-        "inference_ms": 25.0, "inference_ms_max": 60.0, "tick_ms": 30.0, "overhead_percent": 5.0,
+        "inference_ms": 25.0, "inference_ms_max": 60.0, "tick_ms": 30.0, "overhead_percent": 5.0, "own_cpu_s": 7.25,
     },
     "window_s": 10.0,
     "hop_s": 1.0,
@@ -88,6 +88,7 @@ def test_collector_turns_the_stats_into_metrics() -> None:
     assert s[("edge_asd_inference_latency_max_seconds", ())] == pytest.approx(0.06)
     assert s[("edge_asd_inference_batches_total", ())] == 40
     assert s[("edge_asd_overhead_ratio", ())] == pytest.approx(0.05)
+    assert s[("edge_asd_own_cpu_seconds_total", ())] == pytest.approx(7.25)
     info = (("backend", "onnxruntime"), ("engine", "onnxruntime model_cpu.onnx"), ("version", "0.1.0"))
     assert s[("edge_asd_info", info)] == 1.0
 
