@@ -36,7 +36,8 @@ periodically by the sender) moves the memory rows back, in order, once the disk 
 again (``on_fault(None)``). Events held in memory are lost if the process dies before that:
 the fault says so. A file that is not a database or fails its integrity check at open is
 moved aside (``<file>.corrupt-<time>``, named in a warning) and a fresh one started: a daemon
-that cannot start because of an unreadable outbox alerts nobody. Only a state directory the
+that cannot start because of an unreadable outbox alerts nobody. The events it held as open,
+as far as a read-only look still finds them, are ended like those of a run that died. Only a state directory the
 service user may not use is a configuration error (it never heals by itself).
 
 Dead letters: a row the broker will never accept (``dead_letter()``, decided by the delivery
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_asd.config import ConfigError
+from edge_asd.config.base import SAFE_NAME
 from edge_asd.core import jsonsafe
 from edge_asd.core.atomic import atomic_write_text
 
@@ -72,6 +74,10 @@ MEMORY_QUEUE_MAX = 10_000
 SEQ_RESERVE = 1000
 """Sequence numbers the ``<file>.seq`` mark reserves ahead: one small atomic write per this many
 events, and a restart after a crash skips at most this many numbers."""
+
+SALVAGE_MAX = 1000
+"""Open events read back from a corrupt outbox at the most: damaged pages must not flood the
+broker with ``end`` events (a node has a few streams, each with at most one open event)."""
 
 SEQ_MARK_SUFFIX = ".seq"
 """The mark's name: the outbox file's name plus this."""
@@ -241,9 +247,15 @@ class Outbox:
             self._db = self._connect()
         except sqlite3.Error as err:
             if is_corrupt(err):
+                # Its open events were never read: what a read-only look still finds of them is
+                # ended like any other run's (take_stale), not lost with the file.
+                salvaged = None if self._file_read else self._salvage_open_events(err)
                 self._move_aside(err)
+                if salvaged is not None:  # in memory now: ended even if no fresh file can be made
+                    self._adopt_salvaged(salvaged)
                 try:
                     self._db = self._connect(seq_floor=self._corrupt_floor())
+                    self._record_salvaged(salvaged)
                     return
                 except sqlite3.Error as again:
                     err = again
@@ -317,6 +329,79 @@ class Outbox:
                     self.path, len(left),
                 )  # fmt: skip
         return db
+
+    def _salvage_open_events(self, err: BaseException) -> dict[str, OpenEvent]:
+        """The open events a corrupt file still shows to a read-only look (best effort).
+
+        A failed integrity check often concerns one table's pages: the small ``open_events``
+        table may read fine, and each event it names would otherwise stay open for ever at its
+        subscribers (a ``new`` without an ``end``, a retained ``ON``). Rows that do not look
+        like what this outbox writes (an id, a stream name fit for a topic, the event's own id)
+        are skipped: an ``end`` must close what it names."""
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+            try:
+                rows = db.execute(
+                    "SELECT id, stream, topic, event, updated FROM open_events LIMIT ?", (SALVAGE_MAX + 1,)
+                ).fetchall()
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError, ValueError) as read_err:
+            logger.warning(
+                "the corrupt event outbox %s (%s) shows no open events either (%s): an event open when "
+                "it broke stays open at its subscribers",
+                self.path, err, read_err,
+            )  # fmt: skip
+            return {}
+        if len(rows) > SALVAGE_MAX:
+            logger.warning("the corrupt outbox %s shows over %d open events: only the first are ended", self.path, SALVAGE_MAX)
+            rows = rows[:SALVAGE_MAX]
+        found: dict[str, OpenEvent] = {}
+        skipped = 0
+        for eid, stream, topic, blob, updated in rows:
+            event = _loads(blob)
+            ok = (
+                isinstance(eid, str) and eid != ""
+                and (stream in (None, "") or (isinstance(stream, str) and SAFE_NAME.match(stream) is not None))
+                and event.get("id", eid) == eid
+                and isinstance(updated, (int, float, type(None)))
+            )  # fmt: skip
+            if not ok:
+                skipped += 1
+                continue
+            found[eid] = OpenEvent(eid, str(stream or ""), str(topic or ""), {**event, "id": eid}, float(updated or 0.0))
+        if skipped:
+            logger.warning("skipped %d unreadable open event(s) in the corrupt outbox %s", skipped, self.path)
+        return found
+
+    def _adopt_salvaged(self, salvaged: dict[str, OpenEvent]) -> None:
+        """Hand the open events read from a corrupt file out as stale (``take_stale``), once: the
+        file they came from is moved aside, so no later open can read them again."""
+        self._file_read = True
+        left = {eid: ev for eid, ev in salvaged.items() if eid not in self._open}
+        if not left:
+            return
+        self._open = {**left, **self._open}
+        self._stale.update(left)
+        logger.warning(
+            "%d event(s) open in the corrupt outbox are to be ended now: %s",
+            len(left), ", ".join(f"{e.id} on {e.stream or '?'}" for e in left.values()),
+        )  # fmt: skip
+
+    def _record_salvaged(self, salvaged: dict[str, OpenEvent] | None) -> None:
+        """Keep the salvaged events in the fresh file's ``open_events`` until they are ended, so
+        that a crash meanwhile does not lose them a second time."""
+        keep = [self._open[eid] for eid in (salvaged or {}) if eid in self._open]
+        if not keep:
+            return
+        assert self._db is not None
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO open_events (id, stream, topic, event, updated) VALUES (?, ?, ?, ?, ?)",
+                [(e.id, e.stream, e.topic, jsonsafe.dumps(e.event).encode(), e.updated) for e in keep],
+            )
+        except sqlite3.Error as err:  # degrade: retry() rewrites open_events from memory
+            self._fail(err)
 
     def _corrupt_floor(self) -> int:
         """The first seq of a fresh file after a corrupt one: above the mark, and above the clock

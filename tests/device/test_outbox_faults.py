@@ -6,6 +6,7 @@ tell an operator about each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -186,6 +187,131 @@ def test_a_corrupt_outbox_file_is_moved_aside_at_start(tmp_path: Path, caplog) -
         assert len(aside) == 1 and str(aside[0]) in caplog.text
     finally:
         comm.stop(timeout_s=0.1)
+
+
+def _break_table(db_file: Path, table: str) -> None:
+    """Overwrite ``table``'s root page with junk: the integrity check fails, other tables still read."""
+    with contextlib.closing(sqlite3.connect(db_file)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        root = int(db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0])
+    with open(db_file, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
+def test_events_open_in_a_corrupt_outbox_are_ended_not_lost(broker: Broker, tmp_path: Path, comm_factory,
+                                                            caplog) -> None:  # fmt: skip
+    """The outbox is moved aside, and what its ``open_events`` table still shows is ended at the
+    next start like a crashed run's events: an ``end`` each and the retained ``anomaly`` OFF."""
+    state = tmp_path / "state"
+    comm = comm_factory(broker.url, state_dir=state)
+    comm.announce([StreamInfo("fan1")])
+    comm.start()
+    assert comm.wait_connected(10)
+    comm.publish_event("new", None, event("ev-open"))
+    comm.publish_anomaly("fan1", True)
+    assert wait_until(lambda: comm.pending_events == 0)
+    assert wait_until(lambda: retained(broker.port, f"{BASE}/fan1/anomaly") == "ON")
+    comm.stop(timeout_s=1)  # as if killed: the event stays open in the outbox
+    _break_table(state / OUTBOX_FILE, "outbox")
+
+    rec = Recorder(broker.port, [EVENTS])
+    comm = comm_factory(broker.url, state_dir=state)
+    comm.announce([StreamInfo("fan1")])
+    comm.start()
+    assert comm.outbox is not None and comm.outbox.moved_aside is not None
+    assert "open in the corrupt outbox are to be ended now: ev-open on fan1" in caplog.text
+    assert rec.wait_for(lambda m: len(m) >= 1, 15)
+    (end,) = rec.events(EVENTS)
+    assert end["type"] == "end" and end["after"]["id"] == "ev-open"
+    assert end["after"]["end_reason"] == STALE_END_REASON
+    assert wait_until(lambda: retained(broker.port, f"{BASE}/fan1/anomaly") == "OFF")
+    assert wait_until(lambda: comm.pending_events == 0)
+    assert comm.outbox.open_events() == []
+    with contextlib.closing(sqlite3.connect(state / OUTBOX_FILE)) as check:  # the fresh file: nothing left open
+        assert check.execute("SELECT COUNT(*) FROM open_events").fetchone()[0] == 0
+    rec.close()
+
+
+def test_salvaged_open_events_are_kept_in_the_fresh_outbox_until_ended(tmp_path: Path) -> None:
+    """Between the salvage and the ``end``, a crash must not lose them a second time."""
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    box.append("new", EVENTS, b"{}", event=event("ev-1"))
+    box.close()
+    _break_table(path, "outbox")
+    box = Outbox(path)
+    try:
+        assert box.moved_aside is not None
+        with contextlib.closing(sqlite3.connect(path)) as check:
+            assert [r[0] for r in check.execute("SELECT id FROM open_events")] == ["ev-1"]
+        assert [e.id for e in box.take_stale()] == ["ev-1"]
+    finally:
+        box.close()
+    box = Outbox(path)  # a crash before the end: the next start hands it out again, once
+    try:
+        assert box.moved_aside is None and [e.id for e in box.take_stale()] == ["ev-1"]
+        box.append("end", EVENTS, b"{}", event=event("ev-1", active=False))
+        assert box.open_events() == [] and box.take_stale() == []
+    finally:
+        box.close()
+
+
+def test_only_sound_rows_are_salvaged_from_a_corrupt_outbox(tmp_path: Path, caplog) -> None:
+    """Damaged rows must not become events nobody can end (an ``end`` closes the id it names)
+    or a stream name that is no topic level; a row whose event is unreadable is still ended by id."""
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    box.append("new", EVENTS, b"{}", event=event("ev-good"))
+    box.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executemany(
+            "INSERT INTO open_events (id, stream, topic, event, updated) VALUES (?, ?, ?, ?, ?)",
+            [("ev-wild", "fan+#", EVENTS, json.dumps(event("ev-wild")).encode(), 1.0),
+             ("ev-other", "fan1", EVENTS, json.dumps(event("ev-else")).encode(), 1.0),
+             (None, "fan1", EVENTS, json.dumps(event("ev-none")).encode(), 1.0),
+             ("ev-blob", "fan2", EVENTS, b"\x00\xff", 1.0)],  # its details lost, its id still ends it
+        )  # fmt: skip
+        db.commit()
+    _break_table(path, "outbox")
+    box = Outbox(path)
+    try:
+        stale = {e.id: e for e in box.take_stale()}
+        assert set(stale) == {"ev-good", "ev-blob"} and stale["ev-blob"].event == {"id": "ev-blob"}
+        assert "skipped 3 unreadable open event(s)" in caplog.text
+    finally:
+        box.close()
+
+
+def test_salvaged_open_events_survive_a_fresh_outbox_that_cannot_be_made(tmp_path: Path, monkeypatch) -> None:
+    """The corrupt file is moved aside but the disk refuses a fresh one: the salvaged events are
+    ended from memory and reach the fresh file when it can be made."""
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    box.append("new", EVENTS, b"{}", event=event("ev-1"))
+    box.close()
+    _break_table(path, "outbox")
+    connect = Outbox._connect
+    calls = {"n": 0}
+
+    def failing_once(self: Outbox, seq_floor: int = 0) -> sqlite3.Connection:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first fails on the corrupt file, the second is the fresh one
+            raise sqlite3.OperationalError("database or disk is full")
+        return connect(self, seq_floor)
+
+    monkeypatch.setattr(Outbox, "_connect", failing_once)
+    box = Outbox(path)
+    try:
+        assert box.moved_aside is not None and box.degraded
+        assert [e.id for e in box.open_events()] == ["ev-1"]
+        assert [e.id for e in box.take_stale()] == ["ev-1"]
+        assert box.retry()
+        with contextlib.closing(sqlite3.connect(path)) as check:
+            assert [r[0] for r in check.execute("SELECT id FROM open_events")] == ["ev-1"]
+    finally:
+        box.close()
 
 
 def test_refused_events_are_kept_retried_and_raise_a_node_fault(tmp_path: Path, comm_factory) -> None:
