@@ -398,7 +398,7 @@ class Outbox:
         try:
             self._db.executemany(
                 "INSERT OR REPLACE INTO open_events (id, stream, topic, event, updated) VALUES (?, ?, ?, ?, ?)",
-                [(e.id, e.stream, e.topic, jsonsafe.dumps(e.event).encode(), e.updated) for e in keep],
+                [_open_event_values(e) for e in keep],
             )
         except sqlite3.Error as err:  # degrade: retry() rewrites open_events from memory
             self._fail(err)
@@ -618,7 +618,7 @@ class Outbox:
             db.execute("DELETE FROM open_events")
             db.executemany(
                 "INSERT INTO open_events (id, stream, topic, event, updated) VALUES (?, ?, ?, ?, ?)",
-                [(e.id, e.stream, e.topic, jsonsafe.dumps(e.event).encode(), e.updated) for e in self._open.values()],
+                [_open_event_values(e) for e in self._open.values()],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -698,7 +698,7 @@ class Outbox:
                 db.execute(
                     "INSERT INTO open_events (id, stream, topic, event, updated) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET event = excluded.event, updated = excluded.updated",
-                    (ev.id, ev.stream, ev.topic, jsonsafe.dumps(ev.event).encode(), ev.updated),
+                    _open_event_values(ev),
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -958,6 +958,11 @@ def _rollback(db: sqlite3.Connection) -> None:
     # SQLite may already have rolled the transaction back itself (SQLITE_FULL, IOERR)
     with contextlib.suppress(sqlite3.Error):
         db.execute("ROLLBACK")
+
+
+def _open_event_values(ev: OpenEvent) -> tuple[str, str, str, bytes, float]:
+    """An ``open_events`` row's values (id, stream, topic, event, updated), as every writer stores them."""
+    return (ev.id, ev.stream, ev.topic, jsonsafe.dumps(ev.event).encode(), ev.updated)
 
 
 def _loads(blob: Any) -> dict[str, Any]:

@@ -450,7 +450,7 @@ class Pipeline:
         """(score, threshold, detail) of one window: the fused site score of an enrolled
         stream, else the bundle's score. ``detail`` is only built for a window over its
         threshold (it may open or raise an event). ``features``: the window's indicators and
-        profile when already computed (``_infer``)."""
+        profile when already computed (``_score``)."""
         site = stream.site
         if site is not None:
             indicators, profile = features if features is not None else site.features(window, end_index)
@@ -652,7 +652,7 @@ class Pipeline:
                 "inference_ms": round(float(np.mean(infer)), 2) if infer else None,
                 "inference_ms_max": round(float(np.max(infer)), 2) if infer else None,
                 "tick_ms": round(float(np.mean(ticks)), 2) if ticks else None,
-                # share of the scoring ticks spent outside the engine (windows, levels, decisions, comms)
+                # share of the scoring ticks spent outside the model (windows, levels, decisions, comms)
                 "overhead_percent": round(100.0 * (1.0 - self.engine_s / self.busy_s), 1) if self.busy_s else None,
                 # CPU seconds this thread spent on that work (not the model), for a share of the CPU
                 "own_cpu_s": round(self.own_cpu_s, 3),
