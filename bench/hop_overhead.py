@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.listen_scale import HOP_S, default_bundle
+from bench.listen_scale import HOP_S, default_bundle, enrol_streams
 from bench.machine import cpu_description
 
 logger = logging.getLogger("bench.hop_overhead")
@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=40, help="hops timed (after 10 s of audio and 4 warm-up hops)")
     parser.add_argument("--bundle", type=Path, default=None)
     parser.add_argument("--no-site", action="store_true", help="site learning off (no indicators per window)")
+    parser.add_argument("--enrolled", action="store_true",
+                        help="enrol every stream first (bench.listen_scale.enrol_streams): the site score is then "
+                             "the fused score of an enrolled stream, as on a site")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     # ERROR: the captures are never started, so every stream reports its input offline once.
@@ -97,10 +100,12 @@ def main() -> None:
 
         type_key = "fixed"
 
-        def __init__(self) -> None:
+        def __init__(self, embeddings: np.ndarray | None = None) -> None:
             super().__init__(classes, max_batch=8)
             rng = np.random.default_rng(0)
             emb = rng.standard_normal((256, EMBEDDING_DIM)).astype(np.float32)
+            if embeddings is not None:  # the enrolment's own: the streams look normal, no event opens
+                emb = np.resize(np.asarray(embeddings, np.float32), (256, EMBEDDING_DIM))
             self._emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
             self._scores = np.abs(rng.standard_normal((256, len(classes)))).astype(np.float32)
 
@@ -109,6 +114,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         write_wav(Path(tmp) / "a.wav", audio[: SAMPLE_RATE])
+        embeddings = None
+        if args.enrolled and not args.no_site:
+            features = enrol_streams(bundle, [f"m{i}" for i in range(args.streams)], Path(tmp) / "state",
+                                     machine_type, int(machine_id[-2:]), replayed_s=float(seconds))  # fmt: skip
+            embeddings = features.embeddings
         raw = {
             "bundle": str(bundle), "hop_s": HOP_S, "state_dir": str(Path(tmp) / "state"),
             "sources": [{"name": f"s{i}", "type": "file", "path": str(Path(tmp) / "a.wav"), "realtime": True}
@@ -117,14 +127,16 @@ def main() -> None:
                         for i in range(args.streams)],
             "evidence": {"enabled": False}, "logging": {"level": "WARNING"}, "site": {"enabled": not args.no_site},
         }
-        daemon = build_daemon(validate_config(raw, where="bench"), comms=MemoryCommunicator(), runtime=FixedEngine())
+        daemon = build_daemon(validate_config(raw, where="bench"), comms=MemoryCommunicator(), runtime=FixedEngine(embeddings))
         pipeline = daemon.pipeline
         timed_method(Stream, "due_window", "window out of the stream buffer (copy)")
         timed_method(Stream, "model_window", "model window moved onto the frame grid (copy)")
         timed_method(runtime_base, "validate_audio", "batch validation (finite check)")
         timed_method(LevelMonitor, "check", "level check")
-        timed_method(StreamSite, "features", "site features (indicator blocks, profile)")
-        timed_method(StreamSite, "score", "site score (not enrolled: bookkeeping)")
+        # The pipeline computes a tick's site features together (``features_many``, imported by name).
+        timed_method(pipeline_mod, "features_many", "site features (indicator blocks, profile)")
+        site_label = "site score (enrolled: the fused score)" if embeddings is not None else "site score (not enrolled: bookkeeping)"
+        timed_method(StreamSite, "score", site_label)
         timed_method(Scorer, "score_rows", "bundle score (per batch)")
         timed_method(pipeline_mod.Pipeline, "_decide", "decisions + publish")
         timed_method(pipeline_mod.Pipeline, "_score", "_score total (per batch)")
@@ -161,12 +173,12 @@ def main() -> None:
 
     windows = args.streams * args.hops
     rows = {label: {"ms_per_window": 1000.0 * sum(v) / windows, "calls": len(v)} for label, v in TIMES.items()}
-    inside_score = ("site features (indicator blocks, profile)", "site score (not enrolled: bookkeeping)",
+    inside_score = ("site features (indicator blocks, profile)", site_label,
                     "bundle score (per batch)", "decisions + publish")
     engine_ms = 1000.0 * (sum(TIMES["_score total (per batch)"]) - sum(sum(TIMES[k]) for k in inside_score)) / windows
     rows["_score remainder: stack, stand-in engine, publish score"] = {"ms_per_window": engine_ms, "calls": 0}
     print(f"\n{args.streams} streams, {args.hops} hops of {HOP_S:g} s, bundle {bundle.name}, "
-          f"site learning {'off' if args.no_site else 'on (not enrolled)'}; load average {os.getloadavg()[0]:.1f}\n")
+          f"site learning {'off' if args.no_site else ('on, enrolled' if embeddings is not None else 'on (not enrolled)')}; load average {os.getloadavg()[0]:.1f}\n")
     print("| step | ms per window |")
     print("|---|---:|")
     for label, r in sorted(rows.items(), key=lambda kv: -kv[1]["ms_per_window"]):
@@ -174,7 +186,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": cpu_description(), "streams": args.streams, "hops": args.hops,
-                                        "bundle": str(bundle), "site": not args.no_site, "steps": rows}, indent=2) + "\n")
+                                        "bundle": str(bundle), "site": not args.no_site,
+                                        "enrolled": embeddings is not None, "steps": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

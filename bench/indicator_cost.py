@@ -7,7 +7,10 @@ measures, in milliseconds:
 
 * ``compute``: all ten blocks and the combination, as enrolment and offline scoring pay it;
 * ``block_stats``, ``combine`` and one hop (``block_stats`` of the new block + ``combine`` of
-  the last ten), as the live path pays it.
+  the last ten), as the live path pays it;
+* per window, ``block_stats`` / ``combine`` / ``spectra.profile`` one window at a time against
+  ``block_stats_many`` / ``combine_many`` / ``spectra.profile_many`` over W windows at once
+  (``--batch``, default 1 8 32 96: the daemon batches every stream's window of one tick).
 
 Each figure is the median (and 90th percentile) of many timed calls after a warm-up, on a real
 DCASE clip when ../shared/data has one (else synthetic machine-like noise). The inference time
@@ -16,6 +19,7 @@ onnxruntime, batch 1) or given with ``--inference-ms``.
 
     .venv/bin/python bench/indicator_cost.py
     .venv/bin/python bench/indicator_cost.py --repeats 500 --out bench/results/indicator_cpu.json
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/indicator_cost.py --batch 1 8 32 96
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.machine import cpu_description  # noqa: E402
-from edge_asd.core import indicators  # noqa: E402
+from edge_asd.core import indicators, spectra  # noqa: E402
 from edge_asd.core.audio_io import fit_length, read_audio  # noqa: E402
 from edge_asd.core.constants import SAMPLE_RATE, WINDOW_SAMPLES  # noqa: E402
 
@@ -88,6 +92,55 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 5) -> dict[str, 
     }
 
 
+def per_window(row: dict[str, float], windows: int) -> dict[str, float]:
+    """A ``timed`` row of calls over ``windows`` windows, divided down to one window."""
+    return {key: value / windows for key, value in row.items()}
+
+
+def batch_steps(
+    new_blocks: list[np.ndarray], windows: list[list[indicators.BlockStats]]
+) -> dict[str, Callable[[], object]]:
+    """The three live-path steps over ``windows``, one window at a time and batched."""
+    stacked = np.stack(new_blocks)
+    return {
+        "block_stats": lambda: [indicators.block_stats(b) for b in new_blocks],
+        "block_stats_many": lambda: indicators.block_stats_many(stacked),
+        "combine": lambda: [indicators.combine(w) for w in windows],
+        "combine_many": lambda: indicators.combine_many(windows),
+        "profile": lambda: [spectra.profile(w) for w in windows],
+        "profile_many": lambda: spectra.profile_many(windows),
+    }
+
+
+def cyclic_batch(
+    blocks: list[np.ndarray], stats: list[indicators.BlockStats], w: int
+) -> tuple[list[np.ndarray], list[list[indicators.BlockStats]]]:
+    """W new blocks and W ten-block windows, taken cyclically from the test signal's blocks."""
+    n_blocks = len(blocks)
+    new_blocks = [blocks[i % n_blocks] for i in range(w)]
+    windows = [[stats[(i + k) % n_blocks] for k in range(indicators.BLOCKS_PER_WINDOW)] for i in range(w)]
+    return new_blocks, windows
+
+
+def batched_rows(
+    blocks: list[np.ndarray], stats: list[indicators.BlockStats], sizes: list[int], repeats: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-window ms of the three live-path steps, one window at a time and batched, for each
+    batch size W (``cyclic_batch``)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    # Warm up at the largest batch first: glibc's malloc serves the batches' MB-sized
+    # temporaries with fresh mmaps (page faults on every call) until a free of that size has
+    # raised its dynamic mmap threshold, as it has in a daemon that has run a few ticks.
+    for size in sorted(sizes)[-1:]:
+        for fn in batch_steps(*cyclic_batch(blocks, stats, size)).values():
+            fn()
+    for w in sizes:
+        calls = max(5, repeats // w)
+        steps = batch_steps(*cyclic_batch(blocks, stats, w))
+        out[str(w)] = {name: per_window(timed(fn, calls, warmup=2), w) for name, fn in steps.items()}
+    return out
+
+
 def inference_ms(path: Path) -> float | None:
     """onnxruntime batch-1 ms per window from an engine_throughput JSON, if there is one."""
     try:
@@ -110,6 +163,13 @@ def main() -> None:
     parser.add_argument("--inference-json", type=Path, default=DEFAULT_INFERENCE_JSON)
     parser.add_argument(
         "--inference-ms", type=float, default=None, help="model ms per window (overrides the JSON)"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="*",
+        default=[1, 8, 32, 96],
+        help="batch sizes W for the per-window batched figures (none: skip them)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -139,6 +199,7 @@ def main() -> None:
         "combine (ten blocks)": timed(lambda: indicators.combine(ten), args.repeats),
         "hop (block_stats + combine)": timed(hop, args.repeats),
     }
+    batched = batched_rows(blocks, stats, args.batch, args.repeats)
     model_ms = args.inference_ms if args.inference_ms is not None else inference_ms(args.inference_json)
     machine = machine_description()
     machine["load_average"] = list(os.getloadavg())
@@ -165,9 +226,29 @@ def main() -> None:
             f"\nModel inference: {model_ms:.1f} ms per window; per-hop indicators ({per_hop:.2f} ms CPU) "
             f"{verdict} the {100 * TARGET_SHARE:.0f} % target ({TARGET_SHARE * model_ms:.2f} ms)."
         )
+    if batched:
+        print("\nPer window, CPU median ms: one window at a time vs W windows in one batched call")
+        print()
+        print(
+            "| W | block_stats | block_stats_many | combine | combine_many | profile | profile_many | all three, batched |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for w, row in batched.items():
+            cpu = {name: figures["cpu_median_ms"] for name, figures in row.items()}
+            together = cpu["block_stats_many"] + cpu["combine_many"] + cpu["profile_many"]
+            print(
+                f"| {w} | {cpu['block_stats']:.3f} | {cpu['block_stats_many']:.3f} | {cpu['combine']:.3f} | "
+                f"{cpu['combine_many']:.3f} | {cpu['profile']:.3f} | {cpu['profile_many']:.3f} | {together:.3f} |"
+            )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine, "signal": source, "inference_ms_per_window": model_ms, "results": rows}
+        payload = {
+            "machine": machine,
+            "signal": source,
+            "inference_ms_per_window": model_ms,
+            "results": rows,
+            "batched_per_window": batched,
+        }
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nJSON written to {args.out}")
 

@@ -26,9 +26,23 @@ logger = logging.getLogger(__name__)
 
 RING_S = 5.0
 """Seconds of native-rate audio between the device callback and this worker. The worker empties
-it every ``poll_s`` (50 ms), so 5 s is a hundred polls of slack for a worker held up by a busy
+it every ``poll_s`` (``POLL_S``, 100 ms), so 5 s is fifty polls of slack for a worker held up by a busy
 machine; longer only costs memory: 20 s held 31 MiB more at 32 streams of 16 kHz, and 94 MiB at
 48 kHz, for no sample saved (docs/performance.md)."""
+
+POLL_S = 0.1
+"""How often the worker looks for new audio when the ring had none. One device block's worth
+(a file source's blocks are 0.1 s): at 50 ms half the wake-ups found nothing, and the capture
+workers took 8.2 % of the two cores at 80 streams against 5.2 % at 100 ms
+(``bench/listen_scale.py --poll-s``, docs/performance.md). Audio reaches the stream buffers at
+most 100 ms after the device delivered it: an event can open up to 50 ms later than with
+50 ms polls, against a 1 s hop; no score changes. A source that is not paced to real time (a
+file replayed as fast as it is consumed, as ``enrol`` does) is polled every ``FAST_POLL_S``
+instead: the worker can take at most a ring (``RING_S``) per poll, so the poll bounds such a
+replay's speed (5 s per 10 ms: 500x real time)."""
+
+FAST_POLL_S = 0.01
+"""The poll of a source that is not paced to real time (``POLL_S``)."""
 
 
 class Capture:
@@ -47,7 +61,7 @@ class Capture:
         target_rate: int = SAMPLE_RATE,
         ring_s: float = RING_S,
         buffer_s: float = 12.0,
-        poll_s: float = 0.05,
+        poll_s: float = POLL_S,
     ) -> None:
         self.source = source
         self.channels = list(range(source.channels)) if channels is None else [int(c) for c in channels]
@@ -144,13 +158,18 @@ class Capture:
                         self._flush()
                         self.finished.set()
                         return
-                    self._stop.wait(self.poll_s)
+                    self._stop.wait(self.idle_wait_s())
         except Exception as err:
             logger.exception("capture worker of %s failed", self.source.name)
             self.error = err
         finally:
             if self.source.finished and self._cursor >= self.ring.written:
                 self.finished.set()
+
+    def idle_wait_s(self) -> float:
+        """How long the worker sleeps when the ring had nothing new: ``poll_s``, and at most
+        ``FAST_POLL_S`` for a source not paced to real time (the poll bounds its speed)."""
+        return self.poll_s if getattr(self.source, "realtime", True) else min(self.poll_s, FAST_POLL_S)
 
     def process_available(self, max_frames: int | None = None) -> bool:
         """Move everything new from the ring into the stream buffers; False if nothing was new.

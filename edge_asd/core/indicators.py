@@ -12,7 +12,11 @@ already seen. Every indicator is therefore built from sufficient statistics of 1
 (``block_stats``) that ``combine`` merges exactly: the daemon computes the statistics of the new
 block only and combines the last ten. ``compute(window)`` is, by definition, ``combine`` of the
 ten blocks of the window, so the offline path (enrolment, ``evaluate-site``) and the live path
-give bit-identical numbers. What a block holds (about 7 KB):
+give bit-identical numbers. The daemon scores every stream in one tick, so each step also
+has a batched form that is its one implementation: ``block_stats_many`` (S blocks),
+``combine_many`` (W windows; most of a single window's cost is numpy's per-call overhead,
+shared here) and ``spectra.profile_many``; a row never depends on the rest of its batch.
+What a block holds (about 7 KB):
 
 * central power sums (orders 2-4; order 1 is in the frame sums) about the block mean, in
   float64, and the block's extremes: shifted to the window mean in ``combine`` (binomial
@@ -135,6 +139,19 @@ BAND_NOMINAL_HZ: tuple[float, ...] = (
 
 BAND_CENTRES_HZ: tuple[float, ...] = tuple(1000.0 * 10.0 ** (n / 10.0) for n in _BAND_EXPONENTS)
 """Exact base-ten centres; edges are centre * 10**(+/-1/20); the 8 kHz band stops at Nyquist."""
+
+BATCH_BLOCKS = 256
+"""Most blocks per ``block_stats_many`` call in the offline paths (``block_stats_of``): a long
+recording goes through in bounded slices (16 MB of float32 samples, copied when the recording
+is strided), and one warning covers at most this many blocks."""
+
+GROUP_WINDOWS = 32
+"""Windows that ``combine_many`` and ``spectra.profile_many`` process together: enough to share
+numpy's per-call overhead, few enough that the temporaries stay small (a few MB)."""
+
+BATCH_WINDOWS = 256
+"""Most windows per ``combine_many`` call in the offline paths (about 0.2 MB of temporaries per
+window)."""
 
 UNITS: dict[str, str] = {
     "dBFS": "decibels of an RMS or peak amplitude relative to full scale (1.0); "
@@ -299,11 +316,6 @@ _BIN_LO = _FREQS - BIN_HZ / 2.0
 _BIN_HI = np.minimum(_FREQS + BIN_HZ / 2.0, _NYQUIST)
 _BIN_FLOOR = POWER_FLOOR * (_BIN_HI - _BIN_LO) / (_BIN_HI[-1] - _BIN_LO[0])
 _TONAL_FIRST = int(np.searchsorted(_FREQS, TONAL_MIN_HZ))
-# (bins, 2r+1) indices of each bin's tonal neighbourhood, reflected at both ends of the spectrum.
-_HOOD_INDEX = np.abs(
-    np.arange(N_BINS)[:, None] + np.arange(-TONAL_NEIGHBOURHOOD_BINS, TONAL_NEIGHBOURHOOD_BINS + 1)[None, :]
-)
-_HOOD_INDEX = np.where(_HOOD_INDEX > N_BINS - 1, 2 * (N_BINS - 1) - _HOOD_INDEX, _HOOD_INDEX)
 
 
 _BIN_EDGES = np.concatenate(([_BIN_LO[0]], _BIN_HI))
@@ -313,19 +325,58 @@ _MOD_LO = np.array([lo for lo, _ in MODULATION_BANDS_HZ])
 _MOD_HI = np.array([hi for _, hi in MODULATION_BANDS_HZ])
 
 
-def _band_powers(power: np.ndarray, edges: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Power between ``lo`` and ``hi`` for each band, every bin counted by the fraction of its
-    width (``edges``: the n + 1 bin boundaries) inside the band, so that narrow bands (the 25 Hz
-    band is 5.8 Hz wide, less than one bin) are well defined. The cumulative power is linear
-    inside a bin, so the fractional overlap is an interpolation at the band edges (and needs no
-    BLAS call, whose threads stall under CPU contention)."""
-    cumulative = np.concatenate(([0.0], np.cumsum(power)))
-    return np.interp(hi, edges, cumulative) - np.interp(lo, edges, cumulative)
+def _interp_table(x: np.ndarray, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lower knot, upper knot, offset, knot spacing) that reproduce ``np.interp(x, xp, fp)``.
+
+    Why: ``np.interp`` takes one 1-D ``fp`` per call, but the band edges (``x``) and the bin
+    boundaries (``xp``) never change, so the bracketing knots are found once here and every
+    batch of rows is then a gather and numpy's own arithmetic, ``(fp[j+1] - fp[j]) /
+    (xp[j+1] - xp[j]) * (x - xp[j]) + fp[j]``. A point on a knot or outside ``xp`` reads ``fp``
+    there (as ``np.interp`` does, with its default ends): both knots are that one, offset 0.
+    """
+    j = np.searchsorted(xp, x, side="right") - 1  # xp[j] <= x < xp[j + 1]
+    on_knot = (x <= xp[0]) | (x >= xp[-1]) | (xp[np.clip(j, 0, xp.size - 1)] == x)
+    j = np.clip(j, 0, xp.size - 1)
+    upper = np.where(on_knot, j, np.minimum(j + 1, xp.size - 1))
+    offset = np.where(on_knot, 0.0, x - xp[j])
+    spacing = np.where(on_knot, 1.0, xp[upper] - xp[j])
+    return j, upper, offset, spacing
+
+
+_BAND_TABLES = (_interp_table(_BAND_LO, _BIN_EDGES), _interp_table(_BAND_HI, _BIN_EDGES))
+
+
+def _cumulative(power: np.ndarray) -> np.ndarray:
+    """(W, n + 1) cumulative power of (W, n) bins at the n + 1 bin boundaries (0 at the first)."""
+    cumulative = np.zeros((power.shape[0], power.shape[1] + 1))
+    np.cumsum(power, axis=1, out=cumulative[:, 1:])
+    return cumulative
+
+
+def _band_powers(
+    cumulative: np.ndarray, tables: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
+) -> np.ndarray:
+    """(W, bands) power between each band's edges, from the rows of ``_cumulative(power)``.
+
+    Every bin counts by the fraction of its width inside the band, so that narrow bands (the
+    25 Hz band is 5.8 Hz wide, less than one bin) are well defined. The cumulative power is
+    linear inside a bin, so the fractional overlap is an interpolation at the band edges
+    (``tables``: ``_interp_table`` of the lower and upper edges against the n + 1 bin
+    boundaries), a gather that needs no BLAS call, whose threads stall under CPU contention.
+    """
+    levels = []
+    for lower, upper, offset, spacing in tables:
+        at_lower = cumulative[:, lower]
+        levels.append((cumulative[:, upper] - at_lower) / spacing * offset + at_lower)
+    return levels[1] - levels[0]
 
 
 @functools.lru_cache(maxsize=16)
-def _envelope_tables(n_env: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hann window, one-sided periodogram scaling and bin boundaries for an envelope of ``n_env``."""
+def _envelope_tables(
+    n_env: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]]:
+    """Hann window, one-sided periodogram scaling and modulation-band interpolation tables
+    (``_band_powers``) for an envelope of ``n_env`` samples."""
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_env) / n_env)
     n_bins = n_env // 2 + 1
     resolution = ENV_RATE / n_env
@@ -335,7 +386,7 @@ def _envelope_tables(n_env: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale[0] /= 2.0
     if n_env % 2 == 0:
         scale[-1] /= 2.0
-    return window, scale, edges
+    return window, scale, (_interp_table(_MOD_LO, edges), _interp_table(_MOD_HI, edges))
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +400,8 @@ class BlockStats:
 
     Sums are about the block's own mean (``mean``) so that merging shifts them by the small
     difference between the block mean and the window mean, which keeps float64 exact enough
-    even with a DC offset.
+    even with a DC offset. The arrays may be rows of arrays that ``block_stats_many`` shares
+    between the blocks it analyses together (no copy per block): treat them as read-only.
     """
 
     mean: float
@@ -381,83 +433,190 @@ class BlockStats:
         return int(self.frame_sum.nbytes + self.frame_sq.nbytes + self.power.nbytes)
 
 
-def block_stats(block: np.ndarray) -> BlockStats:
-    """Sufficient statistics of one 1 s block of 16000 samples (float32 at 16 kHz).
+def block_stats_many(blocks: np.ndarray) -> list[BlockStats]:
+    """Sufficient statistics of S blocks at once: ``blocks`` is (S, 16000) (float at 16 kHz).
 
-    Non-finite samples (a broken driver) are replaced by 0 with a warning, so that every
-    indicator of every window stays finite.
+    The live daemon needs the newest block of every stream each hop; this is the one
+    implementation of every statistic (``block_stats`` is this on one row). Element ``i`` is
+    what ``block_stats(blocks[i])`` gives, and no row depends on the others. S = 0 gives ``[]``.
+
+    Why the rows go through ``_CACHE_BLOCKS`` (one) at a time: unlike ``combine``'s, a block's
+    cost is not numpy's per-call overhead but the FFT of its 15 frames and a dozen passes over
+    ~1.5 MB of float64 temporaries. Measured on a 2-core Xeon (``bench/indicator_cost.py``):
+    groups of 2-4 blocks save at most ~10 % per block when malloc reuses its memory, but cost
+    up to 50 % more, depending on the process's history, when glibc hands their larger
+    temporaries back as fresh, page-faulting memory (its dynamic mmap and trim thresholds);
+    all 96 blocks of a tick in one FFT cost 60-80 % more (out of the caches). One block's
+    temporaries are what the single-block code always allocated. The statistics are
+    vectorised over rows all the same, so a larger group is a one-line change.
+
+    Non-finite samples (a broken driver) are replaced by 0, per block, with one warning, so
+    that every indicator of every window stays finite.
     """
-    x = np.asarray(block)
-    if x.shape != (BLOCK_SAMPLES,):
-        raise ValueError(f"block_stats needs a ({BLOCK_SAMPLES},) block, got shape {x.shape}")
-    x = x.astype(np.float64)
-    mean = float(x.mean())
-    if not np.isfinite(mean):
-        logger.warning("block holds NaN or infinite samples: they are set to 0 for the indicators")
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        mean = float(x.mean())
-    d = x - mean
-    d2 = d * d
-    m3 = float((d2 * d).sum())  # not np.dot: OpenBLAS threads a 16000-long dot product
-    m4 = float((d2 * d2).sum())
-    frame_sum = d.reshape(ENV_FRAMES_PER_BLOCK, ENV_FRAME_SAMPLES).sum(axis=1)
-    frame_sq = d2.reshape(ENV_FRAMES_PER_BLOCK, ENV_FRAME_SAMPLES).sum(axis=1)
+    x = np.asarray(blocks)
+    if x.ndim != 2 or x.shape[1] != BLOCK_SAMPLES:
+        raise ValueError(f"block_stats_many needs (S, {BLOCK_SAMPLES}) blocks, got shape {x.shape}")
+    stats: list[BlockStats] = []
+    repaired = 0
+    for first in range(0, x.shape[0], _CACHE_BLOCKS):
+        repaired += _block_stats_rows(x[first : first + _CACHE_BLOCKS], stats)
+    if repaired:
+        logger.warning(
+            "%d of %d blocks hold NaN or infinite samples: they are set to 0 for the indicators",
+            repaired,
+            x.shape[0],
+        )
+    return stats
 
-    frames = np.lib.stride_tricks.sliding_window_view(x, FRAME_SAMPLES)[::FRAME_HOP]
-    windowed = frames * _HANN
+
+_CACHE_BLOCKS = 1
+"""Blocks analysed together inside ``block_stats_many`` (~1.5 MB of temporaries per block)."""
+
+
+def _block_stats_rows(blocks: np.ndarray, stats: list[BlockStats]) -> int:
+    """Append the statistics of the rows of ``blocks`` (n, 16000) to ``stats``; return how
+    many rows held non-finite samples (set to 0 here)."""
+    n = blocks.shape[0]
+    x = blocks.astype(np.float64)  # a copy: the non-finite repair below writes into it
+    mean = x.mean(axis=1)
+    broken = ~np.isfinite(mean)
+    n_broken = int(broken.sum())
+    if n_broken:
+        rows = x[broken]
+        rows[~np.isfinite(rows)] = 0.0
+        x[broken] = rows
+        mean[broken] = rows.mean(axis=1)
+    d = x - mean[:, None]
+    d2 = d * d
+    m2 = d2.sum(axis=1)
+    m3 = (d2 * d).sum(axis=1)  # not np.dot: OpenBLAS threads a 16000-long dot product
+    m4 = (d2 * d2).sum(axis=1)
+    frame_sum = d.reshape(n, ENV_FRAMES_PER_BLOCK, ENV_FRAME_SAMPLES).sum(axis=2)
+    frame_sq = d2.reshape(n, ENV_FRAMES_PER_BLOCK, ENV_FRAME_SAMPLES).sum(axis=2)
+    del d, d2  # the FFT below needs the memory more
+
+    frames = np.lib.stride_tricks.sliding_window_view(x, FRAME_SAMPLES, axis=1)[:, ::FRAME_HOP]
+    windowed = (frames * _HANN).reshape(n * FRAMES_PER_BLOCK, FRAME_SAMPLES)
     # Detrend by the Hann-weighted mean: the windowed frame then has exactly zero DC.
     weighted_mean = windowed.sum(axis=1) / _HANN_SUM
     windowed -= weighted_mean[:, None] * _HANN
     spec = np.fft.rfft(windowed, n=N_FFT, axis=1)[:, 1:]
+    del windowed
     frame_power = (spec.real**2 + spec.imag**2) * _POWER_SCALE
+    del spec
 
-    # Flux between consecutive frames of this block, on unit-norm magnitude spectra (level-free).
+    # Flux between consecutive frames of each block, on unit-norm magnitude spectra (level-free).
     # With m = sqrt(p / sum p): |m1 - m2|^2 = 2 - 2 <m1, m2>, one dot product per pair.
     floored = frame_power + _BIN_FLOOR
-    mags = np.sqrt(floored)
-    norms = np.sqrt(floored.sum(axis=1))
-    cosine = np.einsum("ij,ij->i", mags[1:], mags[:-1]) / (norms[1:] * norms[:-1])
+    norms = np.sqrt(floored.sum(axis=1)).reshape(n, FRAMES_PER_BLOCK)
+    mags = np.sqrt(floored, out=floored).reshape(n, FRAMES_PER_BLOCK, N_BINS)
+    dots = np.einsum("sij,sij->si", mags[:, 1:], mags[:, :-1])
+    cosine = dots / (norms[:, 1:] * norms[:, :-1])
     flux = np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
+    power = frame_power.reshape(n, FRAMES_PER_BLOCK, N_BINS).mean(axis=1).astype(np.float32)
 
-    return BlockStats(
-        mean=mean,
-        m2=float(d2.sum()),
-        m3=m3,
-        m4=m4,
-        vmax=float(x.max()),
-        vmin=float(x.min()),
-        frame_sum=frame_sum,
-        frame_sq=frame_sq,
-        power=frame_power.mean(axis=0).astype(np.float32),
-        flux_sum=float(flux.sum()),
-        flux_count=int(flux.size),
+    for shared in (frame_sum, frame_sq, power):  # the blocks' arrays are rows of these: cached, never written
+        shared.setflags(write=False)
+    means, m2s, m3s, m4s = mean.tolist(), m2.tolist(), m3.tolist(), m4.tolist()
+    vmax, vmin, flux_sum = x.max(axis=1).tolist(), x.min(axis=1).tolist(), flux.sum(axis=1).tolist()
+    pairs = FRAMES_PER_BLOCK - 1
+    stats.extend(
+        BlockStats(
+            mean=means[i],
+            m2=m2s[i],
+            m3=m3s[i],
+            m4=m4s[i],
+            vmax=vmax[i],
+            vmin=vmin[i],
+            frame_sum=frame_sum[i],
+            frame_sq=frame_sq[i],
+            power=power[i],
+            flux_sum=flux_sum[i],
+            flux_count=pairs,
+        )
+        for i in range(n)
     )
+    return n_broken
+
+
+def block_stats(block: np.ndarray) -> BlockStats:
+    """Sufficient statistics of one 1 s block of 16000 samples (float32 at 16 kHz).
+
+    ``block_stats_many`` of one row (one implementation of every statistic), so a block
+    analysed alone and the same block analysed in a batch give the same numbers. Non-finite
+    samples (a broken driver) are replaced by 0 with a warning, so that every indicator of
+    every window stays finite.
+    """
+    x = np.asarray(block)
+    if x.shape != (BLOCK_SAMPLES,):
+        raise ValueError(f"block_stats needs a ({BLOCK_SAMPLES},) block, got shape {x.shape}")
+    return block_stats_many(x[None])[0]
+
+
+def block_stats_of(audio: np.ndarray, n_blocks: int) -> list[BlockStats]:
+    """Statistics of the first ``n_blocks`` consecutive 1 s blocks of 1-D ``audio``.
+
+    The offline paths (``compute_hops``, ``compute_batch``, the spectra's hops) analyse long
+    recordings the way the live path does, through ``block_stats_many``, in slices of at most
+    ``BATCH_BLOCKS`` blocks so that memory stays bounded whatever the recording's length.
+    """
+    x = np.asarray(audio)
+    if x.ndim != 1 or x.size < n_blocks * BLOCK_SAMPLES:
+        raise ValueError(f"block_stats_of needs 1-D audio of at least {n_blocks} blocks, got shape {x.shape}")
+    stats: list[BlockStats] = []
+    for first in range(0, n_blocks, BATCH_BLOCKS):
+        last = min(first + BATCH_BLOCKS, n_blocks)
+        stats += block_stats_many(x[first * BLOCK_SAMPLES : last * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES))
+    return stats
 
 
 def _window_blocks(window: np.ndarray) -> list[BlockStats]:
     x = np.asarray(window)
     if x.shape != (WINDOW_SAMPLES,):
         raise ValueError(f"indicators need a ({WINDOW_SAMPLES},) window, got shape {x.shape}")
-    return [block_stats(x[i * BLOCK_SAMPLES : (i + 1) * BLOCK_SAMPLES]) for i in range(BLOCKS_PER_WINDOW)]
+    return block_stats_many(x.reshape(BLOCKS_PER_WINDOW, BLOCK_SAMPLES))
+
+
+def _blocks_per_window(windows: Sequence[Sequence[BlockStats]], caller: str) -> int:
+    """The common block count of ``windows`` (>= 1), or ValueError naming the counts found.
+
+    Batched combination stacks the windows' blocks into (W, B, ...) arrays, and an indicator
+    of a window of another length is another quantity (a longer window sees higher peaks).
+    """
+    counts = sorted({len(w) for w in windows})
+    if len(counts) != 1:
+        raise ValueError(
+            f"{caller} needs the same number of blocks in every window, got block counts {counts}: "
+            "batch windows of equal length only"
+        )
+    if counts[0] == 0:
+        raise ValueError(f"{caller} needs at least one BlockStats per window, got an empty window")
+    return counts[0]
+
+
+def _mean_power(powers: np.ndarray) -> np.ndarray:
+    """Floored mean power spectrum (W, 1024 bins 1..1024, float64) of (W, B, 1024) block spectra."""
+    return powers.sum(axis=1, dtype=np.float64) / powers.shape[1] + _BIN_FLOOR
 
 
 def _window_power(blocks: Sequence[BlockStats]) -> np.ndarray:
     """Floored mean power spectrum of the blocks (bins 1..1024, float64)."""
-    power = np.mean([b.power for b in blocks], axis=0, dtype=np.float64)
-    return power + _BIN_FLOOR
+    return _mean_power(np.stack([b.power for b in blocks])[None])[0]
 
 
 def _db(power: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(power)
 
 
-def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """``np.percentile`` (linear interpolation) by one partition: a quarter of its cost."""
-    pos = [q / 100.0 * (values.size - 1) for q in qs]
+def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Per row of ``values`` (W, n), ``np.percentile`` (linear interpolation) by one partition:
+    a quarter of its cost."""
+    size = values.shape[1]
+    pos = [q / 100.0 * (size - 1) for q in qs]
     lo = [int(math.floor(p)) for p in pos]
-    hi = [min(i + 1, values.size - 1) for i in lo]
-    part = np.partition(values, sorted(set(lo + hi)))
-    return [float(part[i] + (p - i) * (part[j] - part[i])) for p, i, j in zip(pos, lo, hi)]
+    hi = [min(i + 1, size - 1) for i in lo]
+    part = np.partition(values, sorted(set(lo + hi)), axis=1)
+    return [part[:, i] + (p - i) * (part[:, j] - part[:, i]) for p, i, j in zip(pos, lo, hi)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,18 +624,44 @@ def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
 # --------------------------------------------------------------------------------------------
 
 
-def _tonal_candidates(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (into bins 1..1024) of local maxima at or above 20 Hz and their prominence in dB."""
+_TONAL_GATHER = 8192
+"""Candidates whose neighbourhoods are gathered at once (8192 x 65 float64: 4 MB). A silent
+window's white floor makes every bin a candidate, so a batch is bounded here, not by W."""
+
+
+def _tonal_candidates(power: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local maxima at or above 20 Hz of each row of ``power`` (W, 1024 bins 1..1024):
+    (row, bin index into 1..1024, prominence in dB), ordered by row, then bin."""
     h = TONAL_PEAK_HALFWIDTH_BINS
-    padded = np.concatenate([np.full(h, -np.inf), power, np.full(h, -np.inf)])
-    local_max = padded[:N_BINS].copy()
+    padded = np.full((power.shape[0], N_BINS + 2 * h), -np.inf)
+    padded[:, h : h + N_BINS] = power
+    local_max = padded[:, :N_BINS].copy()
     for j in range(1, 2 * h + 1):  # shifted maxima: cheaper than a strided window reduction
-        np.maximum(local_max, padded[j : j + N_BINS], out=local_max)
-    idx = np.flatnonzero(power[_TONAL_FIRST:] >= local_max[_TONAL_FIRST:]) + _TONAL_FIRST
+        np.maximum(local_max, padded[:, j : j + N_BINS], out=local_max)
+    rows, idx = np.nonzero(power[:, _TONAL_FIRST:] >= local_max[:, _TONAL_FIRST:])
+    idx += _TONAL_FIRST
     r = TONAL_NEIGHBOURHOOD_BINS
-    # Median of the 2r+1 bins around each candidate (reflected at the ends): one partition.
-    floor = np.partition(power[_HOOD_INDEX[idx]], r, axis=1)[:, r]
-    return idx, _db(power[idx] / floor)
+    # Each bin's 2r+1 neighbourhood, reflected at both ends of the spectrum (bin -i is bin i,
+    # bin N-1+i is bin N-1-i), is a row of a sliding view of the reflected spectrum: gathering
+    # a candidate's neighbourhood copies one contiguous row.
+    reflected = np.empty((power.shape[0], N_BINS + 2 * r))
+    reflected[:, r : r + N_BINS] = power
+    reflected[:, :r] = power[:, r:0:-1]
+    reflected[:, r + N_BINS :] = power[:, N_BINS - 2 : N_BINS - 2 - r : -1]
+    step = reflected.strides[1]  # as_strided: sliding_window_view's checks cost more than the gather
+    hoods = np.lib.stride_tricks.as_strided(
+        reflected,
+        (reflected.shape[0], N_BINS, 2 * r + 1),
+        (reflected.strides[0], step, step),
+        writeable=False,
+    )
+    # Median of each candidate's neighbourhood: one partition of the candidates' rows only,
+    # gathered in bounded chunks.
+    floor = np.empty(idx.size)
+    for first in range(0, idx.size, _TONAL_GATHER):
+        part = slice(first, first + _TONAL_GATHER)
+        floor[part] = np.partition(hoods[rows[part], idx[part]], r, axis=1)[:, r]
+    return rows, idx, _db(power[rows, idx] / floor)
 
 
 def tonal_peaks(
@@ -492,7 +677,7 @@ def tonal_peaks(
     any distance over the indicators.
     """
     power = _window_power(_window_blocks(window))
-    idx, prom = _tonal_candidates(power)
+    _, idx, prom = _tonal_candidates(power[None])
     keep = prom > min_prominence_db
     idx, prom = idx[keep], prom[keep]
     order = np.argsort(-prom, kind="stable")
@@ -513,73 +698,129 @@ def tonal_peaks(
 # --------------------------------------------------------------------------------------------
 
 
-def combine(blocks: Sequence[BlockStats]) -> np.ndarray:
-    """The indicator vector (``len(INDICATORS)``, float64, all finite) of consecutive blocks.
+def combine_many(windows: Sequence[Sequence[BlockStats]]) -> np.ndarray:
+    """Indicator vectors (W, ``len(INDICATORS)``, float64, all finite) of W windows of blocks.
+
+    The one implementation of the indicator formulas (``combine`` is this on one window).
+    Why batched: the daemon combines the cached blocks of every stream each hop, and one
+    window's combination is ~60 numpy calls on 160- to 1600-long arrays whose cost is mostly
+    per-call overhead; here every step runs once over the window axis. Row ``i`` does not
+    depend on the other windows. Every window must hold the same number of blocks (>= 1),
+    else ValueError; W = 0 gives shape (0, ``len(INDICATORS)``).
 
     Ten blocks make the window the set is defined on; other counts work (the statistics stay
     exact) but their values are not comparable with ten-block ones (a longer window sees
     higher peaks).
+
+    Windows go through in groups of at most ``GROUP_WINDOWS``: the overhead is already shared
+    at that size, and the group's temporaries (a few MB) stay in the caches and on malloc's
+    heap instead of coming as fresh, page-faulting mmaps.
     """
-    if len(blocks) == 0:
-        raise ValueError("combine needs at least one BlockStats")
-    n = float(BLOCK_SAMPLES * len(blocks))
+    n_windows = len(windows)
+    out = np.empty((n_windows, len(INDICATORS)))
+    if n_windows == 0:
+        return out
+    n_blocks = _blocks_per_window(windows, "combine_many")
+    for first in range(0, n_windows, GROUP_WINDOWS):
+        _combine_group(windows[first : first + GROUP_WINDOWS], n_blocks, out[first : first + GROUP_WINDOWS])
+    finite = np.isfinite(out)
+    if not finite.all():  # cannot happen with finite blocks; a guard for the JSON
+        bad = [INDICATOR_NAMES[i] for i in np.flatnonzero(~finite.all(axis=0))]
+        logger.warning(
+            "non-finite indicators %s in %d of %d windows set to 0",
+            bad,
+            int((~finite.all(axis=1)).sum()),
+            n_windows,
+        )
+        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def _combine_group(windows: Sequence[Sequence[BlockStats]], n_blocks: int, out: np.ndarray) -> None:
+    """The indicator formulas over a group of windows of ``n_blocks`` blocks each, into ``out``
+    (W, ``len(INDICATORS)``; rows may be non-finite, ``combine_many`` guards them)."""
+    n_windows = len(windows)
+    flat = [b for w in windows for b in w]
+    # (8, W, B), each field contiguous per window: the same reductions whatever W is.
+    fields = np.array(
+        [
+            [b.mean for b in flat],
+            [b.m2 for b in flat],
+            [b.m3 for b in flat],
+            [b.m4 for b in flat],
+            [b.vmax for b in flat],
+            [b.vmin for b in flat],
+            [b.flux_sum for b in flat],
+            [b.flux_count for b in flat],
+        ],
+        dtype=np.float64,
+    )
+    means, m2b, m3b, m4b, vmax, vmin, flux_sum, flux_count = fields.reshape(8, n_windows, n_blocks)
+    # np.concatenate, not np.stack: a third cheaper on hundreds of small arrays.
+    frame_sum = np.concatenate([b.frame_sum for b in flat]).reshape(n_windows, n_blocks, ENV_FRAMES_PER_BLOCK)
+    frame_sq = np.concatenate([b.frame_sq for b in flat]).reshape(n_windows, n_blocks, ENV_FRAMES_PER_BLOCK)
+    powers = np.concatenate([b.power for b in flat]).reshape(n_windows, n_blocks, N_BINS)
+
+    n = float(BLOCK_SAMPLES * n_blocks)
     nb = float(BLOCK_SAMPLES)
-    scalars = np.array([(b.mean, b.m2, b.m3, b.m4, b.vmax, b.vmin, b.flux_sum, b.flux_count) for b in blocks])
-    means, m2b, m3b, m4b = scalars[:, 0], scalars[:, 1], scalars[:, 2], scalars[:, 3]
-    mean = float(means.mean())
-    d = means - mean
-    frame_sum = np.stack([b.frame_sum for b in blocks])
-    frame_sq = np.stack([b.frame_sq for b in blocks])
-    s1 = frame_sum.sum(axis=1)
+    # sum / count, not .mean(): the same numbers without np.mean's Python overhead per call.
+    mean = means.sum(axis=1) / n_blocks
+    d = means - mean[:, None]
+    s1 = frame_sum.sum(axis=2)
     # Shift each block's central sums from its own mean to the window mean (binomial expansion).
-    m2 = float(np.sum(m2b + 2.0 * d * s1 + nb * d**2))
-    m4 = float(np.sum(m4b + 4.0 * d * m3b + 6.0 * d**2 * m2b + 4.0 * d**3 * s1 + nb * d**4))
-    var = max(m2 / n, 0.0) + POWER_FLOOR
-    fourth = max(m4 / n, 0.0) + 6.0 * (var - POWER_FLOOR) * POWER_FLOOR + 3.0 * POWER_FLOOR**2
-    rms_level = 10.0 * math.log10(var)
-    peak = max(float(scalars[:, 4].max()) - mean, mean - float(scalars[:, 5].min()), 0.0)
-    peak_level = 10.0 * math.log10(peak**2 + POWER_FLOOR)
+    m2 = np.sum(m2b + 2.0 * d * s1 + nb * d**2, axis=1)
+    m4 = np.sum(m4b + 4.0 * d * m3b + 6.0 * d**2 * m2b + 4.0 * d**3 * s1 + nb * d**4, axis=1)
+    var = np.maximum(m2 / n, 0.0) + POWER_FLOOR
+    fourth = np.maximum(m4 / n, 0.0) + 6.0 * (var - POWER_FLOOR) * POWER_FLOOR + 3.0 * POWER_FLOOR**2
+    rms_level = 10.0 * np.log10(var)
+    peak = np.maximum(np.maximum(vmax.max(axis=1) - mean, mean - vmin.min(axis=1)), 0.0)
+    peak_level = 10.0 * np.log10(peak**2 + POWER_FLOOR)
     kurtosis = fourth / var**2
 
     # Short-frame energies, mean-removed with the window mean.
-    dcol = d[:, None]
-    env_ms = (frame_sq + 2.0 * dcol * frame_sum + ENV_FRAME_SAMPLES * dcol**2).ravel() / ENV_FRAME_SAMPLES
+    dcol = d[:, :, None]
+    env_ms = (frame_sq + 2.0 * dcol * frame_sum + ENV_FRAME_SAMPLES * dcol**2).reshape(n_windows, -1)
+    env_ms /= ENV_FRAME_SAMPLES
     np.maximum(env_ms, 0.0, out=env_ms)
-    energy_db = _db(0.5 * (env_ms[0::2] + env_ms[1::2]) + POWER_FLOOR)
+    energy_db = _db(0.5 * (env_ms[:, 0::2] + env_ms[:, 1::2]) + POWER_FLOOR)
     p50, p95 = _percentiles(energy_db, (50.0, 95.0))
     impulsiveness_p95 = p95 - p50
-    impulsiveness_max = float(energy_db.max()) - p50
+    impulsiveness_max = energy_db.max(axis=1) - p50
 
     # Amplitude envelope (6.25 ms RMS at 160 Hz) and its modulation spectrum.
     env = np.sqrt(env_ms + POWER_FLOOR)
-    env_mean = float(env.mean())
-    env_dev = env - env_mean
-    modulation_depth = float(np.sqrt(2.0 * np.mean(env_dev**2)) / env_mean)
-    env_window, env_scale, env_edges = _envelope_tables(env.size)
-    env_spec = np.fft.rfft(env_dev * env_window)
+    env_mean = env.sum(axis=1) / env.shape[1]
+    env_dev = env - env_mean[:, None]
+    modulation_depth = np.sqrt(2.0 * ((env_dev**2).sum(axis=1) / env.shape[1])) / env_mean
+    env_window, env_scale, mod_tables = _envelope_tables(env.shape[1])
+    env_spec = np.fft.rfft(env_dev * env_window, axis=1)
     env_power = (env_spec.real**2 + env_spec.imag**2) * env_scale
-    mod_power = _band_powers(env_power, env_edges, _MOD_LO, _MOD_HI)
-    mod_db = _db(mod_power / env_mean**2 + 10.0 ** (RATIO_FLOOR_DB / 10.0))
+    mod_power = _band_powers(_cumulative(env_power), mod_tables)
+    mod_db = _db(mod_power / (env_mean**2)[:, None] + 10.0 ** (RATIO_FLOOR_DB / 10.0))
 
     # Spectral shape of the averaged spectrum.
-    power = _window_power(blocks)
-    total = float(power.sum())
-    centroid = float((_FREQS * power).sum() / total)
-    cumulative = np.cumsum(power)
+    power = _mean_power(powers)
+    rows = np.arange(n_windows)
+    total = power.sum(axis=1)
+    centroid = (_FREQS * power).sum(axis=1) / total
+    at_edges = _cumulative(power)  # at_edges[:, k + 1] is the power of bins 0..k
+    cumulative = at_edges[:, 1:]
     target = ROLLOFF_FRACTION * total
-    k = int(min(np.searchsorted(cumulative, target), N_BINS - 1))
-    before = cumulative[k - 1] if k > 0 else 0.0
-    rolloff = float(_BIN_LO[k] + (target - before) / power[k] * (_BIN_HI[k] - _BIN_LO[k]))
+    # The first bin whose cumulative power reaches the target (np.searchsorted side="left" on
+    # the non-decreasing cumulative sum): the count of bins still below it.
+    k = np.minimum(np.count_nonzero(cumulative < target[:, None], axis=1), N_BINS - 1)
+    before = at_edges[rows, k]  # the power below bin k (0 for k = 0)
+    rolloff = _BIN_LO[k] + (target - before) / power[rows, k] * (_BIN_HI[k] - _BIN_LO[k])
     log_power = np.log(power)
-    flatness_db = float(10.0 / np.log(10.0) * (log_power.mean() - np.log(total / N_BINS)))
-    flux = float(scalars[:, 6].sum() / max(scalars[:, 7].sum(), 1.0))
-    _, prominence = _tonal_candidates(power)
-    tonal_prominence = float(max(prominence.max(initial=0.0), 0.0))
-    tonal_count = float(np.count_nonzero(prominence > TONAL_COUNT_DB))
-    bands_db = _db(_band_powers(power, _BIN_EDGES, _BAND_LO, _BAND_HI) / total)
+    flatness_db = 10.0 / np.log(10.0) * (log_power.sum(axis=1) / N_BINS - np.log(total / N_BINS))
+    flux = flux_sum.sum(axis=1) / np.maximum(flux_count.sum(axis=1), 1.0)
+    peak_rows, _, prominence = _tonal_candidates(power)
+    tonal_prominence = np.zeros(n_windows)  # no candidate, or none above its floor: 0 dB
+    np.maximum.at(tonal_prominence, peak_rows, prominence)
+    tonal_count = np.bincount(peak_rows[prominence > TONAL_COUNT_DB], minlength=n_windows).astype(np.float64)
+    bands_db = _db(_band_powers(at_edges, _BAND_TABLES) / total[:, None])
 
-    out = np.empty(len(INDICATORS))
-    out[:_N_SCALAR] = (
+    columns = (
         rms_level,
         peak_level,
         peak_level - rms_level,
@@ -593,14 +834,23 @@ def combine(blocks: Sequence[BlockStats]) -> np.ndarray:
         tonal_prominence,
         tonal_count,
         modulation_depth,
-        *mod_db,
     )
-    out[_N_SCALAR:] = bands_db
-    if not np.all(np.isfinite(out)):  # cannot happen with finite blocks; a guard for the JSON
-        bad = [INDICATOR_NAMES[i] for i in np.flatnonzero(~np.isfinite(out))]
-        logger.warning("non-finite indicators %s set to 0", bad)
-        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-    return out
+    out[:, : len(columns)] = np.array(columns).T
+    out[:, len(columns) : _N_SCALAR] = mod_db
+    out[:, _N_SCALAR:] = bands_db
+
+
+def combine(blocks: Sequence[BlockStats]) -> np.ndarray:
+    """The indicator vector (``len(INDICATORS)``, float64, all finite) of consecutive blocks.
+
+    ``combine_many`` of one window: one implementation of the formulas, so the daemon's
+    batched path and this one give the same numbers. Ten blocks make the window the set is
+    defined on; other counts work (the statistics stay exact) but their values are not
+    comparable with ten-block ones (a longer window sees higher peaks).
+    """
+    if len(blocks) == 0:
+        raise ValueError("combine needs at least one BlockStats")
+    return combine_many([blocks])[0]
 
 
 def compute(window: np.ndarray) -> np.ndarray:
@@ -608,15 +858,25 @@ def compute(window: np.ndarray) -> np.ndarray:
     return combine(_window_blocks(window))
 
 
+def _combine_in_batches(windows: Sequence[Sequence[BlockStats]]) -> np.ndarray:
+    """``combine_many`` over at most ``BATCH_WINDOWS`` windows per call (bounded temporaries)."""
+    out = np.empty((len(windows), len(INDICATORS)))
+    for first in range(0, len(windows), BATCH_WINDOWS):
+        out[first : first + BATCH_WINDOWS] = combine_many(windows[first : first + BATCH_WINDOWS])
+    return out
+
+
 def compute_batch(windows: np.ndarray) -> np.ndarray:
-    """Indicator vectors of (B, 160000) windows, shape (B, len(INDICATORS))."""
+    """Indicator vectors of (B, 160000) windows, shape (B, len(INDICATORS)).
+
+    The live path's batched functions, each window's blocks analysed once (in bounded batches).
+    """
     x = np.asarray(windows)
     if x.ndim != 2 or x.shape[1] != WINDOW_SAMPLES:
         raise ValueError(f"compute_batch needs (B, {WINDOW_SAMPLES}) windows, got shape {x.shape}")
-    out = np.empty((x.shape[0], len(INDICATORS)))
-    for i, window in enumerate(x):
-        out[i] = compute(window)
-    return out
+    stats = block_stats_of(x.reshape(-1), x.shape[0] * BLOCKS_PER_WINDOW)
+    per_window = [stats[i : i + BLOCKS_PER_WINDOW] for i in range(0, len(stats), BLOCKS_PER_WINDOW)]
+    return _combine_in_batches(per_window)
 
 
 def compute_hops(audio: np.ndarray) -> np.ndarray:
@@ -626,20 +886,18 @@ def compute_hops(audio: np.ndarray) -> np.ndarray:
     ignored. Each block's statistics are computed once and shared by the ten windows that
     contain it (what the live daemon does), so a long enrolment recording costs one
     ``block_stats`` per second instead of ten; row ``i`` equals ``compute`` of that window exactly.
-    Audio shorter than one window gives ``(0, n)``.
+    Blocks and windows go through the batched functions in bounded batches (``BATCH_BLOCKS``,
+    ``BATCH_WINDOWS``). Audio shorter than one window gives ``(0, n)``.
     """
     x = np.asarray(audio)
     if x.ndim != 1:
         raise ValueError(f"compute_hops needs 1-D audio, got shape {x.shape}")
     n_blocks = x.size // BLOCK_SAMPLES
     n_windows = max(n_blocks - BLOCKS_PER_WINDOW + 1, 0)
-    out = np.empty((n_windows, len(INDICATORS)))
     if n_windows == 0:
-        return out
-    stats = [block_stats(x[i * BLOCK_SAMPLES : (i + 1) * BLOCK_SAMPLES]) for i in range(n_blocks)]
-    for i in range(n_windows):
-        out[i] = combine(stats[i : i + BLOCKS_PER_WINDOW])
-    return out
+        return np.empty((0, len(INDICATORS)))
+    stats = block_stats_of(x, n_blocks)
+    return _combine_in_batches([stats[i : i + BLOCKS_PER_WINDOW] for i in range(n_windows)])
 
 
 def band_levels(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -649,7 +907,7 @@ def band_levels(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nominal ones (25, 31.5, ... 8000 Hz) that labels show.
     """
     power = _window_power(_window_blocks(window))
-    levels = _db(_band_powers(power, _BIN_EDGES, _BAND_LO, _BAND_HI) / power.sum())
+    levels = _db(_band_powers(_cumulative(power[None]), _BAND_TABLES)[0] / power.sum())
     return np.array(BAND_NOMINAL_HZ), levels
 
 
@@ -668,7 +926,10 @@ __all__ = [
     "BAND_NOMINAL_HZ",
     "BIN_HZ",
     "BLOCKS_PER_WINDOW",
+    "BATCH_BLOCKS",
+    "BATCH_WINDOWS",
     "BLOCK_SAMPLES",
+    "GROUP_WINDOWS",
     "INDICATORS",
     "INDICATOR_NAMES",
     "KINDS",
@@ -679,7 +940,10 @@ __all__ = [
     "Indicator",
     "band_levels",
     "block_stats",
+    "block_stats_many",
+    "block_stats_of",
     "combine",
+    "combine_many",
     "compute",
     "compute_batch",
     "compute_hops",

@@ -20,6 +20,7 @@ empirical CDF of held-out normal scores of the same class (``rank_normalise``) a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,13 +46,16 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
 
 
-def knn_scores(embeddings: np.ndarray, references: np.ndarray, k: int = DEFAULT_KNN_K) -> np.ndarray:
+def knn_scores(
+    embeddings: np.ndarray, references: np.ndarray, k: int = DEFAULT_KNN_K, *, references_normalised: bool = False
+) -> np.ndarray:
     """Mean cosine distance of each embedding to its ``k`` nearest references, shape ``(B,)``.
 
     ``embeddings`` is ``(B, D)`` (or ``(D,)``), ``references`` ``(N, D)``; both are
     L2-normalised here, so callers may pass raw embeddings. The distance is ``1 - cos`` and
     lies in [0, 2]; larger means further from anything normal, i.e. more anomalous. ``k`` is
     clipped to ``N`` so a class with few references still gets a score.
+    ``references_normalised``: the references are already ``l2_normalise``d (float32 rows).
     """
     emb = l2_normalise(embeddings)
     ref = np.asarray(references, dtype=np.float32)
@@ -61,7 +65,8 @@ def knn_scores(embeddings: np.ndarray, references: np.ndarray, k: int = DEFAULT_
         raise ValueError(f"embedding width {emb.shape[1]} != reference width {ref.shape[1]}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    ref = l2_normalise(ref)
+    if not references_normalised:  # a caller scoring many windows against one bank normalises it once
+        ref = l2_normalise(ref)
     k = min(int(k), ref.shape[0])
     dist = 1.0 - emb @ ref.T  # (B, N)
     if k < ref.shape[0]:
@@ -82,27 +87,51 @@ def rank_normalise(values: np.ndarray | float, reference_sorted: np.ndarray) -> 
     1 a few dozen scales out): two clips far above every normal score keep their order, which
     the ensemble (and an AUC) needs.
     """
-    ref = np.asarray(reference_sorted, dtype=np.float64).ravel()
-    vals = np.asarray(values, dtype=np.float64)
-    if ref.size == 0:
-        raise ValueError("rank_normalise needs at least one reference value")
-    if np.any(np.diff(ref) < 0):
-        ref = np.sort(ref)
-    n = ref.size
-    uniq, first, counts = np.unique(ref, return_index=True, return_counts=True)
-    pos = (first + (counts - 1) / 2.0 + 0.5) / n  # mean position of each tie group
-    scale = float(np.std(ref))
-    if not np.isfinite(scale) or scale <= 0:
-        scale = max(abs(float(uniq[-1])), 1.0) * 1e-3
-    out = np.interp(vals, uniq, pos)
-    lo, hi = float(uniq[0]), float(uniq[-1])
-    below = vals < lo
-    above = vals > hi
-    if np.any(below):
-        out = np.where(below, pos[0] / (1.0 + np.maximum(lo - vals, 0.0) / scale), out)
-    if np.any(above):
-        out = np.where(above, 1.0 - (1.0 - pos[-1]) / (1.0 + np.maximum(vals - hi, 0.0) / scale), out)
-    return np.clip(out, 0.0, 1.0)
+    return RankTable.of(reference_sorted).normalise(values)
+
+
+@dataclass(frozen=True)
+class RankTable:
+    """What ``rank_normalise`` needs of its references, computed once: the distinct values,
+    their mean positions and the tail scale.
+
+    Why apart: the site scores normalise every window's components against the same
+    references, and finding the tie groups (a sort and ``np.unique``) cost more than the
+    lookup; ``SurpriseFit`` keeps one table per component.
+    """
+
+    uniq: np.ndarray
+    pos: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, reference_sorted: np.ndarray) -> RankTable:
+        ref = np.asarray(reference_sorted, dtype=np.float64).ravel()
+        if ref.size == 0:
+            raise ValueError("rank_normalise needs at least one reference value")
+        if np.any(np.diff(ref) < 0):
+            ref = np.sort(ref)
+        n = ref.size
+        uniq, first, counts = np.unique(ref, return_index=True, return_counts=True)
+        pos = (first + (counts - 1) / 2.0 + 0.5) / n  # mean position of each tie group
+        scale = float(np.std(ref))
+        if not np.isfinite(scale) or scale <= 0:
+            scale = max(abs(float(uniq[-1])), 1.0) * 1e-3
+        return cls(uniq, pos, scale)
+
+    def normalise(self, values: np.ndarray | float) -> np.ndarray:
+        """``rank_normalise(values, references)`` of the references this table was made of."""
+        uniq, pos, scale = self.uniq, self.pos, self.scale
+        vals = np.asarray(values, dtype=np.float64)
+        out = np.interp(vals, uniq, pos)
+        lo, hi = float(uniq[0]), float(uniq[-1])
+        below = vals < lo
+        above = vals > hi
+        if np.any(below):
+            out = np.where(below, pos[0] / (1.0 + np.maximum(lo - vals, 0.0) / scale), out)
+        if np.any(above):
+            out = np.where(above, 1.0 - (1.0 - pos[-1]) / (1.0 + np.maximum(vals - hi, 0.0) / scale), out)
+        return np.clip(out, 0.0, 1.0)
 
 
 def ensemble(

@@ -18,9 +18,10 @@ modulation bands). Two kinds of early fault hide inside those summaries:
   each 1 Hz bin of it with its enrolled normal range.
 
 The profile is built from the same 1 s ``BlockStats`` the indicators are built from, so the
-live daemon, which keeps the last ten blocks anyway, calls ``indicators.combine(blocks)`` and
-``profile(blocks)`` on the cached blocks every hop, and nothing is analysed twice. Its parts,
-one float32 vector of ``PROFILE_SIZE``:
+live daemon, which keeps the last ten blocks anyway, calls ``indicators.combine_many`` and
+``profile_many`` on the cached blocks of all its streams every hop (``profile(blocks)`` is one
+window of that), and nothing is analysed twice. Its parts, one float32 vector of
+``PROFILE_SIZE``:
 
 ``POWER_SLICE``
     the window's mean power spectrum (mean of the blocks' ``.power``: Welch over 150 frames,
@@ -109,40 +110,91 @@ def _envelope_tables() -> tuple[np.ndarray, np.ndarray]:
     return window, np.full(N_ENVELOPE, scale)
 
 
-def profile(blocks: Sequence[ind.BlockStats]) -> np.ndarray:
-    """The spectral profile (``PROFILE_SIZE``, float32, finite) of consecutive blocks.
+def profile_many(windows: Sequence[Sequence[ind.BlockStats]]) -> np.ndarray:
+    """Spectral profiles (W, ``PROFILE_SIZE``, float32, finite) of W windows of blocks.
+
+    The one implementation of the profile (``profile`` is this on one window). Why batched:
+    the daemon profiles the cached blocks of every stream each hop, and one window's profile
+    is a dozen numpy calls on small arrays, mostly per-call overhead; here each runs once over
+    the window axis (one FFT over all W * B block envelopes). Row ``i`` does not depend on the
+    other windows. Every window must hold the same number of blocks (>= 1), else ValueError;
+    W = 0 gives shape (0, ``PROFILE_SIZE``). Windows go through in groups of at most
+    ``indicators.GROUP_WINDOWS`` (small temporaries, as in ``indicators.combine_many``).
 
     Ten blocks make a window (what enrolment and scoring use); other counts work, but their
     values are not comparable with ten-block ones (the averages have another variance).
-    Cheap (two small averages, ten 160-point FFTs, two logarithms): the daemon calls it every
-    hop on the blocks it caches for ``indicators.combine``.
     """
-    if len(blocks) == 0:
-        raise ValueError("profile needs at least one BlockStats")
-    out = np.empty(PROFILE_SIZE, dtype=np.float32)
-
-    power = np.mean(np.stack([b.power for b in blocks]), axis=0, dtype=np.float64) + _BIN_FLOOR
-    out[POWER_SLICE] = 10.0 * np.log10(power[_FIRST_POWER_BIN:] / power.sum())
-
-    frame_ms = np.stack([b.frame_sq for b in blocks]) / ind.ENV_FRAME_SAMPLES
-    np.maximum(frame_ms, 0.0, out=frame_ms)
-    envelope = np.sqrt(frame_ms + ind.POWER_FLOOR)
-    envelope -= envelope.mean(axis=1, keepdims=True)
-    window, scale = _envelope_tables()
-    spec = np.fft.rfft(envelope * window, axis=1)[:, 1 : N_ENVELOPE + 1]
-    env_power = (spec.real**2 + spec.imag**2).mean(axis=0) * scale
-    mean_square = float(frame_ms.mean()) + ind.POWER_FLOOR
-    out[ENVELOPE_SLICE] = 10.0 * np.log10(env_power / mean_square + _RATIO_FLOOR)
-
-    if not np.all(np.isfinite(out)):  # cannot happen with finite blocks; a guard for the scores
-        logger.warning("non-finite spectral profile bins set to the floor")
+    n_windows = len(windows)
+    if n_windows == 0:
+        return np.empty((0, PROFILE_SIZE), dtype=np.float32)
+    counts = sorted({len(w) for w in windows})
+    if len(counts) != 1:
+        raise ValueError(
+            f"profile_many needs the same number of blocks in every window, got block counts {counts}: "
+            "batch windows of equal length only"
+        )
+    n_blocks = counts[0]
+    if n_blocks == 0:
+        raise ValueError("profile_many needs at least one BlockStats per window, got an empty window")
+    out = np.empty((n_windows, PROFILE_SIZE), dtype=np.float32)
+    for first in range(0, n_windows, ind.GROUP_WINDOWS):
+        _profile_group(
+            windows[first : first + ind.GROUP_WINDOWS], n_blocks, out[first : first + ind.GROUP_WINDOWS]
+        )
+    finite = np.isfinite(out)
+    if not finite.all():  # cannot happen with finite blocks; a guard for the scores
+        logger.warning(
+            "non-finite spectral profile bins in %d of %d windows set to the floor",
+            int((~finite.all(axis=1)).sum()),
+            n_windows,
+        )
         out = np.nan_to_num(out, nan=ind.RATIO_FLOOR_DB, posinf=0.0, neginf=ind.RATIO_FLOOR_DB)
     return out
 
 
+def _profile_group(windows: Sequence[Sequence[ind.BlockStats]], n_blocks: int, out: np.ndarray) -> None:
+    """The profile of a group of windows of ``n_blocks`` blocks each (at most
+    ``indicators.GROUP_WINDOWS``: small temporaries), into ``out`` (W, ``PROFILE_SIZE``)."""
+    n_windows = len(windows)
+    flat = [b for w in windows for b in w]
+
+    powers = np.concatenate([b.power for b in flat]).reshape(n_windows, n_blocks, ind.N_BINS)
+    # sum / count, not .mean(): the same numbers without np.mean's Python overhead per call.
+    power = powers.sum(axis=1, dtype=np.float64) / n_blocks + _BIN_FLOOR
+    out[:, POWER_SLICE] = 10.0 * np.log10(power[:, _FIRST_POWER_BIN:] / power.sum(axis=1, keepdims=True))
+
+    frame_sq = np.concatenate([b.frame_sq for b in flat]).reshape(
+        n_windows, n_blocks, ind.ENV_FRAMES_PER_BLOCK
+    )
+    frame_ms = frame_sq / ind.ENV_FRAME_SAMPLES
+    np.maximum(frame_ms, 0.0, out=frame_ms)
+    envelope = np.sqrt(frame_ms + ind.POWER_FLOOR)
+    envelope -= envelope.sum(axis=2, keepdims=True) / ind.ENV_FRAMES_PER_BLOCK
+    window, scale = _envelope_tables()
+    spec = np.fft.rfft(envelope * window, axis=2)[:, :, 1 : N_ENVELOPE + 1]
+    env_power = (spec.real**2 + spec.imag**2).sum(axis=1) / n_blocks * scale
+    mean_square = (
+        frame_ms.reshape(n_windows, -1).sum(axis=1) / (n_blocks * ind.ENV_FRAMES_PER_BLOCK) + ind.POWER_FLOOR
+    )
+    out[:, ENVELOPE_SLICE] = 10.0 * np.log10(env_power / mean_square[:, None] + _RATIO_FLOOR)
+
+
+def profile(blocks: Sequence[ind.BlockStats]) -> np.ndarray:
+    """The spectral profile (``PROFILE_SIZE``, float32, finite) of consecutive blocks.
+
+    ``profile_many`` of one window (one implementation). Ten blocks make a window (what
+    enrolment and scoring use); other counts work, but their values are not comparable with
+    ten-block ones (the averages have another variance). Cheap (two small averages, ten
+    160-point FFTs, two logarithms): the daemon calls it every hop on the blocks it caches for
+    ``indicators.combine``.
+    """
+    if len(blocks) == 0:
+        raise ValueError("profile needs at least one BlockStats")
+    return profile_many([blocks])[0]
+
+
 def _blocks_of(audio: np.ndarray, n_blocks: int) -> list[ind.BlockStats]:
-    b = ind.BLOCK_SAMPLES
-    return [ind.block_stats(audio[i * b : (i + 1) * b]) for i in range(n_blocks)]
+    return ind.block_stats_of(audio, n_blocks)
 
 
 def compute_profile(window: np.ndarray) -> np.ndarray:
@@ -158,8 +210,9 @@ def compute_profile_hops(audio: np.ndarray) -> np.ndarray:
 
     Like ``indicators.compute_hops``: window ``i`` starts at sample ``i * BLOCK_SAMPLES``, each
     block is analysed once and shared by the ten windows that contain it, a trailing partial
-    block is ignored, and row ``i`` equals ``compute_profile`` of that window exactly. Audio
-    shorter than one window gives ``(0, PROFILE_SIZE)``.
+    block is ignored, and row ``i`` equals ``compute_profile`` of that window exactly. Blocks
+    and windows go through the batched functions in bounded batches (``BATCH_BLOCKS``,
+    ``BATCH_WINDOWS``). Audio shorter than one window gives ``(0, PROFILE_SIZE)``.
     """
     x = np.asarray(audio)
     if x.ndim != 1:
@@ -170,8 +223,9 @@ def compute_profile_hops(audio: np.ndarray) -> np.ndarray:
     if n_windows == 0:
         return out
     stats = _blocks_of(x, n_blocks)
-    for i in range(n_windows):
-        out[i] = profile(stats[i : i + ind.BLOCKS_PER_WINDOW])
+    for first in range(0, n_windows, ind.BATCH_WINDOWS):
+        last = min(first + ind.BATCH_WINDOWS, n_windows)
+        out[first:last] = profile_many([stats[i : i + ind.BLOCKS_PER_WINDOW] for i in range(first, last)])
     return out
 
 
@@ -189,4 +243,5 @@ __all__ = [
     "compute_profile",
     "compute_profile_hops",
     "profile",
+    "profile_many",
 ]

@@ -66,6 +66,9 @@ EVENT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 """What an event id may look like (``decisions`` makes ``<epoch>-<6 characters>``); anything
 else in a feedback command is refused before it reaches a file name."""
 
+STACK_BLOCKS = 32
+"""Blocks stacked into one ``block_stats_many`` call by ``features_many`` (2 MB of samples)."""
+
 MIN_LIVE_ENROL_MINUTES = 1.0
 MAX_LIVE_ENROL_MINUTES = 120.0
 
@@ -212,27 +215,29 @@ class StreamSite:
 
     # -- features -----------------------------------------------------------------------------
     def features(self, window: np.ndarray, end_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indicators and spectral profile of the window ending at ``end_index``.
+        """Indicators and spectral profile of the window ending at ``end_index``
+        (``features_many`` of this one window: the pipeline computes a tick's windows together)."""
+        return features_many([(self, window, end_index)])[0]
+
+    def _block_plan(self, window: np.ndarray, end_index: int) -> list[ind.BlockStats | tuple[int | None, np.ndarray]]:
+        """The window's ten blocks: the cached statistics of a block already seen, else
+        ``(cache key, block audio)`` to analyse (key None: not to be cached).
 
         Blocks are numbered on the stream's own sample clock; when the window starts on a
         block boundary (a hop of whole seconds) each block's statistics are computed once and
-        reused by the next nine windows, else all ten are computed from the window.
+        reused by the next nine windows, else all ten are computed from the window. Cached
+        blocks older than the window are dropped here.
         """
         start = end_index - WINDOW_SAMPLES
         n = ind.BLOCK_SAMPLES
+        blocks = [window[i * n : (i + 1) * n] for i in range(ind.BLOCKS_PER_WINDOW)]
         if start % n:
-            blocks = [ind.block_stats(window[i * n : (i + 1) * n]) for i in range(ind.BLOCKS_PER_WINDOW)]
-        else:
-            first = start // n
-            blocks = []
-            for i in range(ind.BLOCKS_PER_WINDOW):
-                stats = self._blocks.get(first + i)
-                if stats is None:
-                    stats = self._blocks[first + i] = ind.block_stats(window[i * n : (i + 1) * n])
-                blocks.append(stats)
-            for key in [k for k in self._blocks if k < first]:
-                del self._blocks[key]
-        return ind.combine(blocks), spectra.profile(blocks)
+            return [(None, b) for b in blocks]
+        first = start // n
+        for key in [k for k in self._blocks if k < first]:
+            del self._blocks[key]
+        cached = [self._blocks.get(first + i) for i in range(len(blocks))]
+        return [(first + i, b) if stats is None else stats for i, (stats, b) in enumerate(zip(cached, blocks))]
 
     def score(self, row: WindowRow) -> SiteScore | None:
         """The fused site score of a window (None when the stream is not enrolled)."""
@@ -437,6 +442,34 @@ class StreamSite:
         if self.enrolment is not None:
             return self.enrolment
         return stored_enrolment(self.state_dir, self.stream, self.bundle_sha)
+
+
+def features_many(items: list[tuple[StreamSite, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Indicators and spectral profiles of several streams' windows ``(site, window, end_index)``
+    at once, each row equal to that window computed alone.
+
+    Why together: per window the work is a 1 s block's statistics, then ten blocks combined
+    into the indicators and the profile, and at one window at a time most of that was numpy's
+    per-call overhead on small arrays. The pipeline scores every due stream in one tick, so the
+    new blocks of all of them go through one ``block_stats_many`` and the windows through one
+    ``combine_many`` and one ``profile_many`` (``docs/performance.md``).
+    """
+    plans = [site._block_plan(window, end_index) for site, window, end_index in items]
+    todo = [(i, j) for i, plan in enumerate(plans) for j, entry in enumerate(plan) if isinstance(entry, tuple)]
+    # In slices: a first tick, a gap or a hop off whole seconds needs all ten blocks of every
+    # stream, and one stack of them all would be a 60 MB temporary at 96 streams.
+    for lo in range(0, len(todo), STACK_BLOCKS):
+        part = todo[lo : lo + STACK_BLOCKS]
+        computed = ind.block_stats_many(np.stack([plans[i][j][1] for i, j in part]))  # type: ignore[index]
+        for (i, j), stats in zip(part, computed):
+            key = plans[i][j][0]  # type: ignore[index]
+            if key is not None:
+                items[i][0]._blocks[key] = stats
+            plans[i][j] = stats
+    windows: list[list[ind.BlockStats]] = plans  # type: ignore[assignment]  # every entry resolved above
+    # Copies, not rows of the batch's arrays: a row kept for an event or a live re-enrolment
+    # (thousands of them) would keep the whole tick's arrays alive with it.
+    return [(a.copy(), p.copy()) for a, p in zip(ind.combine_many(windows), spectra.profile_many(windows))]
 
 
 def _is_file(path: str | Path) -> bool:

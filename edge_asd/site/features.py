@@ -73,8 +73,7 @@ def window_starts(n_samples: int, hop_samples: int) -> list[int]:
 
 
 def _blocks(audio: np.ndarray, first_sample: int, n_blocks: int) -> list[ind.BlockStats]:
-    b = ind.BLOCK_SAMPLES
-    return [ind.block_stats(audio[first_sample + i * b : first_sample + (i + 1) * b]) for i in range(n_blocks)]
+    return ind.block_stats_of(audio[first_sample:], n_blocks)
 
 
 def _segment_features(audio: np.ndarray, starts: list[int], hop_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +87,8 @@ def _segment_features(audio: np.ndarray, starts: list[int], hop_samples: int) ->
         n_blocks = (starts[-1] + WINDOW_SAMPLES) // ind.BLOCK_SAMPLES
         blocks = _blocks(audio, 0, n_blocks)
         per_window = [blocks[f : f + ind.BLOCKS_PER_WINDOW] for f in (s // ind.BLOCK_SAMPLES for s in starts)]
-    indicators = np.stack([ind.combine(w) for w in per_window])
-    profiles = np.stack([spectra.profile(w) for w in per_window])
-    return indicators, profiles
+    # The live path's batched functions (edge_asd.daemon.site.features_many): the same numbers.
+    return ind.combine_many(per_window), spectra.profile_many(per_window)
 
 
 def extract(

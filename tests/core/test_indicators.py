@@ -384,3 +384,210 @@ def test_real_clips_are_finite_and_plausible(shared_data):
         levels = bands(v)
         assert np.all(levels <= 0.0), where
         assert np.sum(10 ** (levels / 10)) <= 1.0 + 1e-9, where
+
+
+# --- batched functions (the live daemon's path) ---------------------------------------------
+
+
+def varied_windows() -> list[np.ndarray]:
+    """Windows that exercise every branch of the indicators: noise, tone on a DC offset,
+    impulses, AM, exact silence, a broken sample, noise at the power floor, clipping."""
+    broken = white(0.1, seed=9)
+    broken[3 * ind.BLOCK_SAMPLES + 77] = np.nan
+    quiet = white(math.sqrt(ind.POWER_FLOOR), seed=4)  # mean square at the floor
+    am = 0.3 * (1 + 0.5 * np.cos(2 * np.pi * 6.0 * T)) * np.sin(2 * np.pi * 1600 * T)
+    square = np.clip(4.0 * np.sign(np.sin(2 * np.pi * 50.0 * T)), -1.0, 1.0)
+    windows = [
+        white(0.1, seed=8),
+        0.3 + 0.2 * np.sin(2 * np.pi * 440.0 * T),
+        impulse_train(1600),
+        am,
+        np.zeros(WINDOW_SAMPLES),
+        broken,
+        quiet,
+        square,
+    ]
+    return [np.asarray(w, dtype=np.float32) for w in windows]
+
+
+def batch_stats(windows: list[np.ndarray]) -> list[list[ind.BlockStats]]:
+    """Every block of every window through one block_stats_many call, split back per window."""
+    blocks = np.concatenate(windows).reshape(-1, ind.BLOCK_SAMPLES)
+    stats = ind.block_stats_many(blocks)
+    n = ind.BLOCKS_PER_WINDOW
+    return [stats[i * n : (i + 1) * n] for i in range(len(windows))]
+
+
+def test_batched_windows_equal_each_window_alone(caplog):
+    windows = varied_windows()
+    with caplog.at_level("WARNING", logger="edge_asd.core.indicators"):
+        per_window = batch_stats(windows)
+    assert "1 of 80 blocks hold NaN or infinite samples" in caplog.text
+    table = ind.combine_many(per_window)
+    assert table.shape == (len(windows), len(ind.INDICATORS)) and table.dtype == np.float64
+    assert np.all(np.isfinite(table))
+    count = ind.INDICATOR_NAMES.index("tonal_peak_count")
+    for i, (x, blocks) in enumerate(zip(windows, per_window)):
+        for alone in (ind.combine(blocks), ind.compute(x)):
+            np.testing.assert_allclose(table[i], alone, rtol=1e-10, atol=0, err_msg=f"window {i}")
+            assert table[i, count] == alone[count]
+    # The branches were reached: a tone, impulses, silence at the floor, the quiet noise above it.
+    v = [dict(zip(ind.INDICATOR_NAMES, row.tolist())) for row in table]
+    assert v[1]["tonal_peak_count"] == 1 and v[2]["crest_factor"] > 30.0
+    assert v[4]["rms_level"] == pytest.approx(-120.0, abs=0.01)
+    assert -118.0 < v[6]["rms_level"] < -116.0  # noise of the floor's power plus the floor: +3 dB
+    assert v[7]["peak_level"] == pytest.approx(0.0, abs=0.01)  # clipped at full scale
+
+
+def test_batched_rows_do_not_depend_on_their_neighbours():
+    """Shuffled, repeated and spread over more than one internal group of windows, every row
+    is still its own window's vector."""
+    per_window = batch_stats(varied_windows())
+    table = ind.combine_many(per_window)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(np.tile(np.arange(len(per_window)), 5))  # 40 windows > GROUP_WINDOWS
+    assert order.size > ind.GROUP_WINDOWS
+    shuffled = ind.combine_many([per_window[i] for i in order])
+    np.testing.assert_allclose(shuffled, table[order], rtol=1e-10, atol=0)
+    count = ind.INDICATOR_NAMES.index("tonal_peak_count")
+    np.testing.assert_array_equal(shuffled[:, count], table[order, count])
+
+
+def test_block_stats_many_equals_block_stats_row_by_row(caplog):
+    rows = np.stack([w[: ind.BLOCK_SAMPLES] for w in varied_windows()])
+    rows[4, 100] = np.inf
+    rows[6, :50] = np.nan
+    with caplog.at_level("WARNING", logger="edge_asd.core.indicators"):
+        many = ind.block_stats_many(rows)
+    assert len(many) == rows.shape[0]
+    warnings = [r for r in caplog.records if "NaN or infinite" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].getMessage().startswith("2 of 8 blocks"), warnings
+    for row, batched in zip(rows, many):
+        alone = ind.block_stats(row)
+        for field in ("mean", "m2", "m3", "m4", "vmax", "vmin", "flux_sum"):
+            assert getattr(batched, field) == pytest.approx(getattr(alone, field), rel=1e-12, abs=1e-300), (
+                field
+            )
+        for field in ("frame_sum", "frame_sq"):
+            np.testing.assert_allclose(
+                getattr(batched, field), getattr(alone, field), rtol=1e-12, atol=1e-300
+            )
+        assert batched.power.dtype == np.float32 and batched.power.shape == (1024,)
+        np.testing.assert_allclose(batched.power, alone.power, rtol=1e-6)
+        assert batched.flux_count == alone.flux_count == ind.FRAMES_PER_BLOCK - 1
+        assert np.isfinite(batched.mean) and np.isfinite(batched.vmax)
+    # The repaired rows are the rows with their non-finite samples set to 0.
+    repaired = rows[6].copy()
+    repaired[:50] = 0.0
+    assert many[6].m2 == pytest.approx(ind.block_stats(repaired).m2, rel=1e-12)
+    # Any float dtype: float64 input gives the float32 input's numbers.
+    as64 = ind.block_stats_many(rows[:2].astype(np.float64))
+    assert as64[1].m4 == many[1].m4
+
+
+def test_empty_batches_and_mismatched_windows():
+    assert ind.block_stats_many(np.empty((0, ind.BLOCK_SAMPLES), dtype=np.float32)) == []
+    for bad in (np.zeros(ind.BLOCK_SAMPLES), np.zeros((2, ind.BLOCK_SAMPLES - 1)), np.zeros((1, 2, 3))):
+        with pytest.raises(ValueError, match="block_stats_many"):
+            ind.block_stats_many(bad)
+    empty = ind.combine_many([])
+    assert empty.shape == (0, len(ind.INDICATORS)) and empty.dtype == np.float64
+    stats = ind.block_stats_many(white(0.1)[: 2 * ind.BLOCK_SAMPLES].reshape(2, -1))
+    with pytest.raises(ValueError, match=r"block counts \[1, 2\]"):
+        ind.combine_many([stats, stats[:1]])
+    with pytest.raises(ValueError, match="at least one"):
+        ind.combine_many([[], []])
+    # Fewer than ten blocks are allowed (the statistics stay exact), when all windows agree.
+    two = ind.combine_many([stats, stats])
+    np.testing.assert_array_equal(two[0], ind.combine(stats))
+
+
+def test_hops_across_the_offline_batches_equal_compute():
+    """compute_hops takes blocks in slices of BATCH_BLOCKS and windows in slices of
+    BATCH_WINDOWS; a window straddling either boundary is still compute of that window."""
+    n_blocks = ind.BATCH_BLOCKS + 12
+    rng = np.random.default_rng(12)
+    t = np.arange(n_blocks * ind.BLOCK_SAMPLES) / SAMPLE_RATE
+    x = (0.05 * rng.standard_normal(t.size) + 0.1 * np.sin(2 * np.pi * 97 * t) * (t % 7 < 3)).astype(
+        np.float32
+    )
+    hops = ind.compute_hops(x)
+    n_windows = n_blocks - ind.BLOCKS_PER_WINDOW + 1
+    assert hops.shape == (n_windows, len(ind.INDICATORS)) and n_windows > ind.BATCH_WINDOWS
+    straddling = ind.BATCH_BLOCKS - ind.BLOCKS_PER_WINDOW // 2  # its blocks come from two slices
+    for i in (0, straddling, ind.BATCH_WINDOWS - 1, ind.BATCH_WINDOWS, n_windows - 1):
+        start = i * ind.BLOCK_SAMPLES
+        np.testing.assert_array_equal(hops[i], ind.compute(x[start : start + WINDOW_SAMPLES]), err_msg=str(i))
+
+
+def test_block_stats_many_rows_stay_independent_in_larger_groups(monkeypatch):
+    """The statistics are vectorised over rows; analysing several blocks together (a larger
+    internal group, e.g. on a machine where that pays) must not change any row."""
+    rows = np.stack([w[: ind.BLOCK_SAMPLES] for w in varied_windows()])
+    rows[5, 10] = np.nan
+    alone = ind.block_stats_many(rows)
+    monkeypatch.setattr(ind, "_CACHE_BLOCKS", 3)  # 8 rows: groups of 3, 3 and 2
+    grouped = ind.block_stats_many(rows)
+    for a, b in zip(alone, grouped):
+        for field in ("mean", "m2", "m3", "m4", "vmax", "vmin", "flux_sum", "frame_sum", "frame_sq", "power"):
+            np.testing.assert_allclose(
+                getattr(b, field), getattr(a, field), rtol=1e-12, atol=1e-300, err_msg=field
+            )
+
+
+def test_batched_steps_match_independent_references():
+    """The vectorised steps of ``combine_many`` against straightforward one-window references
+    (written here, not shared with the module), on windows where their edge cases bite: the
+    percentiles, the interpolated band powers, the roll-off bin (ties, silence) and the tonal
+    peaks' reflected neighbourhood medians at both ends of the spectrum."""
+    t = np.arange(ind.WINDOW_SAMPLES) / SAMPLE_RATE
+    noise = np.random.default_rng(13).standard_normal(t.size)
+    slope = np.cumsum(noise) / 300.0  # a steep low-frequency spectrum: reflection at bin 0 matters
+    edge_tones = [
+        0.3 * np.sin(2 * np.pi * 27.0 * t) + 0.2 * np.sin(2 * np.pi * 55.0 * t) + slope - slope.mean() + 0.01 * noise,
+        0.3 * np.sin(2 * np.pi * 7960.0 * t) + 0.05 * np.diff(noise, prepend=0.0),  # near Nyquist
+    ]
+    windows = varied_windows() + [w.astype(np.float32) for w in edge_tones]
+    blocks = [ind._window_blocks(w) for w in windows]
+    vectors = ind.combine_many(blocks)
+    names = list(ind.INDICATOR_NAMES)
+
+    rng = np.random.default_rng(12)
+    values = rng.standard_normal((5, 800))
+    for got, q in zip(ind._percentiles(values, (50.0, 95.0)), (50.0, 95.0)):
+        np.testing.assert_allclose(got, np.percentile(values, q, axis=1), rtol=1e-12, atol=1e-12)
+
+    edges = np.linspace(0.0, 10.0, 11)
+    cumulative = np.cumsum(rng.random((3, 11)), axis=1)
+    points = np.array([-1.0, 0.0, 0.25, 3.0, 3.5, 9.99, 10.0, 12.0])
+    table = ind._interp_table(points, edges)
+    lower, upper, offset, spacing = table
+    got = (cumulative[:, upper] - cumulative[:, lower]) / spacing * offset + cumulative[:, lower]
+    for row, expected_row in zip(got, cumulative):
+        np.testing.assert_allclose(row, np.interp(points, edges, expected_row), rtol=1e-12, atol=1e-12)
+
+    h, r = ind.TONAL_PEAK_HALFWIDTH_BINS, ind.TONAL_NEIGHBOURHOOD_BINS
+    first = int(np.searchsorted(ind._FREQS, ind.TONAL_MIN_HZ))
+    for window_blocks, vector in zip(blocks, vectors):
+        power = np.mean([b.power for b in window_blocks], axis=0, dtype=np.float64) + ind._BIN_FLOOR
+        n = power.size
+        total = power.sum()
+        cumulative_power = np.cumsum(power)
+        target = ind.ROLLOFF_FRACTION * total
+        k = min(int(np.searchsorted(cumulative_power, target)), n - 1)
+        before = cumulative_power[k - 1] if k > 0 else 0.0
+        rolloff = ind._BIN_LO[k] + (target - before) / power[k] * (ind._BIN_HI[k] - ind._BIN_LO[k])
+        assert vector[names.index("spectral_rolloff")] == pytest.approx(rolloff, rel=1e-12)
+        peaks, prominences = [], []
+        for i in range(first, n):
+            if power[i] < power[max(0, i - h) : i + h + 1].max():
+                continue
+            hood = [abs(j) if j < n else 2 * (n - 1) - j for j in range(i - r, i + r + 1)]
+            peaks.append(i)
+            prominences.append(10.0 * np.log10(power[i] / np.median(power[hood])))
+        prominences = np.array(prominences)
+        _, got_peaks, got_prominences = ind._tonal_candidates(power[None])
+        np.testing.assert_array_equal(got_peaks, peaks)
+        np.testing.assert_allclose(got_prominences, prominences, rtol=1e-12, atol=1e-12)
+        assert vector[names.index("tonal_prominence")] == pytest.approx(max(prominences.max(initial=0.0), 0.0), rel=1e-12)
+        assert vector[names.index("tonal_peak_count")] == np.count_nonzero(prominences > ind.TONAL_COUNT_DB)

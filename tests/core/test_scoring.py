@@ -66,3 +66,34 @@ def test_ensemble_is_the_mean_of_both_ranks():
     assert got == pytest.approx(0.5 * (rank_normalise([0.25, 0.4], ref_ce) + rank_normalise([0.01, 0.04], ref_knn)))
     # A clip far above both references scores above every normal one.
     assert ensemble(10.0, 1.0, ref_ce, ref_knn) > ensemble(0.4, 0.04, ref_ce, ref_knn)
+
+
+def test_a_rank_table_made_once_gives_rank_normalise_s_numbers():
+    """The site scores keep one table per component instead of finding the tie groups per window."""
+    from edge_asd.core.scoring import RankTable, rank_normalise
+    from edge_asd.core.site.normalise import SurpriseFit
+
+    rng = np.random.default_rng(4)
+    ref = np.sort(np.round(rng.gamma(2.0, 1.0, 300), 1))  # rounded: tie groups
+    values = np.concatenate([[-5.0, ref[0], ref[-1], 50.0, np.nan], rng.gamma(2.0, 1.0, 50)])
+    table = RankTable.of(ref)
+    np.testing.assert_array_equal(table.normalise(values), rank_normalise(values, ref))
+    np.testing.assert_array_equal(RankTable.of(ref[::-1]).normalise(values), table.normalise(values))  # unsorted
+    with pytest.raises(ValueError):
+        RankTable.of(np.array([]))
+    fit = SurpriseFit(ref)  # the empirical tail: its table is made at the first call and kept
+    first = fit.surprise(values[:-1])
+    assert fit._rank is not None
+    np.testing.assert_array_equal(fit.surprise(values[:-1]), first)
+    expected = -np.log10(np.maximum(np.clip(1.0 - rank_normalise(values[:-1], ref), 0.0, 1.0), 1e-50))
+    np.testing.assert_allclose(first, np.clip(expected, 0.0, 50.0), rtol=0, atol=0)
+
+
+def test_knn_against_a_bank_normalised_once_is_the_same():
+    from edge_asd.core.scoring import knn_scores, l2_normalise
+
+    rng = np.random.default_rng(5)
+    bank = rng.standard_normal((40, 16)).astype(np.float32) * 3.0
+    emb = rng.standard_normal((3, 16)).astype(np.float32)
+    unit = l2_normalise(bank)
+    np.testing.assert_array_equal(knn_scores(emb, unit, 4, references_normalised=True), knn_scores(emb, bank, 4))

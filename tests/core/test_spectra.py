@@ -127,3 +127,49 @@ def test_spectra_import_no_torch_or_scipy() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_profile_many_equals_each_window_alone() -> None:
+    """The daemon profiles every stream's window of a tick at once: each row is the window's
+    own profile, whatever else shares the batch (shuffled, repeated, more than one group)."""
+    rng = np.random.default_rng(5)
+    broken = noise(0.1, seed=9)
+    broken[5 * ind.BLOCK_SAMPLES + 3] = np.nan
+    impulses = np.zeros(WINDOW_SAMPLES, np.float32)
+    impulses[50::1600] = 0.5
+    windows = [
+        noise(0.1, seed=8),
+        (0.3 + 0.2 * np.sin(2 * np.pi * 440.0 * T)).astype(np.float32),
+        impulses,
+        (0.3 * (1 + 0.5 * np.cos(2 * np.pi * 6.0 * T)) * np.sin(2 * np.pi * 1600 * T)).astype(np.float32),
+        np.zeros(WINDOW_SAMPLES, np.float32),
+        broken,
+        noise(math.sqrt(ind.POWER_FLOOR), seed=4),
+        np.clip(4.0 * np.sign(np.sin(2 * np.pi * 50.0 * T)), -1.0, 1.0).astype(np.float32),
+    ]
+    stats = ind.block_stats_many(np.concatenate(windows).reshape(-1, ind.BLOCK_SAMPLES))
+    per_window = [stats[i * 10 : (i + 1) * 10] for i in range(len(windows))]
+    table = sp.profile_many(per_window)
+    assert table.shape == (len(windows), sp.PROFILE_SIZE) and table.dtype == np.float32
+    assert np.all(np.isfinite(table))
+    for i, (x, blocks) in enumerate(zip(windows, per_window)):
+        np.testing.assert_allclose(table[i], sp.profile(blocks), rtol=1e-10, atol=0, err_msg=str(i))
+        np.testing.assert_allclose(table[i], sp.compute_profile(x), rtol=1e-10, atol=0, err_msg=str(i))
+    # silence is at the floor, the AM tone has its 6 Hz line
+    np.testing.assert_allclose(table[4, sp.ENVELOPE_SLICE], ind.RATIO_FLOOR_DB, atol=1e-3)
+    assert sp.ENVELOPE_FREQS_HZ[int(np.argmax(table[3, sp.ENVELOPE_SLICE]))] == 6.0
+    order = rng.permutation(np.tile(np.arange(len(windows)), 5))
+    assert order.size > ind.GROUP_WINDOWS
+    np.testing.assert_allclose(
+        sp.profile_many([per_window[i] for i in order]), table[order], rtol=1e-10, atol=0
+    )
+
+
+def test_profile_many_shapes_and_mismatched_windows() -> None:
+    empty = sp.profile_many([])
+    assert empty.shape == (0, sp.PROFILE_SIZE) and empty.dtype == np.float32
+    stats = ind.block_stats_many(noise(0.05, n=2 * ind.BLOCK_SAMPLES).reshape(2, -1))
+    with pytest.raises(ValueError, match=r"block counts \[1, 2\]"):
+        sp.profile_many([stats, stats[1:]])
+    with pytest.raises(ValueError, match="at least one"):
+        sp.profile_many([[]])

@@ -96,10 +96,13 @@ def test_the_model_window_moves_onto_the_frame_grid_unless_it_cannot() -> None:
     assert same is window and got == start
 
 
-def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(cached_bundle: Path, tmp_path: Path) -> None:
+def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(
+    cached_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three streams, one window per chunk, two runs at once: each window is scored with its
     own stream's indicator features and its own row of the engine's output."""
     from edge_asd.config import load_config
+    from edge_asd.daemon import pipeline as pipeline_mod
     from edge_asd.daemon.listen import build_daemon, run_daemon
     from engines.runtime import open_runtime
     from tests.fixtures.comms import MemoryCommunicator
@@ -128,8 +131,11 @@ def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(ca
     embeddings = {}
     for stream in pipeline.streams:
         assert stream.site is not None
-        marker = np.full(3, float(names.index(stream.name)))
-        stream.site.features = lambda window, end, m=marker: (m, m)  # type: ignore[method-assign]
+
+    def marked(items):  # each stream's features say whose they are (the pipeline computes a tick's together)
+        return [(np.full(3, float(names.index(site.stream))),) * 2 for site, _, _ in items]
+
+    monkeypatch.setattr(pipeline_mod, "features_many", marked)
     seen: list[tuple[str, float, np.ndarray]] = []
     window_score = pipeline._window_score
 
@@ -161,13 +167,14 @@ def _burn_cpu(seconds: float) -> None:
 
 
 def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
-    cached_bundle: Path, tmp_path: Path
+    cached_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``own_cpu_s`` (stats, ``edge_asd_own_cpu_seconds_total``) counts the CPU the pipeline
     thread spends on its own work (here the site features) and not what it spends handing
     windows to the model (the front end and the hand-over, here ``_submit``). Read from another
     thread meanwhile (a metrics scrape) it never goes down: Prometheus would call that a reset."""
     from edge_asd.config import load_config
+    from edge_asd.daemon import pipeline as pipeline_mod
     from edge_asd.daemon.listen import build_daemon, run_daemon
     from engines.runtime import open_runtime
     from tests.fixtures.comms import MemoryCommunicator
@@ -186,18 +193,18 @@ def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
     stream = pipeline.streams[0]
     assert stream.site is not None
     model_burn, own_burn = 0.03, 0.02
-    submit, features = pipeline._submit, stream.site.features
+    submit, features_many = pipeline._submit, pipeline_mod.features_many
 
     def slow_submit(batch):
         _burn_cpu(model_burn)
         return submit(batch)
 
-    def slow_features(window, end):
-        _burn_cpu(own_burn)
-        return features(window, end)
+    def slow_features(items):  # a tick's site features, computed together
+        _burn_cpu(own_burn * len(items))
+        return features_many(items)
 
     pipeline._submit = slow_submit  # type: ignore[method-assign]
-    stream.site.features = slow_features  # type: ignore[method-assign]
+    monkeypatch.setattr(pipeline_mod, "features_many", slow_features)
     seen: list[float] = []
     done = threading.Event()
 

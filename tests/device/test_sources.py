@@ -57,6 +57,23 @@ def test_file_source_realtime_vs_fast(tmp_path: Path) -> None:
     np.testing.assert_allclose(audio, long[:, 0], atol=1e-6)
 
 
+def test_a_fast_replay_is_polled_often_and_a_paced_source_once_a_block(tmp_path: Path) -> None:
+    """The worker's idle poll bounds how fast a replay that is not paced can go (a ring per
+    poll), so such a source gets the short poll; a paced one (a microphone, a real-time file)
+    the long one that saves the wake-ups."""
+    from edge_asd.audio.capture import FAST_POLL_S, POLL_S
+
+    _wav(tmp_path / "a.wav", 1.0)
+    paced = Capture(FileSource(tmp_path / "a.wav", realtime=True))
+    fast = Capture(FileSource(tmp_path / "a.wav", realtime=False))
+    assert paced.idle_wait_s() == POLL_S > FAST_POLL_S
+    assert fast.idle_wait_s() == FAST_POLL_S
+    fast.source.realtime = True  # read at every wait (`enrol` sets it on a source it has made)
+    assert fast.idle_wait_s() == POLL_S
+    for cap in (paced, fast):
+        cap.source.stop()
+
+
 def test_file_source_48k_stereo_resampled_per_channel(tmp_path: Path) -> None:
     sr = 48000
     t = np.arange(2 * sr) / sr

@@ -218,13 +218,16 @@ def fit_indicator_model(x: np.ndarray, scale_floor: np.ndarray | None = None) ->
 
 
 def knn_component(
-    embeddings: np.ndarray, bank: np.ndarray, exemplars: np.ndarray | None = None, k: int = DEFAULT_KNN_K
+    embeddings: np.ndarray, bank: np.ndarray, exemplars: np.ndarray | None = None, k: int = DEFAULT_KNN_K,
+    *, normalised: bool = False,
 ) -> np.ndarray:
     """The ``knn`` component: mean cosine distance to the k nearest of ``bank``, or less next
-    to an exemplar embedding. Shape (B,), float64."""
-    score = knn_scores(embeddings, bank, k).astype(np.float64)
+    to an exemplar embedding. Shape (B,), float64. ``normalised``: ``bank`` and ``exemplars``
+    are already ``l2_normalise``d (an enrolment keeps them so)."""
+    score = knn_scores(embeddings, bank, k, references_normalised=normalised).astype(np.float64)
     if exemplars is not None and len(exemplars):
-        nearest = 1.0 - (l2_normalise(embeddings) @ l2_normalise(exemplars).T).max(axis=1)
+        unit = exemplars if normalised else l2_normalise(exemplars)
+        nearest = 1.0 - (l2_normalise(embeddings) @ unit.T).max(axis=1)
         score = np.minimum(score, np.clip(nearest.astype(np.float64), 0.0, 2.0))
     return score
 
@@ -233,7 +236,8 @@ def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
     """Mean of the ``k`` largest values along the last axis (one partition, no full sort)."""
     n = values.shape[-1]
     k = min(int(k), n)
-    return np.partition(values, n - k, axis=-1)[..., n - k :].mean(axis=-1)
+    # sum / k: np.mean's numbers without its Python layers (this runs three times per window)
+    return np.partition(values, n - k, axis=-1)[..., n - k :].sum(axis=-1) / k
 
 
 @dataclass

@@ -325,7 +325,7 @@ class Enrolment:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     envelope_model: EnvelopeModel | None = None
     """Per-bin normal range of the envelope spectrum (with profiles), fitted on all windows."""
-    _bank_cache: np.ndarray | None = field(default=None, repr=False)
+    _knn_cache: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
     _spectrum_cache: tuple[SpectrumBank, SpectrumBank] | None = field(default=None, repr=False)
 
     @property
@@ -386,8 +386,8 @@ class Enrolment:
         if KNN in self.fits:
             if embeddings is None:
                 raise ValueError("this enrolment has a knn component: pass the windows' embeddings")
-            assert self.bank is not None
-            out[KNN] = knn_component(embeddings, self.bank, self.exemplars.embeddings, self.knn_k)
+            bank, exemplars = self._knn_banks()
+            out[KNN] = knn_component(embeddings, bank, exemplars, self.knn_k, normalised=True)
         if CE in self.fits:
             if ce is None:
                 raise ValueError("this enrolment has a ce component: pass the windows' ce scores")
@@ -409,13 +409,24 @@ class Enrolment:
         raw = self.raw_scores(indicators, embeddings, ce, profiles)
         # A non-finite raw score (a broken input) is a missing one: surprise 0, never NaN, so it
         # can neither hide the other components in the maximum nor raise an alarm by itself.
-        comps = {
-            name: ComponentScores(values, np.nan_to_num(self.fits[name].surprise(values), nan=0.0, posinf=0.0, neginf=0.0)
-                                  * np.isfinite(values))
-            for name, values in raw.items()
-        }  # fmt: skip
+        # (A surprise is clipped to [0, SURPRISE_MAX]: finite, or NaN from a NaN score.)
+        comps = {}
+        for name, values in raw.items():
+            surprise = self.fits[name].surprise(values)
+            comps[name] = ComponentScores(values, np.where(np.isfinite(values) & np.isfinite(surprise), surprise, 0.0))
         fused = np.max(np.stack([c.surprise for c in comps.values()]), axis=0)
         return SiteScores(fused, float(self.threshold), comps)
+
+    def _knn_banks(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(bank, exemplar embeddings) made unit length once, cached: every window's ``knn``
+        compares against them, and normalising the whole bank again each window cost more
+        than the comparison."""
+        if self._knn_cache is None:
+            assert self.bank is not None
+            exemplars = self.exemplars.embeddings
+            has_exemplars = exemplars is not None and len(exemplars) > 0
+            self._knn_cache = (l2_normalise(self.bank), l2_normalise(exemplars) if has_exemplars else None)
+        return self._knn_cache
 
     def _spectrum_banks(self) -> tuple[SpectrumBank, SpectrumBank]:
         """(enrolled windows, exemplars) as ``spectrum`` references, cached."""

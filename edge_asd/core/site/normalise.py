@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_asd.core.scoring import rank_normalise
+from edge_asd.core.scoring import RankTable
 from edge_asd.core.thresholds import fit_gamma, gamma_sf
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class SurpriseFit:
     fit: dict[str, Any] | None = None
     """``{"dist": "gamma", "shape", "loc", "scale"}``, or None for the empirical tail."""
     extra: dict[str, Any] = field(default_factory=dict)
+    _rank: RankTable | None = field(default=None, init=False, repr=False, compare=False)
+    """The empirical tail's lookup table of ``reference``, made at the first window scored."""
 
     @property
     def method(self) -> str:
@@ -50,22 +52,22 @@ class SurpriseFit:
         """P_normal(S >= s) for every score (float64, same shape as ``scores``, 1-D at least)."""
         s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
         if self.fit is None:
-            return np.clip(1.0 - rank_normalise(s, self.reference), 0.0, 1.0)
+            if self._rank is None:
+                self._rank = RankTable.of(self.reference)
+            return np.minimum(np.maximum(1.0 - self._rank.normalise(s), 0.0), 1.0)
         shape = float(self.fit["shape"])
         loc = float(self.fit["loc"])
         scale = float(self.fit["scale"])
-        out = np.empty(s.shape, dtype=np.float64)
-        flat = out.reshape(-1)
-        for i, value in enumerate(s.reshape(-1)):
-            flat[i] = gamma_sf((float(value) - loc) / scale, shape) if math.isfinite(value) else 0.0
-        return out
+        values = s.reshape(-1).tolist()  # Python floats: the loop runs once per window and component
+        p = [gamma_sf((v - loc) / scale, shape) if math.isfinite(v) else 0.0 for v in values]
+        return np.array(p, dtype=np.float64).reshape(s.shape)
 
     def surprise(self, scores: np.ndarray | float) -> np.ndarray:
         """``-log10 P_normal(S >= s)`` clipped to [0, SURPRISE_MAX], float64."""
-        p = self.p_exceed(scores)
-        with np.errstate(divide="ignore"):
-            out = -np.log10(np.maximum(p, 10.0 ** -SURPRISE_MAX))
-        return np.clip(out, 0.0, SURPRISE_MAX) + 0.0  # + 0.0: no -0.0 in payloads
+        # np.maximum/np.minimum rather than np.clip (the same numbers, NaN kept, without
+        # np.clip's Python layers): this runs for every component of every scored window.
+        out = -np.log10(np.maximum(self.p_exceed(scores), 10.0 ** -SURPRISE_MAX))  # > 0: no log of 0
+        return np.minimum(np.maximum(out, 0.0), SURPRISE_MAX) + 0.0  # + 0.0: no -0.0 in payloads
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "fit": self.fit, "n": int(self.reference.size)}
