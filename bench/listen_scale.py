@@ -175,9 +175,13 @@ def enrol_streams(
     audio = audio[int(replayed_s * SAMPLE_RATE) :]
     with open_runtime(bundle, backend="onnxruntime") as runtime:
         features = extract([("bench-normal", audio)], runtime, class_indices=[loaded.classes.index(cls)])
+    if not names:
+        return features
+    # One fit (the streams replay the same machine), stored under each stream's name.
+    enrolment = enrol_features(features, loaded, stream=names[0], source=provenance("wav", features),
+                               class_names=[cls])  # fmt: skip
     for name in names:
-        enrolment = enrol_features(features, loaded, stream=name, source=provenance("wav", features),
-                                   class_names=[cls])  # fmt: skip
+        enrolment.meta["stream"] = name
         save_stream_enrolment(enrolment, state_dir, name)
     return features
 

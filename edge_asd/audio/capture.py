@@ -33,7 +33,7 @@ machine; longer only costs memory: 20 s held 31 MiB more at 32 streams of 16 kHz
 POLL_S = 0.1
 """How often the worker looks for new audio when the ring had none. One device block's worth
 (a file source's blocks are 0.1 s): at 50 ms half the wake-ups found nothing, and the capture
-workers took 8.2 % of the two cores at 80 streams against 5.2 % at 100 ms
+workers took 8.1 % (of 200 %) at 80 streams against 5.5 % at 100 ms
 (``bench/listen_scale.py --poll-s``, docs/performance.md). Audio reaches the stream buffers at
 most 100 ms after the device delivered it: an event can open up to 50 ms later than with
 50 ms polls, against a 1 s hop; no score changes. A source that is not paced to real time (a

@@ -279,3 +279,24 @@ def test_core_site_is_torch_free(no_torch_guard) -> None:
 
     importlib.reload(edge_asd.core.site.enrolment)
     assert math.isfinite(bonferroni_threshold(2, 1e-5))
+
+
+def test_knn_is_scored_against_the_unit_bank_and_exemplars_normalised_once(enrolment) -> None:
+    """The knn component keeps its references at unit length instead of normalising them for
+    every window: the same distances as the one-call form (to float32 rounding), each
+    enrolment with its own exemplars (a taught window is near an exemplar of the new
+    enrolment only)."""
+    from edge_asd.core.site.components import knn_component
+
+    x, emb, ce = _normal(12, 21)
+    far = emb.copy()
+    far[:, :64] *= -1.0  # another sound to the embedding
+    got = enrolment.raw_scores(x, far, ce)["knn"]
+    direct = knn_component(far, enrolment.data.embeddings, enrolment.exemplars.embeddings, enrolment.knn_k)
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+    assert enrolment.raw_scores(x, far, ce)["knn"].tolist() == got.tolist()  # the cache changes nothing
+    taught = enrolment.add_normal(x[:3], far[:3], ce[:3])
+    np.testing.assert_allclose(taught.raw_scores(x[:3], far[:3], ce[:3])["knn"], 0.0, atol=1e-6)
+    assert (enrolment.raw_scores(x[:3], far[:3], ce[:3])["knn"] > 0.1).all()  # the first one is untaught
+    direct = knn_component(far, taught.data.embeddings, taught.exemplars.embeddings, taught.knn_k)
+    np.testing.assert_allclose(taught.raw_scores(x, far, ce)["knn"], direct, rtol=1e-5, atol=1e-6)

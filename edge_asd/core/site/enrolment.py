@@ -316,6 +316,7 @@ class Enrolment:
     # fitted state
     indicator_model: IndicatorModel
     bank: np.ndarray | None
+    """The enrolled windows' embeddings at unit length (``l2_normalise``): the knn references."""
     fits: dict[str, SurpriseFit]
     folds: np.ndarray
     oof: dict[str, np.ndarray]
@@ -325,8 +326,10 @@ class Enrolment:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     envelope_model: EnvelopeModel | None = None
     """Per-bin normal range of the envelope spectrum (with profiles), fitted on all windows."""
-    _knn_cache: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
-    _spectrum_cache: tuple[SpectrumBank, SpectrumBank] | None = field(default=None, repr=False)
+    _knn_cache: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, init=False, repr=False, compare=False)
+    _spectrum_cache: tuple[SpectrumBank, SpectrumBank] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -418,14 +421,15 @@ class Enrolment:
         return SiteScores(fused, float(self.threshold), comps)
 
     def _knn_banks(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(bank, exemplar embeddings) made unit length once, cached: every window's ``knn``
-        compares against them, and normalising the whole bank again each window cost more
-        than the comparison."""
+        """(bank, exemplar embeddings) at unit length, the exemplars made so once and cached:
+        every window's ``knn`` compares against them, and normalising them (and the bank,
+        which is unit length from the start) again each window cost more than the
+        comparison. The bank is not copied: it is the enrolment's own ``bank``."""
         if self._knn_cache is None:
             assert self.bank is not None
             exemplars = self.exemplars.embeddings
             has_exemplars = exemplars is not None and len(exemplars) > 0
-            self._knn_cache = (l2_normalise(self.bank), l2_normalise(exemplars) if has_exemplars else None)
+            self._knn_cache = (self.bank, l2_normalise(exemplars) if has_exemplars else None)
         return self._knn_cache
 
     def _spectrum_banks(self) -> tuple[SpectrumBank, SpectrumBank]:
