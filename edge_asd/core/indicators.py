@@ -149,10 +149,6 @@ GROUP_WINDOWS = 32
 """Windows that ``combine_many`` and ``spectra.profile_many`` process together: enough to share
 numpy's per-call overhead, few enough that the temporaries stay small (a few MB)."""
 
-BATCH_WINDOWS = 256
-"""Most windows per ``combine_many`` call in the offline paths (about 0.2 MB of temporaries per
-window)."""
-
 UNITS: dict[str, str] = {
     "dBFS": "decibels of an RMS or peak amplitude relative to full scale (1.0); "
     "a full-scale sine has an RMS level of -3.01 dBFS",
@@ -858,14 +854,6 @@ def compute(window: np.ndarray) -> np.ndarray:
     return combine(_window_blocks(window))
 
 
-def _combine_in_batches(windows: Sequence[Sequence[BlockStats]]) -> np.ndarray:
-    """``combine_many`` over at most ``BATCH_WINDOWS`` windows per call (bounded temporaries)."""
-    out = np.empty((len(windows), len(INDICATORS)))
-    for first in range(0, len(windows), BATCH_WINDOWS):
-        out[first : first + BATCH_WINDOWS] = combine_many(windows[first : first + BATCH_WINDOWS])
-    return out
-
-
 def compute_batch(windows: np.ndarray) -> np.ndarray:
     """Indicator vectors of (B, 160000) windows, shape (B, len(INDICATORS)).
 
@@ -876,7 +864,7 @@ def compute_batch(windows: np.ndarray) -> np.ndarray:
         raise ValueError(f"compute_batch needs (B, {WINDOW_SAMPLES}) windows, got shape {x.shape}")
     stats = block_stats_of(x.reshape(-1), x.shape[0] * BLOCKS_PER_WINDOW)
     per_window = [stats[i : i + BLOCKS_PER_WINDOW] for i in range(0, len(stats), BLOCKS_PER_WINDOW)]
-    return _combine_in_batches(per_window)
+    return combine_many(per_window)
 
 
 def compute_hops(audio: np.ndarray) -> np.ndarray:
@@ -886,8 +874,8 @@ def compute_hops(audio: np.ndarray) -> np.ndarray:
     ignored. Each block's statistics are computed once and shared by the ten windows that
     contain it (what the live daemon does), so a long enrolment recording costs one
     ``block_stats`` per second instead of ten; row ``i`` equals ``compute`` of that window exactly.
-    Blocks and windows go through the batched functions in bounded batches (``BATCH_BLOCKS``,
-    ``BATCH_WINDOWS``). Audio shorter than one window gives ``(0, n)``.
+    Blocks go through ``block_stats_of`` in bounded slices, windows through ``combine_many``
+    (bounded groups). Audio shorter than one window gives ``(0, n)``.
     """
     x = np.asarray(audio)
     if x.ndim != 1:
@@ -897,7 +885,7 @@ def compute_hops(audio: np.ndarray) -> np.ndarray:
     if n_windows == 0:
         return np.empty((0, len(INDICATORS)))
     stats = block_stats_of(x, n_blocks)
-    return _combine_in_batches([stats[i : i + BLOCKS_PER_WINDOW] for i in range(n_windows)])
+    return combine_many([stats[i : i + BLOCKS_PER_WINDOW] for i in range(n_windows)])
 
 
 def band_levels(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -927,7 +915,6 @@ __all__ = [
     "BIN_HZ",
     "BLOCKS_PER_WINDOW",
     "BATCH_BLOCKS",
-    "BATCH_WINDOWS",
     "BLOCK_SAMPLES",
     "GROUP_WINDOWS",
     "INDICATORS",

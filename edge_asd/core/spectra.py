@@ -185,16 +185,12 @@ def profile(blocks: Sequence[ind.BlockStats]) -> np.ndarray:
     ``profile_many`` of one window (one implementation). Ten blocks make a window (what
     enrolment and scoring use); other counts work, but their values are not comparable with
     ten-block ones (the averages have another variance). Cheap (two small averages, ten
-    160-point FFTs, two logarithms): the daemon calls it every hop on the blocks it caches for
-    ``indicators.combine``.
+    160-point FFTs, two logarithms); the daemon profiles a tick's windows together with
+    ``profile_many``.
     """
     if len(blocks) == 0:
         raise ValueError("profile needs at least one BlockStats")
     return profile_many([blocks])[0]
-
-
-def _blocks_of(audio: np.ndarray, n_blocks: int) -> list[ind.BlockStats]:
-    return ind.block_stats_of(audio, n_blocks)
 
 
 def compute_profile(window: np.ndarray) -> np.ndarray:
@@ -202,7 +198,7 @@ def compute_profile(window: np.ndarray) -> np.ndarray:
     x = np.asarray(window)
     if x.shape != (WINDOW_SAMPLES,):
         raise ValueError(f"a profile needs a ({WINDOW_SAMPLES},) window, got shape {x.shape}")
-    return profile(_blocks_of(x, ind.BLOCKS_PER_WINDOW))
+    return profile(ind.block_stats_of(x, ind.BLOCKS_PER_WINDOW))
 
 
 def compute_profile_hops(audio: np.ndarray) -> np.ndarray:
@@ -210,9 +206,9 @@ def compute_profile_hops(audio: np.ndarray) -> np.ndarray:
 
     Like ``indicators.compute_hops``: window ``i`` starts at sample ``i * BLOCK_SAMPLES``, each
     block is analysed once and shared by the ten windows that contain it, a trailing partial
-    block is ignored, and row ``i`` equals ``compute_profile`` of that window exactly. Blocks
-    and windows go through the batched functions in bounded batches (``BATCH_BLOCKS``,
-    ``BATCH_WINDOWS``). Audio shorter than one window gives ``(0, PROFILE_SIZE)``.
+    block is ignored, and row ``i`` equals ``compute_profile`` of that window exactly. Blocks go
+    through ``block_stats_of`` in bounded slices, windows through ``profile_many`` (bounded
+    groups). Audio shorter than one window gives ``(0, PROFILE_SIZE)``.
     """
     x = np.asarray(audio)
     if x.ndim != 1:
@@ -222,11 +218,8 @@ def compute_profile_hops(audio: np.ndarray) -> np.ndarray:
     out = np.empty((n_windows, PROFILE_SIZE), dtype=np.float32)
     if n_windows == 0:
         return out
-    stats = _blocks_of(x, n_blocks)
-    for first in range(0, n_windows, ind.BATCH_WINDOWS):
-        last = min(first + ind.BATCH_WINDOWS, n_windows)
-        out[first:last] = profile_many([stats[i : i + ind.BLOCKS_PER_WINDOW] for i in range(first, last)])
-    return out
+    stats = ind.block_stats_of(x, n_blocks)
+    return profile_many([stats[i : i + ind.BLOCKS_PER_WINDOW] for i in range(n_windows)])
 
 
 __all__ = [

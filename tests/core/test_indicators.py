@@ -503,8 +503,8 @@ def test_empty_batches_and_mismatched_windows():
 
 
 def test_hops_across_the_offline_batches_equal_compute():
-    """compute_hops takes blocks in slices of BATCH_BLOCKS and windows in slices of
-    BATCH_WINDOWS; a window straddling either boundary is still compute of that window."""
+    """compute_hops takes blocks in slices of BATCH_BLOCKS and combine_many takes windows in
+    groups of GROUP_WINDOWS; a window straddling either boundary is still compute of that window."""
     n_blocks = ind.BATCH_BLOCKS + 12
     rng = np.random.default_rng(12)
     t = np.arange(n_blocks * ind.BLOCK_SAMPLES) / SAMPLE_RATE
@@ -513,9 +513,9 @@ def test_hops_across_the_offline_batches_equal_compute():
     )
     hops = ind.compute_hops(x)
     n_windows = n_blocks - ind.BLOCKS_PER_WINDOW + 1
-    assert hops.shape == (n_windows, len(ind.INDICATORS)) and n_windows > ind.BATCH_WINDOWS
+    assert hops.shape == (n_windows, len(ind.INDICATORS)) and n_windows > ind.GROUP_WINDOWS
     straddling = ind.BATCH_BLOCKS - ind.BLOCKS_PER_WINDOW // 2  # its blocks come from two slices
-    for i in (0, straddling, ind.BATCH_WINDOWS - 1, ind.BATCH_WINDOWS, n_windows - 1):
+    for i in (0, straddling, ind.GROUP_WINDOWS - 1, ind.GROUP_WINDOWS, n_windows - 1):
         start = i * ind.BLOCK_SAMPLES
         np.testing.assert_array_equal(hops[i], ind.compute(x[start : start + WINDOW_SAMPLES]), err_msg=str(i))
 
