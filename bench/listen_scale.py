@@ -32,7 +32,8 @@ runs the engine works during it, so it says how busy the thread is, not what it 
 ``--find-max`` bisects over stream counts, each probe a short run in a fresh process (so RSS and
 allocator state do not carry over): a count is kept in real time when no window was skipped
 and every stream scored its windows on time (at least 0.97 windows per second, less than two
-hops of audio queued at the end). The daemon overhead is reported for the count found; ``--strict-overhead`` makes it part of the test. The RSS of ``--rss-streams``
+hops of audio queued at the end). The daemon overhead is reported for the count found;
+``--strict-overhead`` makes it part of the test. The RSS of ``--rss-streams``
 (32) comes from its probe, or from one more run. Environment variables reach every probe
 (``OPENBLAS_NUM_THREADS=1``, ``MALLOC_*``), and ``--ort-variant`` tries onnxruntime session
 options without editing the backend (``bench/memory.py``).
