@@ -260,8 +260,7 @@ def run_once(
     if site and enrol and enrolled != n - 1:
         raise SystemExit(f"{enrolled} of the {n - 1} streams meant to be enrolled are: see the warnings above")
     t_start_wall = time.time()  # stream 0's source starts first: its audio clock starts here
-    for capture in daemon.captures:
-        capture.start()
+    daemon.start_inputs()
     rss0, cpu0, t0 = rss_mib(), cpu_seconds(), time.monotonic()
     stop = threading.Timer(seconds, pipeline.stop)
     stop.start()
@@ -303,8 +302,7 @@ def run_once(
         stats = pipeline.stats()
         if steps:
             steps.mark(f"{n} streams: end of run")
-        for capture in daemon.captures:
-            capture.stop()
+        daemon.inputs.stop()
         daemon.runtime.close()
     per_stream = [s["windows"] for s in stats["streams"].values()]
     expected = max(1.0, seconds - 10.0)  # first window after 10 s of audio, then one per hop

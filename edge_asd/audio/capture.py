@@ -1,8 +1,9 @@
-"""Capture = source + ring + worker thread that resamples into one StreamBuffer per channel.
+"""Capture = source + ring + a worker that resamples into one StreamBuffer per channel.
 
 The worker is the only consumer of the ring. Every ``poll_s`` it takes what arrived, feeds
 one streaming resampler for all channels (native rate -> 16 kHz) and appends each channel to
-its ``StreamBuffer``. Gaps travel along: an overflow or restart recorded in the ring, or
+its ``StreamBuffer``. A capture used alone (``record``, ``enrol``) has a worker thread of its
+own; the daemon's captures share one (``CaptureWorker``). Gaps travel along: an overflow or restart recorded in the ring, or
 samples the worker lost because it fell a whole ring behind, become a gap interval in the
 16 kHz buffers, widened by the resampler's filter span (the filter smears a splice over
 that many output samples). The counters here feed the stats message.
@@ -81,6 +82,7 @@ class Capture:
         self.gaps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False
         self.finished = threading.Event()
         """Set when the source finished and everything it delivered was processed."""
         self.error: BaseException | None = None
@@ -90,15 +92,19 @@ class Capture:
         ``record`` sets it to the start of the next clip so a fast file replay loses nothing."""
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the source and the worker (the source's errors, e.g. no device, raise here)."""
+    def start(self, *, worker: bool = True) -> None:
+        """Start the source and, unless a ``CaptureWorker`` moves this capture's audio
+        (``worker=False``), a worker thread of its own. The source's errors (e.g. no device)
+        raise here."""
         self.source.start(self.ring)
-        self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
-        self._thread.start()
+        self._started = True
+        if worker:
+            self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
+            self._thread.start()
 
     @property
     def started(self) -> bool:
-        return self._thread is not None
+        return self._started
 
     def stop(self, timeout: float = 2.0) -> None:
         self.source.stop(timeout)
@@ -151,25 +157,44 @@ class Capture:
 
     # -- worker ----------------------------------------------------------------------------
     def _run(self) -> None:
+        while not self._stop.is_set() and not self.done:
+            if not self.pump():
+                self._stop.wait(self.idle_wait_s())
+
+    @property
+    def done(self) -> bool:
+        """Nothing more to move: the source finished and all it delivered is in the streams
+        (``finished``), or the work failed (``error``)."""
+        return self.error is not None or self.finished.is_set()
+
+    def pump(self) -> bool:
+        """One turn of the worker: move what is new into the stream buffers; True if there
+        was something (a fast source may have more already). Sets ``finished`` once a finite
+        source is done and ``error`` if the work fails, after which it does nothing."""
+        if self.done:
+            return False
         try:
-            while not self._stop.is_set():
-                if not self.process_available():
-                    if self.source.finished and self._cursor >= self.ring.written:
-                        self._flush()
-                        self.finished.set()
-                        return
-                    self._stop.wait(self.idle_wait_s())
+            if self.process_available():
+                return True
+            if self.source.finished and self._cursor >= self.ring.written:
+                self._flush()
+                self.finished.set()
         except Exception as err:
             logger.exception("capture worker of %s failed", self.source.name)
             self.error = err
-        finally:
             if self.source.finished and self._cursor >= self.ring.written:
                 self.finished.set()
+        return False
+
+    @property
+    def realtime(self) -> bool:
+        """Whether the source is paced to real time (a device, a paced file replay)."""
+        return bool(getattr(self.source, "realtime", True))
 
     def idle_wait_s(self) -> float:
         """How long the worker sleeps when the ring had nothing new: ``poll_s``, and at most
         ``FAST_POLL_S`` for a source not paced to real time (the poll bounds its speed)."""
-        return self.poll_s if getattr(self.source, "realtime", True) else min(self.poll_s, FAST_POLL_S)
+        return self.poll_s if self.realtime else min(self.poll_s, FAST_POLL_S)
 
     def process_available(self, max_frames: int | None = None) -> bool:
         """Move everything new from the ring into the stream buffers; False if nothing was new.
@@ -218,3 +243,62 @@ class Capture:
         hi = int(math.ceil(self.resampler.input_to_output(end))) + span
         for stream in self.streams:
             stream.mark_gap(max(0, lo), hi)
+
+
+class CaptureWorker:
+    """One thread that moves the audio of many captures (the daemon's inputs).
+
+    Why one: with a thread per capture, each woke ``1 / poll_s`` times a second, and at 96
+    inputs those 960 wake-ups a second cost the capture threads about 66 us of CPU each (kernel
+    scheduling and the hand-over of the GIL) for some 7 us of work: most of the capture's
+    CPU went to waking up (``bench/listen_scale.py``, docs/performance.md). One thread wakes
+    ``1 / poll_s`` times a second and serves every input in turn; the work per block is the
+    same. A capture whose work fails stops alone (its ``error``, a fault of its streams); the
+    others go on. Every wait is the shortest ``idle_wait_s`` of the inputs, and the worker
+    turns again at once while a source that is not paced to real time still delivers.
+    """
+
+    def __init__(self, captures: list[Capture], *, name: str = "capture-worker") -> None:
+        self.captures = list(captures)
+        self.name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start every capture's source (the first that fails raises, the ones before it keep
+        running: ``stop`` stops them), then the thread."""
+        for capture in self.captures:
+            if not capture.started:
+                capture.start(worker=False)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the sources and the thread; a source that fails to stop is logged, never
+        keeps the others running."""
+        for capture in self.captures:
+            try:
+                capture.stop(timeout)
+            except Exception:
+                logger.exception("stopping capture %s failed", capture.source.name)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run_once(self) -> bool:
+        """One turn over the captures; True if a source not paced to real time delivered
+        (turn again at once). Public so that a test can drive the worker without its thread."""
+        again = False
+        for capture in self.captures:
+            if capture.pump() and not capture.realtime:
+                again = True
+        return again
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            live = [c for c in self.captures if not c.done]
+            if not live:
+                return
+            if not self.run_once():
+                self._stop.wait(min(c.idle_wait_s() for c in live))

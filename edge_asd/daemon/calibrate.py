@@ -66,8 +66,7 @@ def calibrate_streams(
     seen = {s.name: 0 for s in pipeline.streams}
     try:
         daemon.comms.start()
-        for capture in daemon.captures:
-            capture.start()
+        daemon.start_inputs()
         last_report = time.monotonic()
         while min(len(v) for v in scores.values()) < windows_wanted:
             scored = pipeline.tick()

@@ -17,10 +17,10 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_asd.audio.capture import Capture
+from edge_asd.audio.capture import Capture, CaptureWorker
 from edge_asd.audio.sources import AudioSource, FileSource, SoundDeviceSource, SyntheticSource
 from edge_asd.comms.base import Communicator, StreamInfo
 from edge_asd.comms.factory import create_communicator
@@ -55,15 +55,24 @@ class Daemon:
     systemd: SystemdIntegration
     lock: StateDirLock | None = None
     metrics: MetricsServer | None = None  # the Prometheus endpoint (metrics.enabled)
+    inputs: CaptureWorker = field(init=False, repr=False)
+    """The one thread that moves every capture's audio into its stream buffers."""
+
+    def __post_init__(self) -> None:
+        self.inputs = CaptureWorker(self.captures)
+
+    def start_inputs(self) -> None:
+        """Open every input and start moving its audio (an input that cannot open raises:
+        ``close`` stops the ones already open)."""
+        self.inputs.start()
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.stop()
-        for capture in self.captures:
-            try:
-                capture.stop()
-            except Exception:  # one stuck input must not keep the others or the outbox
-                logger.exception("stopping capture %s failed", capture.source.name)
+        try:
+            self.inputs.stop()  # one stuck input must not keep the others or the outbox
+        except Exception:
+            logger.exception("stopping the inputs failed")
         try:
             self.pipeline.publish_stats()
         finally:
@@ -313,8 +322,7 @@ def run_daemon(daemon: Daemon, *, install_signals: bool = True, on_started: Call
             previous[sig] = signal.signal(sig, _stop)
     try:
         daemon.comms.start()
-        for capture in daemon.captures:
-            capture.start()
+        daemon.start_inputs()
         if daemon.metrics is not None:
             daemon.metrics.start()  # a port it cannot bind is logged, not fatal
         if on_started is not None:

@@ -20,6 +20,7 @@ from edge_asd.core.site.components import (
     SpectrumBank,
     fit_envelope_model,
     outside_band,
+    top_mean,
 )
 from edge_asd.core.site.enrolment import ENROLMENT_JSON
 from edge_asd.core.site.holdout import cross_fit_plan
@@ -109,6 +110,24 @@ def test_outside_band_forgives_a_line_within_its_main_lobe() -> None:
     _line(moved[0], 36, -20.0)  # six bins away: another line
     assert outside_band(moved, ref).max() == pytest.approx(40.0)
     np.testing.assert_allclose(outside_band(moved, ref, tolerance=0)[0, 0], np.abs(moved[0] - ref[0, 0]))
+
+
+def test_top_mean_is_the_mean_of_the_largest_values() -> None:
+    """``spectrum``'s deviations are mostly exact zeros: the top-k mean must be exact there, with
+    ties, with fewer non-zero values than k, and with k larger than the row."""
+    rng = np.random.default_rng(4)
+    v = np.maximum(rng.standard_normal((3, 16, 1022)).astype(np.float32) - 0.7, 0.0)
+    v[0, 0] = 0.0  # a reference the window lies inside of everywhere
+    v[0, 1] = 0.0
+    v[0, 1, [5, 9]] = [2.0, 3.0]  # two values out of the band, k = 5
+    v[1, 2] = 0.0
+    v[1, 2, :8] = 1.5  # ties at the top
+    expected = np.sort(v.astype(np.float64), axis=-1)[..., -5:].mean(axis=-1)
+    got = top_mean(v, 5)
+    assert got.shape == (3, 16)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert got[0, 0] == 0.0 and got[0, 1] == pytest.approx(1.0) and got[1, 2] == pytest.approx(1.5)
+    np.testing.assert_allclose(top_mean(v[:, :, :3], 5), v[:, :, :3].astype(np.float64).mean(axis=-1), rtol=1e-6)
 
 
 def test_nearest_baseline_search() -> None:

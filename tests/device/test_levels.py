@@ -48,6 +48,29 @@ def test_nonfinite_is_dead_and_never_scorable(bad: float) -> None:
     assert all(math.isfinite(v) for v in (r.rms_dbfs, r.peak_dbfs, r.crest_db))
 
 
+def test_levels_of_a_window_with_broken_samples_are_those_of_its_finite_ones() -> None:
+    """The extremes tell a whole window from a broken one without an isfinite pass; a broken
+    one is measured on its finite samples alone (peak and RMS as if the bad ones were not
+    there), and one with no finite sample at all is dead with floor levels."""
+    x = _noise(0.1, seed=3)
+    x[[10, 500, 90000]] = [np.nan, np.inf, -np.inf]
+    r = measure(x)
+    finite = np.delete(x, [10, 500, 90000])
+    assert r.nonfinite == 3 and r.state == "dead"
+    assert r.peak_dbfs == pytest.approx(20 * math.log10(float(np.abs(finite).max())))
+    assert r.rms_dbfs == pytest.approx(10 * math.log10(float(np.mean(finite.astype(np.float64) ** 2))), abs=1e-3)
+    gone = measure(np.full(N, np.nan, np.float32))
+    assert gone.state == "dead" and gone.nonfinite == N and gone.rms_dbfs == gone.peak_dbfs == -200.0
+
+
+def test_a_report_as_a_dict_has_every_field() -> None:
+    from dataclasses import asdict
+
+    for x in (_noise(0.1), np.zeros(N, np.float32)):
+        r = measure(x)
+        assert r.to_dict() == asdict(r)
+
+
 def test_clipped_sine_is_clipping() -> None:
     t = np.arange(N) / 16000
     x = np.clip(1.5 * np.sin(2 * np.pi * 440 * t), -1.0, 1.0).astype(np.float32)

@@ -147,7 +147,10 @@ def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(
     for stream in pipeline.streams:  # each stream's own embedding of its first window, alone
         moved, _ = stream.model_window(sounds[stream.name][:160000].astype(np.float32), 160000)
         embeddings[stream.name] = runtime.infer(np.clip(moved, -1, 1)[None].astype(np.float32)).embedding[0]
-    assert run_daemon(daemon, install_signals=False) == 0
+    threads: set[str] = set()  # the inputs share one worker thread (CaptureWorker)
+    assert run_daemon(daemon, install_signals=False, on_started=lambda _: threads.update(
+        t.name for t in threading.enumerate())) == 0  # fmt: skip
+    assert "capture-worker" in threads and not any(n.startswith("capture-") and n != "capture-worker" for n in threads)
     assert {name for name, _, _ in seen} == set(names) and len(seen) >= 3 * 3
     for name, marker, _ in seen:
         assert marker == names.index(name), f"{name} was scored with another stream's features"

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from edge_asd.audio.capture import Capture
+from edge_asd.audio.capture import FAST_POLL_S, POLL_S, Capture, CaptureWorker
 from edge_asd.audio.devices import (
     AudioDeviceError,
     InputDevice,
@@ -61,8 +61,6 @@ def test_a_fast_replay_is_polled_often_and_a_paced_source_once_a_block(tmp_path:
     """The worker's idle poll bounds how fast a replay that is not paced can go (a ring per
     poll), so such a source gets the short poll; a paced one (a microphone, a real-time file)
     the long one that saves the wake-ups."""
-    from edge_asd.audio.capture import FAST_POLL_S, POLL_S
-
     _wav(tmp_path / "a.wav", 1.0)
     paced = Capture(FileSource(tmp_path / "a.wav", realtime=True))
     fast = Capture(FileSource(tmp_path / "a.wav", realtime=False))
@@ -72,6 +70,71 @@ def test_a_fast_replay_is_polled_often_and_a_paced_source_once_a_block(tmp_path:
     assert fast.idle_wait_s() == POLL_S
     for cap in (paced, fast):
         cap.source.stop()
+
+
+def test_one_worker_moves_every_capture_to_the_end_of_its_input(tmp_path: Path) -> None:
+    """The daemon's inputs share one thread (``CaptureWorker``): each input still ends up whole
+    in its streams (two mono files of different lengths, one 48 kHz stereo file), each
+    capture says when it is finished, and no capture starts a thread of its own."""
+    short, long = _wav(tmp_path / "a.wav", 1.3, seed=1), _wav(tmp_path / "b.wav", 4.7, seed=2)
+    _wav(tmp_path / "c.wav", 2.0, sr=48000, channels=2, seed=3)
+    caps = [Capture(FileSource(tmp_path / name, realtime=False)) for name in ("a.wav", "b.wav", "c.wav")]
+    worker = CaptureWorker(caps)
+    worker.start()
+    try:
+        assert all(c.finished.wait(30) for c in caps)
+        names = {t.name for t in threading.enumerate()}
+        assert not any(name.startswith("capture-") and name != "capture-worker" for name in names), names
+    finally:
+        worker.stop()
+    assert all(c.error is None and c.started for c in caps)
+    for cap, x in ((caps[0], short), (caps[1], long)):
+        stream = cap.streams[0]
+        audio, has_gap = stream.get(stream.first_index, stream.end_index - stream.first_index)
+        assert stream.end_index == len(x) and not has_gap
+        np.testing.assert_allclose(audio, x[:, 0], atol=1e-6)
+    assert [s.end_index for s in caps[2].streams] == [32000, 32000]
+    assert worker._thread is None  # joined
+
+
+def test_a_capture_that_fails_stops_alone_and_the_others_go_on(tmp_path: Path) -> None:
+    """One input's failure (here its resampler) is that capture's ``error`` (the pipeline makes
+    it a fault of its streams); the worker keeps moving the other inputs' audio."""
+    good, bad = _OverflowingSource(16000), _OverflowingSource(16000)
+    caps = [Capture(good), Capture(bad)]
+    worker = CaptureWorker(caps)
+    for cap in caps:
+        cap.source.start(cap.ring)  # driven without threads: ``run_once`` is one turn of the worker
+
+    def broken(block: np.ndarray) -> np.ndarray:
+        raise RuntimeError("resampler broke")
+
+    caps[1].resampler.process = broken  # type: ignore[method-assign]
+    block = np.full((1600, 1), 0.1, np.float32)
+    for _ in range(3):
+        for cap in caps:
+            cap.ring.write(block)
+        assert worker.run_once() is False  # paced sources: the worker waits its poll between turns
+    assert isinstance(caps[1].error, RuntimeError) and caps[1].done
+    assert caps[0].error is None and caps[0].streams[0].end_index == 3 * 1600
+    assert caps[1].streams[0].end_index == 0
+
+
+def test_the_worker_turns_again_at_once_only_for_a_fast_source(tmp_path: Path) -> None:
+    """A paced input (a microphone) is served once per poll; a replay that is not paced gets
+    the next turn at once while it delivers, so a shared worker replays as fast as one of its own."""
+    paced, fast = _OverflowingSource(16000), _OverflowingSource(16000)
+    fast.realtime = False  # type: ignore[attr-defined]
+    caps = [Capture(paced), Capture(fast)]
+    worker = CaptureWorker(caps)
+    for cap in caps:
+        cap.source.start(cap.ring)
+    caps[0].ring.write(np.zeros((1600, 1), np.float32))
+    assert worker.run_once() is False
+    caps[1].ring.write(np.zeros((1600, 1), np.float32))
+    assert worker.run_once() is True
+    assert worker.run_once() is False  # nothing new
+    assert min(c.idle_wait_s() for c in caps) == FAST_POLL_S < POLL_S
 
 
 def test_file_source_48k_stereo_resampled_per_channel(tmp_path: Path) -> None:

@@ -536,9 +536,10 @@ class Enrolment:
         Earlier array files of the folder are removed once the JSON names the new one.
         """
         directory = Path(directory)
+        segments = self._segment_index()  # once: a 2-hour enrolment has 7200 refs
         arrays: dict[str, np.ndarray] = {
             "indicators": self.data.indicators,
-            "ref_segment": np.asarray([self._segment_index()[r.segment] for r in self.refs], dtype=np.int64),
+            "ref_segment": np.asarray([segments[r.segment] for r in self.refs], dtype=np.int64),
             "ref_start": np.asarray([r.start for r in self.refs], dtype=np.int64),
             "folds": self.folds.astype(np.int64),
             "ex_indicators": self.exemplars.indicators,
@@ -585,7 +586,7 @@ class Enrolment:
             "profile_size": None if self.data.profiles is None else PROFILE_SIZE,
             "holdout_rule": HOLDOUT_RULE,
             "fusion": "max surprise over components (Tippett)",
-            "segments": list(self._segment_index()),
+            "segments": list(segments),
             "npz": npz_name,
             "npz_sha256": digest,
             "summary": self.summary(),
