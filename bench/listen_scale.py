@@ -260,7 +260,12 @@ def run_once(
     if site and enrol and enrolled != n - 1:
         raise SystemExit(f"{enrolled} of the {n - 1} streams meant to be enrolled are: see the warnings above")
     t_start_wall = time.time()  # stream 0's source starts first: its audio clock starts here
-    daemon.start_inputs()
+    try:
+        daemon.start_inputs()
+    except BaseException:  # an input that cannot open: stop the ones that did, then say why
+        daemon.inputs.stop()
+        daemon.runtime.close()
+        raise
     rss0, cpu0, t0 = rss_mib(), cpu_seconds(), time.monotonic()
     stop = threading.Timer(seconds, pipeline.stop)
     stop.start()

@@ -251,7 +251,8 @@ class CaptureWorker:
     Why one: with a thread per capture, each woke ``1 / poll_s`` times a second, and at 96
     inputs those 960 wake-ups a second cost the capture threads about 66 us of CPU each (kernel
     scheduling and the hand-over of the GIL) for some 7 us of work: most of the capture's
-    CPU went to waking up (``bench/listen_scale.py``, docs/performance.md). One thread wakes
+    CPU went to waking up (``bench/listen_scale.py``, docs/performance.md, "Issue 13, fifth
+    pass"). One thread wakes
     ``1 / poll_s`` times a second and serves every input in turn; the work per block is the
     same. A capture whose work fails stops alone (its ``error``, a fault of its streams); the
     others go on. Every wait is the shortest ``idle_wait_s`` of the inputs, and the worker
@@ -266,7 +267,13 @@ class CaptureWorker:
 
     def start(self) -> None:
         """Start every capture's source (the first that fails raises, the ones before it keep
-        running: ``stop`` stops them), then the thread."""
+        running: ``stop`` stops them), then the thread. A worker runs once, and only captures
+        that nothing else moves: two threads on one ring would tear its audio apart."""
+        if self._thread is not None or self._stop.is_set():
+            raise RuntimeError("a CaptureWorker starts once: make a new one")
+        for capture in self.captures:
+            if capture._thread is not None:
+                raise RuntimeError(f"capture {capture.source.name} already has a worker thread of its own")
         for capture in self.captures:
             if not capture.started:
                 capture.start(worker=False)
@@ -296,9 +303,15 @@ class CaptureWorker:
         return again
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            live = [c for c in self.captures if not c.done]
-            if not live:
-                return
-            if not self.run_once():
-                self._stop.wait(min(c.idle_wait_s() for c in live))
+        try:
+            while not self._stop.is_set():
+                live = [c for c in self.captures if not c.done]
+                if not live:
+                    return
+                if not self.run_once():
+                    self._stop.wait(min(c.idle_wait_s() for c in live))
+        except BaseException as err:  # each capture's own failure is caught in pump(): this is the loop's
+            logger.exception("the capture worker failed: no input is read any more")
+            for capture in self.captures:  # every stream becomes a fault, none stays `online` unheard
+                if not capture.done:
+                    capture.error = err

@@ -473,7 +473,7 @@ def _block_stats_rows(blocks: np.ndarray, stats: list[BlockStats]) -> int:
     """Append the statistics of the rows of ``blocks`` (n, 16000) to ``stats``; return how
     many rows held non-finite samples (set to 0 here)."""
     n = blocks.shape[0]
-    x = blocks.astype(np.float64)  # a copy: the non-finite repair below writes into it
+    x = blocks.astype(np.float64, order="C")  # a copy: the non-finite repair below writes into it
     mean = x.mean(axis=1)
     broken = ~np.isfinite(mean)
     n_broken = int(broken.sum())
@@ -491,7 +491,7 @@ def _block_stats_rows(blocks: np.ndarray, stats: list[BlockStats]) -> int:
     frame_sq = d2.reshape(n, ENV_FRAMES_PER_BLOCK, ENV_FRAME_SAMPLES).sum(axis=2)
     del d, d2  # the FFT below needs the memory more
 
-    # The frames as a view of x (x is C-contiguous: it is a fresh copy): what
+    # The frames as a view of x (a fresh C-ordered copy): what
     # sliding_window_view(...)[:, ::FRAME_HOP] gives, without its Python layers (11 us a block).
     step = x.strides[1]
     frames = np.ndarray((n, FRAMES_PER_BLOCK, FRAME_SAMPLES), x.dtype, x, 0, (x.strides[0], FRAME_HOP * step, step))

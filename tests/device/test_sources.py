@@ -137,6 +137,63 @@ def test_the_worker_turns_again_at_once_only_for_a_fast_source(tmp_path: Path) -
     assert min(c.idle_wait_s() for c in caps) == FAST_POLL_S < POLL_S
 
 
+def test_the_worker_waits_its_poll_between_turns_for_paced_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one thread must not spin: with paced inputs it takes a turn every ``poll_s``."""
+    caps = [Capture(_OverflowingSource(16000), poll_s=0.1) for _ in range(3)]
+    worker = CaptureWorker(caps)
+    turns = []
+    run_once = worker.run_once
+    monkeypatch.setattr(worker, "run_once", lambda: turns.append(time.monotonic()) or run_once())
+    worker.start()
+    try:
+        time.sleep(0.55)
+        for cap in caps:
+            cap.ring.write(np.zeros((1600, 1), np.float32))  # audio arrives: still one turn a poll
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    assert 5 <= len(turns) <= 13, len(turns)
+    assert all(cap.streams[0].end_index == 1600 for cap in caps)
+
+
+def test_a_worker_starts_once_and_never_beside_a_captures_own_thread(tmp_path: Path) -> None:
+    """Two threads reading one ring would tear its audio apart; a stopped worker is not reused."""
+    _wav(tmp_path / "a.wav", 1.0)
+    own = Capture(FileSource(tmp_path / "a.wav", realtime=False))
+    own.start()
+    try:
+        with pytest.raises(RuntimeError, match="worker thread of its own"):
+            CaptureWorker([own]).start()
+    finally:
+        own.stop()
+    worker = CaptureWorker([Capture(FileSource(tmp_path / "a.wav", realtime=False))])
+    worker.start()
+    worker.stop()
+    with pytest.raises(RuntimeError, match="starts once"):
+        worker.start()
+
+
+def test_a_worker_that_dies_makes_every_input_a_fault() -> None:
+    """Whatever ends the loop itself (not one capture's work, which ``pump`` catches), every
+    capture still running gets the error: the pipeline then makes each stream a fault, so no
+    stream stays ``online`` while nothing reads its input."""
+    caps = [Capture(_OverflowingSource(16000)) for _ in range(2)]
+    worker = CaptureWorker(caps)
+
+    def broken() -> bool:
+        raise MemoryError("no memory left")
+
+    worker.run_once = broken  # type: ignore[method-assign]
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not all(c.error is not None for c in caps) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert all(isinstance(c.error, MemoryError) for c in caps)
+
+
 def test_file_source_48k_stereo_resampled_per_channel(tmp_path: Path) -> None:
     sr = 48000
     t = np.arange(2 * sr) / sr
