@@ -249,10 +249,10 @@ class CaptureWorker:
     """One thread that moves the audio of many captures (the daemon's inputs).
 
     Why one: with a thread per capture, each woke ``1 / poll_s`` times a second, and at 96
-    inputs those 960 wake-ups a second cost the capture threads about 66 us of CPU each (kernel
-    scheduling and the hand-over of the GIL) for some 7 us of work: most of the capture's
-    CPU went to waking up (``bench/listen_scale.py``, docs/performance.md, "Issue 13, fifth
-    pass"). One thread wakes
+    inputs those 960 wake-ups a second cost the capture threads 6.3 % of the two cores of the
+    development VM, about 66 us of CPU per wake-up for a block's few microseconds of copying:
+    most of it went to waking up (kernel scheduling, the hand-over of the GIL). With one
+    worker: 1.6-1.9 % (``bench/listen_scale.py``, docs/performance.md, "Issue 13, fifth pass"). One thread wakes
     ``1 / poll_s`` times a second and serves every input in turn; the work per block is the
     same. A capture whose work fails stops alone (its ``error``, a fault of its streams); the
     others go on. Every wait is the shortest ``idle_wait_s`` of the inputs, and the worker

@@ -79,8 +79,8 @@ class Stream:
         ``audio`` is this stream's own window array, overwritten by the next call: the pipeline
         is done with a window within its tick (a copy is what outlives it: the evidence WAV,
         the features' rows). Why not a new array each hop: a tick's fresh 640 KB windows (61
-        MB at 96 streams), all freed at its end, made glibc hand the memory back and fault it
-        in again every tick, about 150 page faults per window.
+        MB at 96 streams), all freed at its end, are memory that glibc may hand back to the
+        system and fault in again at the next tick; one array per stream is rewritten instead.
         """
         end = self.buffer.end_index
         if end < self.next_end:

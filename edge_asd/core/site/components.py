@@ -237,8 +237,9 @@ def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
 
     A sort, not a partition: ``spectrum``'s deviations (16 candidates x 1022 bins per window)
     are mostly exact zeros (bins inside the tolerance band), and numpy's introselect slows
-    down on runs of equal values: 187 us against 15 us for numpy's SIMD sort on 16 x 1022
-    values with 76 % zeros (24 us against 26 us without zeros), 2-core Xeon.
+    down several-fold on such runs of equal values, while numpy's sort (vectorised on x86 and
+    on ARM since numpy 2.0) does not: with it the fused score of an enrolled window cost 24 %
+    less (``bench/hop_overhead.py --enrolled``, docs/performance.md, "Issue 13, fifth pass").
     """
     n = values.shape[-1]
     k = min(int(k), n)
