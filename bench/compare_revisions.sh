@@ -6,14 +6,18 @@
 #   bench/compare_revisions.sh REV OUT_DIR [ROUNDS] [STREAMS...]
 #   bench/compare_revisions.sh 6a47a22 bench/results/ab-fifth-pass 2 32 96
 #
-# Writes OUT_DIR/before_<rev>_<streams>_<round>.json and OUT_DIR/new_<streams>_<round>.json,
-# then OUT_DIR/hop_before_<rev>.json and OUT_DIR/hop_new.json (bench/hop_overhead.py --enrolled).
-# The earlier revision is checked out in a temporary git worktree and imported first
+# Writes OUT_DIR/before_<rev>_<streams>_<round>.json and OUT_DIR/new_<streams>_<round>.json (odd
+# rounds run the earlier revision first, even rounds the working tree, so that a drift within
+# the hour does not favour one side), then OUT_DIR/hop_before_<rev>_<round>.json and
+# OUT_DIR/hop_new_<round>.json (bench/hop_overhead.py --enrolled, the same order), and
+# OUT_DIR/revisions.txt (both commits, the working tree's changes, start and end times).
+# The earlier revision is checked out in a temporary git worktree and imported from there
 # (PYTHONPATH); both run with this checkout's .venv. BUNDLE (default /tmp/synth-bundle) and
 # RUN_SECONDS (default 40) come from the environment.
 set -euo pipefail
-rev=${1:?usage: compare_revisions.sh REV OUT_DIR [ROUNDS] [STREAMS...]}
-out=${2:?usage: compare_revisions.sh REV OUT_DIR [ROUNDS] [STREAMS...]}
+usage="usage: compare_revisions.sh REV OUT_DIR [ROUNDS] [STREAMS...]"
+rev=${1:?$usage}
+out=${2:?$usage}
 rounds=${3:-2}
 shift $(( $# < 3 ? $# : 3 ))
 if [ $# -gt 0 ]; then streams=("$@"); else streams=(32 96); fi
@@ -25,21 +29,41 @@ short=$(git -C "$repo" rev-parse --short "$rev")
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 old=$(mktemp -d)
-trap 'git -C "$repo" worktree remove --force "$old" >/dev/null 2>&1 || true' EXIT
+trap 'git -C "$repo" worktree remove --force "$old" >/dev/null 2>&1 || true; rm -rf "$old"; git -C "$repo" worktree prune' EXIT
 git -C "$repo" worktree add --detach -f "$old" "$rev" >/dev/null
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+{
+  echo "before: $(git -C "$repo" rev-parse "$rev")"
+  echo "new: $(git -C "$repo" rev-parse HEAD) plus the working tree's changes:"
+  git -C "$repo" status --porcelain
+  echo "started: $(date -u +%FT%TZ)"
+} > "$out/revisions.txt"
+
+before() {  # before NAME ARGS...: one bench script on the earlier revision
+  local script=$1; shift
+  (cd "$old" && PYTHONPATH="$old" "$python" "bench/$script" "$@")
+}
+new() {  # new NAME ARGS...: the same on the working tree
+  local script=$1; shift
+  (cd "$repo" && PYTHONPATH="$repo" "$python" "bench/$script" "$@")
+}
+pair() {  # pair ROUND LABEL SCRIPT BEFORE_OUT NEW_OUT ARGS...: both, in the round's order
+  local round=$1 label=$2 script=$3 before_out=$4 new_out=$5; shift 5
+  if (( round % 2 == 1 )); then
+    echo "== $short (before), $label, round $round"; before "$script" "$@" --out "$before_out"
+    echo "== working tree, $label, round $round"; new "$script" "$@" --out "$new_out"
+  else
+    echo "== working tree, $label, round $round"; new "$script" "$@" --out "$new_out"
+    echo "== $short (before), $label, round $round"; before "$script" "$@" --out "$before_out"
+  fi
+}
 for round in $(seq 1 "$rounds"); do
   for n in "${streams[@]}"; do
-    echo "== $short (before), $n streams, round $round"
-    (cd "$old" && PYTHONPATH="$old" "$python" bench/listen_scale.py --bundle "$bundle" --streams "$n" \
-      --seconds "$seconds" --out "$out/before_${short}_${n}_${round}.json")
-    echo "== working tree, $n streams, round $round"
-    (cd "$repo" && "$python" bench/listen_scale.py --bundle "$bundle" --streams "$n" --seconds "$seconds" \
-      --out "$out/new_${n}_${round}.json")
+    pair "$round" "$n streams" listen_scale.py "$out/before_${short}_${n}_${round}.json" "$out/new_${n}_${round}.json" \
+      --bundle "$bundle" --streams "$n" --seconds "$seconds"
   done
+  pair "$round" "hop_overhead" hop_overhead.py "$out/hop_before_${short}_${round}.json" "$out/hop_new_${round}.json" \
+    --bundle "$bundle" --streams 32 --hops 40 --enrolled > /dev/null
 done
-(cd "$old" && PYTHONPATH="$old" "$python" bench/hop_overhead.py --bundle "$bundle" --streams 32 --hops 40 --enrolled \
-  --out "$out/hop_before_${short}.json" > /dev/null)
-(cd "$repo" && "$python" bench/hop_overhead.py --bundle "$bundle" --streams 32 --hops 40 --enrolled \
-  --out "$out/hop_new.json" > /dev/null)
+echo "ended: $(date -u +%FT%TZ)" >> "$out/revisions.txt"
 echo "wrote $out"

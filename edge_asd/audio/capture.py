@@ -82,6 +82,7 @@ class Capture:
         self.gaps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._worker: CaptureWorker | None = None  # the shared worker that moves this capture's audio
         self._started = False
         self.finished = threading.Event()
         """Set when the source finished and everything it delivered was processed."""
@@ -96,6 +97,8 @@ class Capture:
         """Start the source and, unless a ``CaptureWorker`` moves this capture's audio
         (``worker=False``), a worker thread of its own. The source's errors (e.g. no device)
         raise here."""
+        if worker and self._worker is not None:
+            raise RuntimeError(f"capture {self.source.name} is moved by a CaptureWorker: start that")
         self.source.start(self.ring)
         self._started = True
         if worker:
@@ -249,10 +252,11 @@ class CaptureWorker:
     """One thread that moves the audio of many captures (the daemon's inputs).
 
     Why one: with a thread per capture, each woke ``1 / poll_s`` times a second, and at 96
-    inputs those 960 wake-ups a second cost the capture threads 6.3 % of the two cores of the
+    inputs those 960 wake-ups a second cost the capture threads 6.3 % (of 200 %) on the 2-core
     development VM, about 66 us of CPU per wake-up for a block's few microseconds of copying:
     most of it went to waking up (kernel scheduling, the hand-over of the GIL). With one
-    worker: 1.6-1.9 % (``bench/listen_scale.py``, docs/performance.md, "Issue 13, fifth pass"). One thread wakes
+    worker: 8.2-9.1 % -> 2.1-2.3 % at 96 streams, measured side by side in a slower hour
+    (``bench/compare_revisions.sh``, docs/performance.md, "Issue 13, fifth pass"). One thread wakes
     ``1 / poll_s`` times a second and serves every input in turn; the work per block is the
     same. A capture whose work fails stops alone (its ``error``, a fault of its streams); the
     others go on. Every wait is the shortest ``idle_wait_s`` of the inputs, and the worker
@@ -272,9 +276,10 @@ class CaptureWorker:
         if self._thread is not None or self._stop.is_set():
             raise RuntimeError("a CaptureWorker starts once: make a new one")
         for capture in self.captures:
-            if capture._thread is not None:
-                raise RuntimeError(f"capture {capture.source.name} already has a worker thread of its own")
+            if capture._thread is not None or capture._worker not in (None, self):
+                raise RuntimeError(f"capture {capture.source.name} is already moved by another thread")
         for capture in self.captures:
+            capture._worker = self
             if not capture.started:
                 capture.start(worker=False)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)

@@ -80,21 +80,15 @@ class StreamBuffer:
         with self._lock:
             return self._gaps.overlaps(start, end)
 
-    def get(self, start: int, n: int, out: np.ndarray | None = None) -> tuple[np.ndarray, bool] | None:
-        """Samples ``[start, start + n)`` and whether they span a gap; None if not held.
-
-        ``out``: a float32 array of ``n`` samples to copy them into (and return) instead of a
-        new one."""
+    def get(self, start: int, n: int) -> tuple[np.ndarray, bool] | None:
+        """Samples ``[start, start + n)`` and whether they span a gap; None if not held."""
         with self._lock:
             if n < 1 or n > self.capacity:
                 raise ValueError(f"window of {n} samples does not fit a buffer of {self.capacity}")
             first = max(self._start_index, self._end - self.capacity)
             if start < first or start + n > self._end:
                 return None
-            if out is None:
-                out = np.empty(n, dtype=np.float32)
-            elif out.shape != (n,) or out.dtype != np.float32:
-                raise ValueError(f"out must be a float32 array of {n} samples, got {out.dtype} {out.shape}")
+            out = np.empty(n, dtype=np.float32)
             pos = start % self.capacity
             head = min(n, self.capacity - pos)
             out[:head] = self._buf[pos : pos + head]

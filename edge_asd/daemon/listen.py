@@ -328,7 +328,7 @@ def run_daemon(daemon: Daemon, *, install_signals: bool = True, on_started: Call
         if on_started is not None:
             on_started(daemon)
         pipeline.run()
-        return 0
+        return pipeline.exit_code
     finally:
         daemon.systemd.stopping("stopping")
         daemon.close()

@@ -121,6 +121,8 @@ class Pipeline:
         self.realtime = realtime
         self.clock = clock
         self.stop_event = threading.Event()
+        self.exit_code = 0
+        """What ``listen`` exits with once ``run`` returns: 1 when every input failed."""
         self.started_wall = clock()
         self.started_mono = time.monotonic()
         self.ready_sent = False
@@ -280,8 +282,18 @@ class Pipeline:
         sources (a window waits at most that long once due); 5 ms for a replay as fast as it goes."""
         return min(0.1, self.hop_s / 4) if self.realtime else 0.005
 
+    @property
+    def inputs_failed(self) -> bool:
+        """Every input's capture failed (``Capture.error``; its source's own retries do not
+        count): nothing will be heard again until the daemon starts over."""
+        return bool(self._captures) and all(c.error is not None for c in self._captures.values())
+
     def run(self) -> None:
-        """Tick until ``stop()`` or until finite sources are exhausted; then end open events."""
+        """Tick until ``stop()`` or until finite sources are exhausted; then end open events.
+
+        When every input's capture has failed the loop ends with ``exit_code`` 1: the streams
+        have been ``fault`` since, and a restart (systemd's ``Restart=on-failure``) is the only
+        way to hear them again, where a loop that kept turning would keep the watchdog happy."""
         poll = self.poll_s
         reason = END_STOPPING
         try:
@@ -290,6 +302,11 @@ class Pipeline:
                 if self.finished:
                     logger.info("all sources finished")
                     reason = END_OF_INPUT
+                    break
+                if self.inputs_failed:
+                    self._update_capture_status(time.monotonic(), 0.0)  # each stream says why, once more
+                    logger.error("every audio input failed (see above): stopping so that the service restarts")
+                    reason, self.exit_code = END_FAULT, 1
                     break
                 if scored == 0:
                     self.stop_event.wait(poll)
@@ -431,7 +448,7 @@ class Pipeline:
                 self._set_status(stream, FAULT, "the model gave non-finite output (NaN or Inf): check the engine")
                 self._decide(stream, end_index, None, window, fault=True, end_reason=END_FAULT)
                 continue
-            if stream.capture.status == ONLINE:
+            if stream.capture.status == ONLINE and stream.capture.error is None:
                 self._set_status(stream, ONLINE, "")
             score, threshold, detail = self._window_score(stream, window, end_index, out, i, bundle_rows, features[i])
             stream.counters.windows += 1

@@ -67,20 +67,12 @@ class Stream:
     published_status: tuple[str, str] | None = None
     last_scored_mono: float | None = None
     """``time.monotonic()`` of the last scored window (None before the first one)."""
-    _window: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
-    """The array ``due_window`` copies each window into (made at the first one)."""
 
     def due_window(self) -> tuple[np.ndarray, int, bool] | None:
         """The next window to score, as ``(audio, end_index, has_gap)``, or None if not due.
 
         Skips ahead (and counts) when more than one hop of audio is waiting and the window
         on the grid has already left the buffer.
-
-        ``audio`` is this stream's own window array, overwritten by the next call: the pipeline
-        is done with a window within its tick (a copy is what outlives it: the evidence WAV,
-        the features' rows). Why not a new array each hop: a tick's fresh 640 KB windows (61
-        MB at 96 streams), all freed at its end, are memory that glibc may hand back to the
-        system and fault in again at the next tick; one array per stream is rewritten instead.
         """
         end = self.buffer.end_index
         if end < self.next_end:
@@ -91,9 +83,7 @@ class Stream:
             behind = (end - target) // self.hop_samples
             target += behind * self.hop_samples
             self.counters.skipped += behind
-        if self._window is None:
-            self._window = np.empty(WINDOW_SAMPLES, dtype=np.float32)
-        got = self.buffer.get(target - WINDOW_SAMPLES, WINDOW_SAMPLES, out=self._window)
+        got = self.buffer.get(target - WINDOW_SAMPLES, WINDOW_SAMPLES)
         if got is None:  # the buffer moved under us: take the newest grid point next time
             return None
         audio, has_gap = got

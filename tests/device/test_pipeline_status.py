@@ -51,3 +51,42 @@ def test_non_finite_engine_output_is_one_fault_not_a_flapping_status(artifacts_d
     assert faults >= 10
     assert statuses == ["fault"], statuses
     assert not [c for c in comms.calls if c[0] == "score"]
+
+
+def test_when_every_input_fails_listen_ends_with_an_error_for_systemd_to_restart(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    """A capture whose work fails is a fault of its streams, said once (no ``online`` from a
+    window still buffered); when every input has failed, the loop that would keep the watchdog
+    fed forever ends instead, with exit code 1, so that ``Restart=on-failure`` starts it over."""
+    from edge_asd.config import validate_config
+    from edge_asd.daemon.listen import build_daemon, run_daemon
+    from engines.bundle import load_bundle
+
+    bundle = synth_bundle(artifacts_dir)
+    cls = load_bundle(bundle).classes[0]
+    machine_type, machine_id = cls.split("/")
+    audio, _ = recording_with_anomaly(machine_type, int(machine_id[-2:]), 16.0, None, 1.0, "rattle", seed=6)
+    wav = tmp_path / "machine.wav"
+    write_wav(wav, np.asarray(audio, np.float32))
+    cfg = validate_config({
+        "bundle": str(bundle), "backend": "onnxruntime", "state_dir": str(tmp_path / "state"), "node_id": "n",
+        "sources": [{"name": "mic", "type": "file", "path": str(wav), "realtime": False, "loop": True}],
+        "streams": [{"name": "m1", "source": "mic", "classes": [cls]}], "evidence": {"enabled": False},
+    })  # fmt: skip
+    comms = MemoryCommunicator()
+    daemon = build_daemon(cfg, comms=comms)
+    capture = daemon.captures[0]
+    process = capture.resampler.process
+
+    def breaks_after_12_s(block: np.ndarray) -> np.ndarray:
+        if capture.resampler.consumed > 12 * 16000:
+            raise RuntimeError("resampler broke")
+        return process(block)
+
+    capture.resampler.process = breaks_after_12_s  # type: ignore[method-assign]
+    assert run_daemon(daemon, install_signals=False) == 1
+    statuses = [call[1][1:] for call in comms.calls if call[0] == "status" and call[1][0] == "m1"]
+    assert statuses[-1][0] == "fault" and "resampler broke" in statuses[-1][1], statuses
+    assert [s for s, _ in statuses].count("online") <= 1, statuses  # no fault -> online -> fault
+    assert daemon.pipeline.stats()["streams"]["m1"]["windows"] >= 1  # it was heard before

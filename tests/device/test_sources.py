@@ -162,7 +162,7 @@ def test_a_worker_starts_once_and_never_beside_a_captures_own_thread(tmp_path: P
     own = Capture(FileSource(tmp_path / "a.wav", realtime=False))
     own.start()
     try:
-        with pytest.raises(RuntimeError, match="worker thread of its own"):
+        with pytest.raises(RuntimeError, match="already moved by another thread"):
             CaptureWorker([own]).start()
     finally:
         own.stop()
@@ -772,3 +772,18 @@ def test_real_clip_replayed_through_capture_equals_the_file(shared_data) -> None
     audio, end, has_gap = window
     assert not has_gap and end == want.shape[0]
     np.testing.assert_allclose(audio, want[end - 160000 : end], atol=1e-4)
+
+
+def test_a_capture_belongs_to_one_worker(tmp_path: Path) -> None:
+    """A capture that a ``CaptureWorker`` moves joins no other worker and starts no thread of its own."""
+    _wav(tmp_path / "a.wav", 1.0)
+    cap = Capture(FileSource(tmp_path / "a.wav", realtime=False))
+    first = CaptureWorker([cap])
+    first.start()
+    try:
+        with pytest.raises(RuntimeError, match="already moved by another thread"):
+            CaptureWorker([cap]).start()
+        with pytest.raises(RuntimeError, match="moved by a CaptureWorker"):
+            cap.start()
+    finally:
+        first.stop()

@@ -235,16 +235,23 @@ def knn_component(
 def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
     """Mean of the ``k`` largest values along the last axis.
 
-    A sort, not a partition: ``spectrum``'s deviations (16 candidates x 1022 bins per window)
-    are mostly exact zeros (bins inside the tolerance band), and numpy's introselect slows
-    down several-fold on such runs of equal values, while numpy's sort (vectorised on x86 and
-    on ARM since numpy 2.0) does not: with it the fused score of an enrolled window cost 24 %
-    less (``bench/hop_overhead.py --enrolled``, docs/performance.md, "Issue 13, fifth pass").
+    ``spectrum``'s deviations (16 candidates x 1022 bins per window) are mostly exact zeros
+    (bins inside the tolerance band), and numpy's introselect (``np.partition``) slows down
+    several-fold on such runs of equal values. numpy 2's vectorised sort does not, and with it
+    the fused score of an enrolled window cost 24 % less on the x86 development VM
+    (``bench/hop_overhead.py --enrolled``, docs/performance.md, "Issue 13, fifth pass"). With
+    numpy 1 (the Jetson's pinned 1.26), whose sort is not vectorised everywhere and was not
+    measured here, the partition stays. Both take the same k values (summed in another order).
     """
     n = values.shape[-1]
     k = min(int(k), n)
+    top = np.sort(values, axis=-1) if _VECTORISED_SORT else np.partition(values, n - k, axis=-1)
     # sum / k: np.mean's numbers without its Python layers (this runs three times per window)
-    return np.sort(values, axis=-1)[..., n - k :].sum(axis=-1) / k
+    return top[..., n - k :].sum(axis=-1) / k
+
+
+_VECTORISED_SORT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+"""numpy >= 2 sorts with SIMD (x86-simd-sort, Highway on ARM): ``top_mean`` sorts then."""
 
 
 @dataclass
