@@ -9,8 +9,10 @@
 # Writes OUT_DIR/before_<rev>_<streams>_<round>.json and OUT_DIR/new_<streams>_<round>.json (odd
 # rounds run the earlier revision first, even rounds the working tree, so that a drift within
 # the hour does not favour one side), then OUT_DIR/hop_before_<rev>_<round>.json and
-# OUT_DIR/hop_new_<round>.json (bench/hop_overhead.py --enrolled, the same order), and
-# OUT_DIR/revisions.txt (both commits, the working tree's changes, start and end times).
+# OUT_DIR/hop_new_<round>.json (bench/hop_overhead.py --enrolled, the same order), and appends
+# both commits, the working tree's changes, the rounds and the start and end times to
+# OUT_DIR/revisions.txt. Rounds are numbered from FIRST_ROUND (default 1), so that more rounds
+# can go into the same folder; a result file that exists already is never overwritten.
 # The earlier revision is checked out in a temporary git worktree and imported from there
 # (PYTHONPATH); both run with this checkout's .venv. BUNDLE (default /tmp/synth-bundle) and
 # RUN_SECONDS (default 40) come from the environment.
@@ -25,19 +27,28 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 python="$repo/.venv/bin/python"
 bundle=${BUNDLE:-/tmp/synth-bundle}
 seconds=${RUN_SECONDS:-40}
+first=${FIRST_ROUND:-1}
 short=$(git -C "$repo" rev-parse --short "$rev")
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 old=$(mktemp -d)
-trap 'git -C "$repo" worktree remove --force "$old" >/dev/null 2>&1 || true; rm -rf "$old"; git -C "$repo" worktree prune' EXIT
+cleanup() { git -C "$repo" worktree remove --force "$old" >/dev/null 2>&1 || true; rm -rf "$old"; git -C "$repo" worktree prune; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM  # through the EXIT trap: no worktree left behind
 git -C "$repo" worktree add --detach -f "$old" "$rev" >/dev/null
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+last=$(( first + rounds - 1 ))
+for round in $(seq "$first" "$last"); do
+  for f in "$out/new_"*"_${round}.json" "$out/hop_new_${round}.json"; do
+    if [ -e "$f" ]; then echo "$f exists: choose another OUT_DIR or FIRST_ROUND" >&2; exit 2; fi
+  done
+done
 {
-  echo "before: $(git -C "$repo" rev-parse "$rev")"
+  echo "rounds $first-$last, before: $(git -C "$repo" rev-parse "$rev")"
   echo "new: $(git -C "$repo" rev-parse HEAD) plus the working tree's changes:"
   git -C "$repo" status --porcelain
   echo "started: $(date -u +%FT%TZ)"
-} > "$out/revisions.txt"
+} >> "$out/revisions.txt"
 
 before() {  # before NAME ARGS...: one bench script on the earlier revision
   local script=$1; shift
@@ -50,14 +61,14 @@ new() {  # new NAME ARGS...: the same on the working tree
 pair() {  # pair ROUND LABEL SCRIPT BEFORE_OUT NEW_OUT ARGS...: both, in the round's order
   local round=$1 label=$2 script=$3 before_out=$4 new_out=$5; shift 5
   if (( round % 2 == 1 )); then
-    echo "== $short (before), $label, round $round"; before "$script" "$@" --out "$before_out"
-    echo "== working tree, $label, round $round"; new "$script" "$@" --out "$new_out"
+    echo "== $short (before), $label, round $round" >&2; before "$script" "$@" --out "$before_out"
+    echo "== working tree, $label, round $round" >&2; new "$script" "$@" --out "$new_out"
   else
-    echo "== working tree, $label, round $round"; new "$script" "$@" --out "$new_out"
-    echo "== $short (before), $label, round $round"; before "$script" "$@" --out "$before_out"
+    echo "== working tree, $label, round $round" >&2; new "$script" "$@" --out "$new_out"
+    echo "== $short (before), $label, round $round" >&2; before "$script" "$@" --out "$before_out"
   fi
 }
-for round in $(seq 1 "$rounds"); do
+for round in $(seq "$first" "$last"); do
   for n in "${streams[@]}"; do
     pair "$round" "$n streams" listen_scale.py "$out/before_${short}_${n}_${round}.json" "$out/new_${n}_${round}.json" \
       --bundle "$bundle" --streams "$n" --seconds "$seconds"

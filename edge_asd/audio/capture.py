@@ -97,6 +97,8 @@ class Capture:
         """Start the source and, unless a ``CaptureWorker`` moves this capture's audio
         (``worker=False``), a worker thread of its own. The source's errors (e.g. no device)
         raise here."""
+        if self._started:
+            raise RuntimeError(f"capture {self.source.name} is already started")
         if worker and self._worker is not None:
             raise RuntimeError(f"capture {self.source.name} is moved by a CaptureWorker: start that")
         self.source.start(self.ring)
@@ -255,7 +257,7 @@ class CaptureWorker:
     inputs those 960 wake-ups a second cost the capture threads 6.3 % (of 200 %) on the 2-core
     development VM, about 66 us of CPU per wake-up for a block's few microseconds of copying:
     most of it went to waking up (kernel scheduling, the hand-over of the GIL). With one
-    worker: 8.2-9.1 % -> 2.1-2.3 % at 96 streams, measured side by side in a slower hour
+    worker: 8.2-11.4 % -> 2.1-4.0 % at 96 streams, measured side by side in a slower hour
     (``bench/compare_revisions.sh``, docs/performance.md, "Issue 13, fifth pass"). One thread wakes
     ``1 / poll_s`` times a second and serves every input in turn; the work per block is the
     same. A capture whose work fails stops alone (its ``error``, a fault of its streams); the

@@ -76,6 +76,9 @@ def calibrate_streams(
                     scores[stream.name].append(float(stream.last_score))
             if pipeline.finished:
                 break
+            if pipeline.inputs_failed:
+                failed = "; ".join(f"{c.source.name}: {c.error}" for c in daemon.captures if c.error is not None)
+                raise UserError(f"calibration stopped: the audio input failed ({failed}); check the input and run it again")
             if progress is not None and time.monotonic() - last_report > 5:
                 last_report = time.monotonic()
                 done = min(len(v) for v in scores.values())

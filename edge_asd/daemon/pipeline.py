@@ -284,9 +284,13 @@ class Pipeline:
 
     @property
     def inputs_failed(self) -> bool:
-        """Every input's capture failed (``Capture.error``; its source's own retries do not
-        count): nothing will be heard again until the daemon starts over."""
-        return bool(self._captures) and all(c.error is not None for c in self._captures.values())
+        """An input's capture failed (``Capture.error``; a device source's own retries do not
+        count) and no input can deliver anything more (each failed, or finished with its
+        windows scored): nothing will be heard again until the daemon starts over."""
+        captures = list(self._captures.values())
+        if not captures or not any(c.error is not None for c in captures) or not all(c.done for c in captures):
+            return False
+        return all(s.buffer.end_index < s.next_end for s in self.streams if s.capture.error is None)
 
     def run(self) -> None:
         """Tick until ``stop()`` or until finite sources are exhausted; then end open events.
@@ -303,7 +307,7 @@ class Pipeline:
                     logger.info("all sources finished")
                     reason = END_OF_INPUT
                     break
-                if self.inputs_failed:
+                if self.inputs_failed and not self.stop_event.is_set():
                     self._update_capture_status(time.monotonic(), 0.0)  # each stream says why, once more
                     logger.error("every audio input failed (see above): stopping so that the service restarts")
                     reason, self.exit_code = END_FAULT, 1

@@ -783,7 +783,19 @@ def test_a_capture_belongs_to_one_worker(tmp_path: Path) -> None:
     try:
         with pytest.raises(RuntimeError, match="already moved by another thread"):
             CaptureWorker([cap]).start()
-        with pytest.raises(RuntimeError, match="moved by a CaptureWorker"):
+        with pytest.raises(RuntimeError, match="already started"):
             cap.start()
     finally:
         first.stop()
+    fresh = Capture(FileSource(tmp_path / "a.wav", realtime=False))
+    fresh._worker = first  # claimed by a worker that has not started it yet
+    with pytest.raises(RuntimeError, match="moved by a CaptureWorker"):
+        fresh.start()
+    fresh.source.stop()
+    alone = Capture(FileSource(tmp_path / "a.wav", realtime=False))
+    alone.start()
+    try:
+        with pytest.raises(RuntimeError, match="already started"):
+            alone.start()  # a second thread on its ring would tear its audio apart
+    finally:
+        alone.stop()

@@ -205,6 +205,7 @@ class SoundDeviceSource(AudioSource):
         SoundDeviceSource._open_streams.add(id(self))
         self._stream = stream
         self.opened_monotonic = time.monotonic()
+        self.last_error = None  # before the status: whoever sees `online` sees no stale error
         self.status = ONLINE
 
     def _close_stream(self) -> None:

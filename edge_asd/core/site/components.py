@@ -238,7 +238,7 @@ def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
     ``spectrum``'s deviations (16 candidates x 1022 bins per window) are mostly exact zeros
     (bins inside the tolerance band), and numpy's introselect (``np.partition``) slows down
     several-fold on such runs of equal values. numpy 2's vectorised sort does not, and with it
-    the fused score of an enrolled window cost 24 % less on the x86 development VM
+    the fused score of an enrolled window cost 11-28 % less on the x86 development VM
     (``bench/hop_overhead.py --enrolled``, docs/performance.md, "Issue 13, fifth pass"). With
     numpy 1 (the Jetson's pinned 1.26), whose sort is not vectorised everywhere and was not
     measured here, the partition stays. Both take the same k values (summed in another order).
