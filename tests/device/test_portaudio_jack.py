@@ -133,7 +133,8 @@ def test_listen_opens_the_jack_device_and_scores_windows(jack: dict, cached_bund
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cls = load_bundle(cached_bundle).classes[0]
     listen = subprocess.Popen(
-        [sys.executable, "-c", "from edge_asd.cli import main; main()", "listen", "--device", "jack:system",
+        # -X faulthandler: a crash in native code (PortAudio, JACK, onnxruntime) prints every thread's stack
+        [sys.executable, "-X", "faulthandler", "-c", "from edge_asd.cli import main; main()", "listen", "--device", "jack:system",
          "--bundle", str(cached_bundle), "--class", cls, "--state-dir", str(tmp_path / "state")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
