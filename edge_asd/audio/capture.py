@@ -3,10 +3,11 @@
 The worker is the only consumer of the ring. Every ``poll_s`` it takes what arrived, feeds
 one streaming resampler for all channels (native rate -> 16 kHz) and appends each channel to
 its ``StreamBuffer``. A capture used alone (``record``, ``enrol``) has a worker thread of its
-own; the daemon's captures share one (``CaptureWorker``). Gaps travel along: an overflow or restart recorded in the ring, or
-samples the worker lost because it fell a whole ring behind, become a gap interval in the
-16 kHz buffers, widened by the resampler's filter span (the filter smears a splice over
-that many output samples). The counters here feed the stats message.
+own; the daemon's captures share one (``CaptureWorker``). Gaps travel along: an overflow or
+restart recorded in the ring, or samples the worker lost because it fell a whole ring behind,
+become a gap interval in the 16 kHz buffers, widened by the resampler's filter span (the
+filter smears a splice over that many output samples). The counters here feed the stats
+message.
 """
 
 from __future__ import annotations

@@ -131,6 +131,9 @@ _BLAS_MIN_BATCH = 8
 _SCORE_CHUNK = 256
 """Windows scored at a time by the profile components (bounds the (B, m, bins) temporaries)."""
 
+_VECTORISED_SORT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+"""numpy >= 2 sorts with SIMD (x86-simd-sort, Highway on ARM): ``top_mean`` sorts then."""
+
 
 def robust_location_scale(x: np.ndarray, floor: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-column median and ``1.4826 x MAD`` of ``x`` (n, K), the scale floored.
@@ -249,9 +252,6 @@ def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
     # sum / k: np.mean's numbers without its Python layers (this runs three times per window)
     return top[..., n - k :].sum(axis=-1) / k
 
-
-_VECTORISED_SORT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
-"""numpy >= 2 sorts with SIMD (x86-simd-sort, Highway on ARM): ``top_mean`` sorts then."""
 
 
 @dataclass
