@@ -3,8 +3,9 @@
 Why: the daemon must keep its own work under 10 % of a scoring tick. That share grows as the
 engine gets faster (the streaming front end cuts the engine's time per window, the daemon's
 work per window stays), so each step's cost is measured on its own here: copying the window
-out of the stream buffer, stacking the batch and validating it, the microphone level check,
-the site features (indicator blocks cached across hops), the bundle's score (knn or ce
+out of the stream buffer (one copy of the model's window and the hop's, counted as the model's
+input by ``Pipeline.model_cpu_s``), stacking the batch and validating it, the microphone level
+check (its newest second), the site features (indicator blocks cached across hops), the bundle's score (knn or ce
 against the bundle's references), the decisions and what is published, and, for comparison,
 the streaming log-mel of a window (``edge_asd.core.logmel``) where it exists.
 
@@ -129,8 +130,8 @@ def main() -> None:
         }
         daemon = build_daemon(validate_config(raw, where="bench"), comms=MemoryCommunicator(), runtime=FixedEngine(embeddings))
         pipeline = daemon.pipeline
-        timed_method(Stream, "due_window", "window out of the stream buffer (copy)")
-        timed_method(Stream, "model_window", "model window moved onto the frame grid (copy)")
+        timed_method(Stream, "due_window", "window out of the stream buffer (one copy, with the model's)")
+        timed_method(Stream, "model_window", "model window moved onto the frame grid (view of that copy)")
         timed_method(runtime_base, "validate_audio", "batch validation (finite check)")
         timed_method(LevelMonitor, "check", "level check")
         # The pipeline computes a tick's site features together (``features_many``, imported by name).

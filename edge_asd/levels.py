@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_asd.config import LevelsConfig
+from edge_asd.core.constants import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -71,31 +72,63 @@ def clip_level(config: LevelsConfig) -> float:
     return float(10.0 ** (config.clip_dbfs / 20.0))
 
 
-def measure(audio: np.ndarray, config: LevelsConfig | None = None) -> LevelReport:
-    """RMS and peak in dBFS (full scale = 1.0), crest factor in dB, and the window's state."""
-    t = config or LevelsConfig()
-    x = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if x.size == 0:
-        return LevelReport(_FLOOR_DB, _FLOOR_DB, 0.0, 0.0, 0, "dead")
-    # Every hop, for every stream: as few passes over the window as the answer needs. The
-    # extremes come first because they also tell whether every sample is finite (a NaN makes
-    # both NaN, an infinity shows in one), so a whole window needs no isfinite pass.
-    hi, lo = float(x.max()), float(x.min())
-    nonfinite = 0
-    xf = x
-    if not (math.isfinite(hi) and math.isfinite(lo)):
-        finite = np.isfinite(x)
-        nonfinite = int(x.size - np.count_nonzero(finite))
-        xf = x[finite]
-        if xf.size:
+BLOCK_SAMPLES = SAMPLE_RATE
+"""A window's levels are merged from those of its 1 s blocks (the live path's hop), so that the
+daemon measures only the newest second of each window (``LevelMonitor.check``) and gets what
+``measure`` gives for the whole window."""
+
+
+@dataclass(frozen=True)
+class BlockLevels:
+    """What a window's report needs from one block: exact to merge (extremes, counts, a sum)."""
+
+    hi: float
+    """Largest finite sample (-inf when none is finite)."""
+    lo: float
+    """Smallest finite sample (+inf when none is finite)."""
+    sumsq: float
+    """Sum of the finite samples' squares (a float32 dot product)."""
+    finite: int
+    nonfinite: int
+    clipped: int
+    """Finite samples at or above the clip level in magnitude."""
+
+
+def block_levels(blocks: np.ndarray, level: float) -> list[BlockLevels]:
+    """``BlockLevels`` of each row of float32 ``blocks`` (k, n), with the clip level ``level``
+    (linear), in a few passes over all rows at once."""
+    # The extremes first: they also tell whether a row is finite (a NaN makes both NaN, an
+    # infinity shows in one), so a whole row needs no isfinite pass.
+    his, los = blocks.max(axis=1).tolist(), blocks.min(axis=1).tolist()
+    out = []
+    for row, hi, lo in zip(blocks, his, los):
+        nonfinite = 0
+        xf = row
+        if not (math.isfinite(hi) and math.isfinite(lo)):
+            finite = np.isfinite(row)
+            nonfinite = int(row.size - np.count_nonzero(finite))
+            xf = row[finite]
+            if not xf.size:
+                out.append(BlockLevels(-math.inf, math.inf, 0.0, 0, nonfinite, 0))
+                continue
             hi, lo = float(xf.max()), float(xf.min())
-    if xf.size:
-        # A float32 dot of 160 000 squares is good to 1e-4 relative, far below a tenth of a dB.
-        rms = math.sqrt(max(float(np.dot(xf, xf)), 0.0) / xf.size)
+        # A float32 dot (one BLAS call, no temporary) is good to 1e-6 relative over a block.
+        sumsq = max(float(np.dot(xf, xf)), 0.0)
+        clipped = int(np.count_nonzero(np.abs(xf) >= level)) if max(hi, -lo) >= level else 0
+        out.append(BlockLevels(hi, lo, sumsq, int(xf.size), nonfinite, clipped))
+    return out
+
+
+def merge_levels(blocks: list[BlockLevels], config: LevelsConfig) -> LevelReport:
+    """The report of a window from its blocks' levels (every block counts, in any order)."""
+    nonfinite = sum(b.nonfinite for b in blocks)
+    finite = sum(b.finite for b in blocks)
+    if finite:
+        hi, lo = max(b.hi for b in blocks), min(b.lo for b in blocks)
+        rms = math.sqrt(max(math.fsum(b.sumsq for b in blocks), 0.0) / finite)
         peak = max(hi, -lo)
         constant = hi == lo
-        level = clip_level(t)
-        clipped = float(np.count_nonzero(np.abs(xf) >= level)) / x.size if peak >= level else 0.0
+        clipped = sum(b.clipped for b in blocks) / (finite + nonfinite)
     else:
         rms = peak = 0.0
         constant = True
@@ -104,18 +137,35 @@ def measure(audio: np.ndarray, config: LevelsConfig | None = None) -> LevelRepor
     crest = peak_db - rms_db if rms > 0 else 0.0
     if nonfinite or constant:
         state = "dead"
-    elif clipped > t.clip_fraction:
+    elif clipped > config.clip_fraction:
         state = "clipping"
-    elif rms_db < t.silent_dbfs:
+    elif rms_db < config.silent_dbfs:
         state = "silent"
     else:
         state = "ok"
     return LevelReport(rms_db, peak_db, crest, clipped, nonfinite, state)
 
 
+def measure(audio: np.ndarray, config: LevelsConfig | None = None) -> LevelReport:
+    """RMS and peak in dBFS (full scale = 1.0), crest factor in dB, and the window's state:
+    ``merge_levels`` of its 1 s blocks (the last one may be shorter)."""
+    t = config or LevelsConfig()
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if x.size == 0:
+        return LevelReport(_FLOOR_DB, _FLOOR_DB, 0.0, 0.0, 0, "dead")
+    level = clip_level(t)
+    whole = x.size // BLOCK_SAMPLES * BLOCK_SAMPLES
+    blocks = block_levels(x[:whole].reshape(-1, BLOCK_SAMPLES), level) if whole else []
+    if whole < x.size:
+        blocks += block_levels(x[whole:][None, :], level)
+    return merge_levels(blocks, t)
+
+
 @dataclass
 class _StreamLevels:
     last: LevelReport | None = None
+    blocks: dict[int, BlockLevels] = field(default_factory=dict)
+    """Levels of the blocks of the last window, by block number on the stream's sample clock."""
     counts: dict = field(default_factory=lambda: dict.fromkeys(LEVEL_STATES, 0))
     state: str = "ok"
     run: int = 0  # consecutive windows in a state different from ``state``
@@ -125,8 +175,8 @@ class _StreamLevels:
 class LevelMonitor:
     """Per-stream level bookkeeping with a debounced stream state for status messages.
 
-    ``check(stream, audio)`` classifies one window (that verdict alone decides whether the
-    window is scored). The *stream* state changes only after ``debounce_windows`` consecutive
+    ``check(stream, audio, end_index)`` classifies one window (that verdict alone decides whether
+    the window is scored). The *stream* state changes only after ``debounce_windows`` consecutive
     windows agree, so one loud bang does not flip the published status to ``clipping`` and back.
     """
 
@@ -135,9 +185,13 @@ class LevelMonitor:
         self.debounce = self.config.debounce_windows
         self._streams: dict[str, _StreamLevels] = {}
 
-    def check(self, stream: str, audio: np.ndarray) -> LevelReport:
-        report = measure(audio, self.config)
+    def check(self, stream: str, audio: np.ndarray, end_index: int | None = None) -> LevelReport:
+        """Classify one window of ``stream``; ``end_index``: the sample index one past its end
+        on the stream's clock. With it, a window of whole blocks that ends on a block boundary
+        reuses the levels of the blocks the previous windows held and measures only the new
+        ones (the daemon's hop of 1 s: one block in ten); the report is ``measure``'s."""
         s = self._streams.setdefault(stream, _StreamLevels())
+        report = self._measure_blocks(s, audio, end_index)
         s.last = report
         s.counts[report.state] += 1
         if report.state == s.state:
@@ -155,6 +209,22 @@ class LevelMonitor:
                     logger.info("stream %s: level state back to ok", stream)
                 s.state, s.run = report.state, 0
         return report
+
+    def _measure_blocks(self, s: _StreamLevels, audio: np.ndarray, end_index: int | None) -> LevelReport:
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if end_index is None or x.size == 0 or x.size % BLOCK_SAMPLES or end_index % BLOCK_SAMPLES:
+            return measure(x, self.config)  # off the block grid: nothing to reuse or keep
+        first = (end_index - x.size) // BLOCK_SAMPLES
+        rows = x.reshape(-1, BLOCK_SAMPLES)
+        keys = range(first, first + rows.shape[0])
+        missing = [i for i, key in enumerate(keys) if key not in s.blocks]
+        if missing:  # usually the newest block alone: a view, no copy
+            contiguous = missing[-1] - missing[0] + 1 == len(missing)
+            part = rows[missing[0] : missing[-1] + 1] if contiguous else rows[missing]
+            s.blocks.update(zip((keys[i] for i in missing), block_levels(part, clip_level(self.config))))
+        blocks = [s.blocks[key] for key in keys]
+        s.blocks = dict(zip(keys, blocks))  # the next window's candidates only
+        return merge_levels(blocks, self.config)
 
     def state(self, stream: str) -> str:
         """Debounced state of ``stream`` (``ok`` before any window)."""

@@ -96,6 +96,33 @@ class StreamBuffer:
                 out[head:] = self._buf[: n - head]
             return out, self._gaps.overlaps(start, start + n)
 
+    def get_with_lead(self, start: int, n: int, lead: int) -> tuple[np.ndarray, int, bool, bool] | None:
+        """Samples ``[start - lead, start + n)`` in one copy, as ``(samples, lead, has_gap,
+        moved_gap)``: whether ``[start, start + n)`` spans a gap, and whether the same length
+        moved back by ``lead``, ``[start - lead, start - lead + n)``, does. Where the lead has
+        left the buffer the copy starts at ``start`` (lead 0, ``moved_gap`` = ``has_gap``).
+        None if ``[start, start + n)`` itself is not held.
+
+        Why: the daemon scores each window twice over, the model on the log-mel frame grid (up
+        to 511 samples earlier) and the indicators on the hop's grid; one copy of both spans,
+        taken under one lock, serves both (``Stream.due_window``)."""
+        with self._lock:
+            if n < 1 or n > self.capacity:
+                raise ValueError(f"window of {n} samples does not fit a buffer of {self.capacity}")
+            first = max(self._start_index, self._end - self.capacity)
+            if start < first or start + n > self._end:
+                return None
+            lead = int(lead) if 0 < lead <= start - first and n + lead <= self.capacity else 0
+            lo = start - lead
+            out = np.empty(n + lead, dtype=np.float32)
+            pos = lo % self.capacity
+            head = min(out.size, self.capacity - pos)
+            out[:head] = self._buf[pos : pos + head]
+            if head < out.size:
+                out[head:] = self._buf[: out.size - head]
+            has_gap = self._gaps.overlaps(start, start + n)
+            return out, lead, has_gap, self._gaps.overlaps(lo, lo + n) if lead else has_gap
+
     def latest_window(self, n: int = WINDOW_SAMPLES) -> tuple[np.ndarray, int, bool] | None:
         """The newest ``n`` samples as ``(audio, end_sample_index, has_gap)``, or None.
 

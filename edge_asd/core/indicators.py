@@ -607,14 +607,20 @@ def _db(power: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(power)
 
 
-def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+def _percentiles(values: np.ndarray, qs: tuple[float, ...], overwrite: bool = False) -> list[np.ndarray]:
     """Per row of ``values`` (W, n), ``np.percentile`` (linear interpolation) by one partition:
-    a quarter of its cost."""
+    a quarter of its cost. ``overwrite``: partition ``values`` itself (a temporary of the
+    caller's) instead of a copy."""
     size = values.shape[1]
     pos = [q / 100.0 * (size - 1) for q in qs]
     lo = [int(math.floor(p)) for p in pos]
     hi = [min(i + 1, size - 1) for i in lo]
-    part = np.partition(values, sorted(set(lo + hi)), axis=1)
+    kth = sorted(set(lo + hi))
+    if overwrite:
+        values.partition(kth, axis=1)
+        part = values
+    else:
+        part = np.partition(values, kth, axis=1)
     return [part[:, i] + (p - i) * (part[:, j] - part[:, i]) for p, i, j in zip(pos, lo, hi)]
 
 
@@ -659,7 +665,9 @@ def _tonal_candidates(power: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     floor = np.empty(idx.size)
     for first in range(0, idx.size, _TONAL_GATHER):
         part = slice(first, first + _TONAL_GATHER)
-        floor[part] = np.partition(hoods[rows[part], idx[part]], r, axis=1)[:, r]
+        gathered = hoods[rows[part], idx[part]]  # a copy: partitioned in place
+        gathered.partition(r, axis=1)
+        floor[part] = gathered[:, r]
     return rows, idx, _db(power[rows, idx] / floor)
 
 
@@ -782,9 +790,10 @@ def _combine_group(windows: Sequence[Sequence[BlockStats]], n_blocks: int, out: 
     env_ms /= ENV_FRAME_SAMPLES
     np.maximum(env_ms, 0.0, out=env_ms)
     energy_db = _db(0.5 * (env_ms[:, 0::2] + env_ms[:, 1::2]) + POWER_FLOOR)
-    p50, p95 = _percentiles(energy_db, (50.0, 95.0))
+    energy_max = energy_db.max(axis=1)
+    p50, p95 = _percentiles(energy_db, (50.0, 95.0), overwrite=True)
     impulsiveness_p95 = p95 - p50
-    impulsiveness_max = energy_db.max(axis=1) - p50
+    impulsiveness_max = energy_max - p50
 
     # Amplitude envelope (6.25 ms RMS at 160 Hz) and its modulation spectrum.
     env = np.sqrt(env_ms + POWER_FLOOR)

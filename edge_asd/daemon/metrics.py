@@ -31,8 +31,8 @@ Metric names (all ``edge_asd_``; per-stream ones carry the label ``stream``):
 ``dead_letter_events``                          events set aside in the outbox's dead_letter table
 ``inference_latency_seconds`` (``_max_``)       mean (max) engine time per batch, recent batches
 ``tick_seconds`` / ``overhead_ratio``           time per scoring tick / share of it the pipeline thread
-                                                spent on its own work, not on the model (front end,
-                                                engine, waiting for parallel runs)
+                                                spent on its own work, not on the model (copying the
+                                                windows out, front end, engine, waiting for parallel runs)
 ``own_cpu_seconds_total``                       CPU time of that own work in scoring ticks (its rate over
                                                 ``process_cpu_seconds_total``'s: its share of the CPU)
 ``inference_batches_total``                     batches run

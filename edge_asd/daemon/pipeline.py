@@ -136,13 +136,14 @@ class Pipeline:
         self._infer_ms: deque[float] = deque(maxlen=256)
         self._tick_ms: deque[float] = deque(maxlen=256)
         self.busy_s = 0.0  # time spent in ticks that scored windows
-        self.engine_s = 0.0  # of which handing windows to the model (front end included) or waiting for it
+        self.engine_s = 0.0  # of which copying the due windows, handing them to the model (front end included) or waiting for it
         # The same split in this thread's CPU time (time.thread_time): waiting costs none, so the
         # difference is the CPU the daemon's own work takes, whatever the other threads do.
         # All three grow once per tick, at its end, so a stats() read from another thread (the
         # metrics scrape) never sees own_cpu_s go down.
         self.busy_cpu_s = 0.0
-        self.model_cpu_s = 0.0  # the front end and the hand-over (the whole run without parallel runs)
+        self.model_cpu_s = 0.0  # the due windows' copy, the front end and the hand-over (the whole run without parallel runs)
+        self.window_cpu_s = 0.0  # of which the due windows' copy out of the stream buffers
         self.own_cpu_s = 0.0
         self._tick_model_cpu_s = 0.0
         self._last_stats = time.monotonic()
@@ -334,25 +335,39 @@ class Pipeline:
         self.run_commands()
         self._update_capture_status(t0, dt)
         batch: list[tuple[Stream, np.ndarray, int]] = []
-        for stream in self.streams:
+        # The due windows first, as the model's work: each is one copy out of the stream's
+        # buffer, made for the model (its 10 s on the frame grid); the hop's window is a view
+        # of it, of which the level check and the indicators read only the newest second when
+        # the hop is whole seconds. Kept apart too (``window_cpu_s``), so that the overhead can
+        # also be given with this copy as the daemon's own work, as before issue 13's sixth
+        # pass (bench/listen_scale.py). A tick whose windows are all gapped or faulted counts
+        # none of it; one that scores some counts the copies of all its due windows.
+        t_due, c_due = time.monotonic(), time.thread_time()
+        dues = [stream.due_window() if stream.enabled else None for stream in self.streams]
+        window_cpu = time.thread_time() - c_due
+        self._tick_model_cpu_s += window_cpu
+        due_s = time.monotonic() - t_due
+        for stream, due in zip(self.streams, dues):
             if not stream.enabled:
                 self._set_status(stream, DISABLED, "disabled by command")
                 self._end_event(stream, END_DISABLED)
                 stream.idle()
+                stream.drop_model_window()  # switched off since its window was taken
                 continue
-            due = stream.due_window()
             if due is None:
                 continue
             audio, end_index, has_gap = due
             stream.last_window_end_s = end_index / SAMPLE_RATE
             if has_gap:  # not heard whole: unmonitored for now, and said so
+                stream.drop_model_window()
                 stream.counters.gapped += 1
                 self._set_status(stream, FAULT, GAP_TEXT)
                 self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
                 continue
-            report = stream.levels.check(stream.name, audio)
+            report = stream.levels.check(stream.name, audio, end_index)
             stream.level = report.to_dict()
             if not report.scorable:
+                stream.drop_model_window()
                 stream.counters.faults += 1
                 self._set_status(stream, FAULT, fault_message(report))
                 self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
@@ -366,6 +381,8 @@ class Pipeline:
         self._tick_ms.append(elapsed * 1000.0)
         if batch:
             self.busy_s += elapsed
+            self.engine_s += due_s
+            self.window_cpu_s += window_cpu
             busy_cpu = time.thread_time() - c0
             self.busy_cpu_s += busy_cpu
             self.model_cpu_s += self._tick_model_cpu_s
@@ -682,10 +699,13 @@ class Pipeline:
                 "inference_ms": round(float(np.mean(infer)), 2) if infer else None,
                 "inference_ms_max": round(float(np.max(infer)), 2) if infer else None,
                 "tick_ms": round(float(np.mean(ticks)), 2) if ticks else None,
-                # share of the scoring ticks spent outside the model (windows, levels, decisions, comms)
+                # share of the scoring ticks spent outside the model (levels, indicators, scores,
+                # decisions, comms; the model: copying the windows out, the front end, the engine)
                 "overhead_percent": round(100.0 * (1.0 - self.engine_s / self.busy_s), 1) if self.busy_s else None,
                 # CPU seconds this thread spent on that work (not the model), for a share of the CPU
                 "own_cpu_s": round(self.own_cpu_s, 3),
+                # CPU seconds of the model's part spent copying the windows out of the stream buffers
+                "window_cpu_s": round(self.window_cpu_s, 3),
             },
             "window_s": WINDOW_SAMPLES / SAMPLE_RATE,
             "hop_s": self.hop_s,

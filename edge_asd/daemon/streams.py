@@ -67,12 +67,17 @@ class Stream:
     published_status: tuple[str, str] | None = None
     last_scored_mono: float | None = None
     """``time.monotonic()`` of the last scored window (None before the first one)."""
+    _model: tuple[int, np.ndarray, int] | None = field(default=None, repr=False)
+    """(end index, model window, its start) of the window ``due_window`` gave last, until
+    ``model_window`` takes it."""
 
     def due_window(self) -> tuple[np.ndarray, int, bool] | None:
         """The next window to score, as ``(audio, end_index, has_gap)``, or None if not due.
 
         Skips ahead (and counts) when more than one hop of audio is waiting and the window
-        on the grid has already left the buffer.
+        on the grid has already left the buffer. The model's window for it (``model_window``)
+        comes out of the same copy: the buffer is read once per window, 10 s and the up to 511
+        samples before it, and ``audio`` is a view of that copy.
         """
         end = self.buffer.end_index
         if end < self.next_end:
@@ -83,12 +88,17 @@ class Stream:
             behind = (end - target) // self.hop_samples
             target += behind * self.hop_samples
             self.counters.skipped += behind
-        got = self.buffer.get(target - WINDOW_SAMPLES, WINDOW_SAMPLES)
+        start = target - WINDOW_SAMPLES
+        got = self.buffer.get_with_lead(start, WINDOW_SAMPLES, start - grid_start(start))
         if got is None:  # the buffer moved under us: take the newest grid point next time
             return None
-        audio, has_gap = got
+        span, lead, has_gap, moved_gap = got
+        audio = span[lead:]
         if has_gap:  # an overflow or a capture restart: reuse no frame across it
             self.logmel.reset("gap in the stream's audio")
+        # The model's window: on the frame grid where the samples before the window are held
+        # and free of gaps, else the window itself (see model_window).
+        self._model = (target, span[:WINDOW_SAMPLES], start - lead) if lead and not moved_gap else (target, audio, start)
         self.next_end = target + self.hop_samples
         return audio, target, has_gap
 
@@ -97,7 +107,11 @@ class Stream:
         start: the same 10 s moved back onto the log-mel frame grid (at most 511 samples, see
         ``edge_asd.core.logmel``), so its frames are shared with the stream's previous window.
         The window itself when it already starts on the grid, or when the samples before it have
-        left the buffer or hold a gap."""
+        left the buffer or hold a gap. For the window ``due_window`` just gave, the part of its
+        copy it already made (no second copy)."""
+        due, self._model = self._model, None
+        if due is not None and due[0] == end_index:
+            return due[1], due[2]
         start = end_index - WINDOW_SAMPLES
         moved = grid_start(start)
         if moved == start:
@@ -106,6 +120,11 @@ class Stream:
         if got is None or got[1]:
             return audio, start
         return got[0], moved
+
+    def drop_model_window(self) -> None:
+        """The window ``due_window`` gave last will not be scored (a gap, a level fault, the
+        stream switched off): let its copy go now rather than at the next due window."""
+        self._model = None
 
     def hold_index(self) -> int:
         """First sample this stream still needs (backpressure for non-real-time sources): the

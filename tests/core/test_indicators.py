@@ -520,6 +520,44 @@ def test_hops_across_the_offline_batches_equal_compute():
         np.testing.assert_array_equal(hops[i], ind.compute(x[start : start + WINDOW_SAMPLES]), err_msg=str(i))
 
 
+def test_block_stats_match_a_straightforward_reference():
+    """Every statistic of a block against a plain float64 computation written here (fresh
+    arrays, a frame at a time), on blocks with a DC offset, a tone, an impulse and silence:
+    the batched, in-place steps of the module must change no number."""
+    rows = np.stack([w[: ind.BLOCK_SAMPLES] for w in varied_windows()])
+    rows[1] += np.float32(0.25)  # a DC offset: moments about the mean, frames detrended
+    rows[2, :] = 0.0
+    hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(ind.FRAME_SAMPLES) / ind.FRAME_SAMPLES)
+    scale = np.full(ind.N_BINS, 2.0 / (ind.N_FFT * np.sum(hann**2)))
+    scale[-1] /= 2.0  # one-sided: the Nyquist bin has no mirror image
+    for row, got in zip(rows, ind.block_stats_many(rows)):
+        x = row.astype(np.float64)
+        d = x - x.mean()
+        assert got.mean == pytest.approx(x.mean(), rel=1e-12, abs=1e-300)
+        for order, value in ((2, got.m2), (3, got.m3), (4, got.m4)):
+            # abs: a sum of odd powers cancels to near 0; rounding is relative to the terms
+            assert value == pytest.approx(np.sum(d**order), rel=1e-9, abs=1e-12 * np.sum(np.abs(d) ** order)), order
+        assert (got.vmax, got.vmin) == (x.max(), x.min())
+        frames_d = d.reshape(ind.ENV_FRAMES_PER_BLOCK, ind.ENV_FRAME_SAMPLES)
+        np.testing.assert_allclose(got.frame_sum, frames_d.sum(axis=1), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.frame_sq, (frames_d**2).sum(axis=1), rtol=1e-9, atol=1e-300)
+        powers, mags = [], []
+        for k in range(ind.FRAMES_PER_BLOCK):
+            frame = x[k * ind.FRAME_HOP : k * ind.FRAME_HOP + ind.FRAME_SAMPLES] * hann
+            frame = frame - frame.sum() / hann.sum() * hann
+            p = np.abs(np.fft.rfft(frame, n=ind.N_FFT)[1:]) ** 2 * scale
+            powers.append(p)
+            m = np.sqrt(p + ind._BIN_FLOOR)
+            mags.append(m / np.linalg.norm(m))
+        np.testing.assert_allclose(got.power, np.mean(powers, axis=0), rtol=1e-5, atol=1e-30)
+        flux = sum(np.linalg.norm(a - b) for a, b in zip(mags[1:], mags[:-1]))
+        # sqrt(2 - 2 cos): rounding near cos = 1 leaves ~sqrt(eps) per pair where the flux is 0
+        assert got.flux_sum == pytest.approx(flux, rel=1e-7, abs=1e-5)
+        assert got.flux_count == ind.FRAMES_PER_BLOCK - 1
+        for kept in (got.frame_sum, got.frame_sq, got.power):
+            assert not kept.flags.writeable
+
+
 def test_block_stats_many_rows_stay_independent_in_larger_groups(monkeypatch):
     """The statistics are vectorised over rows; analysing several blocks together (a larger
     internal group, e.g. on a machine where that pays) must not change any row."""
@@ -554,8 +592,11 @@ def test_batched_steps_match_independent_references():
 
     rng = np.random.default_rng(12)
     values = rng.standard_normal((5, 800))
-    for got, q in zip(ind._percentiles(values, (50.0, 95.0)), (50.0, 95.0)):
+    scratch = values.copy()  # overwrite=True partitions the caller's temporary: the same percentiles
+    for got, in_place, q in zip(ind._percentiles(values, (50.0, 95.0)),
+                                ind._percentiles(scratch, (50.0, 95.0), overwrite=True), (50.0, 95.0)):  # fmt: skip
         np.testing.assert_allclose(got, np.percentile(values, q, axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(in_place, got)
 
     edges = np.linspace(0.0, 10.0, 11)
     cumulative = np.cumsum(rng.random((3, 11)), axis=1)

@@ -118,6 +118,24 @@ def test_surprise_is_monotone_and_uses_the_empirical_tail_without_a_fit() -> Non
     assert np.all(np.diff(t) > 0) and np.all(np.isfinite(t))
 
 
+def test_gamma_surprise_of_a_batch_equals_each_score_alone_and_the_tail_formula() -> None:
+    """The gamma surprise runs in Python floats a score at a time (the daemon asks for one
+    window's): a batch gets each score's own number, which is -log10 of the tail probability
+    clipped to [0, SURPRISE_MAX]; a non-finite score gets SURPRISE_MAX, as its p of 0 says."""
+    fit = fit_surprise(np.random.default_rng(6).gamma(3.0, 0.5, 300))
+    assert fit.method == "gamma"
+    scores = np.array([-1.0, 0.2, 1.5, 3.0, 6.0, 40.0, np.nan, np.inf])
+    batch = fit.surprise(scores)
+    assert batch.dtype == np.float64 and batch.shape == scores.shape
+    for value, got in zip(scores, batch):
+        assert fit.surprise(value)[0] == got
+    p = fit.p_exceed(scores)
+    expected = np.minimum(np.maximum(-np.log10(np.maximum(p, 10.0**-SURPRISE_MAX)), 0.0), SURPRISE_MAX)
+    np.testing.assert_allclose(batch, expected, rtol=1e-12, atol=0)
+    assert batch[0] == 0.0 and not np.signbit(batch[0]) and batch[-2] == batch[-1] == SURPRISE_MAX
+    assert fit.surprise(np.array([[0.2, 1.5]])).shape == (1, 2)
+
+
 def test_stream_without_classes_or_embeddings_scores() -> None:
     x, _, _ = _normal(120, 6)
     en = fit_enrolment(x, None, None, _refs(120))

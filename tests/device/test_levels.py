@@ -116,3 +116,65 @@ def test_real_dcase_clips_are_ok(shared_data) -> None:
     for clip in clips:
         r = measure(read_audio(clip)[:N])
         assert r.state == "ok", (clip, r)
+
+
+def _reference(window: np.ndarray, config: LevelsConfig) -> tuple[float, float, float, int, str]:
+    """Whole-window levels in float64, written here: (RMS dBFS, peak dBFS, clipped fraction,
+    non-finite count, state), the RMS and peak of the finite samples alone."""
+    x = window.astype(np.float64)
+    finite = x[np.isfinite(x)]
+    nonfinite = x.size - finite.size
+    rms = math.sqrt(np.mean(finite**2)) if finite.size else 0.0
+    peak = float(np.abs(finite).max()) if finite.size else 0.0
+    clipped = np.count_nonzero(np.abs(finite) >= clip_level(config)) / x.size
+    db = [20 * math.log10(v) if v > 0 else -200.0 for v in (rms, peak)]
+    if nonfinite or not finite.size or finite.max() == finite.min():
+        state = "dead"
+    elif clipped > config.clip_fraction:
+        state = "clipping"
+    elif db[0] < config.silent_dbfs:
+        state = "silent"
+    else:
+        state = "ok"
+    return db[0], db[1], clipped, nonfinite, state
+
+
+def test_hop_by_hop_levels_equal_each_whole_window() -> None:
+    """The daemon's check measures only the newest block of each window (end_index on the
+    block grid) and must report what the whole window holds (an independent float64
+    reference) and exactly what ``measure`` reports, through a level step, clipping bursts, a
+    NaN, a silent stretch and a digital zero; a hop that skips ahead and a window off the
+    grid (measured whole) agree too."""
+    fs = 16000
+    rng = np.random.default_rng(8)
+    x = (0.05 * rng.standard_normal(44 * fs)).astype(np.float32)
+    x[12 * fs : 14 * fs] *= 4.0
+    x[15 * fs + 100 : 15 * fs + 400] = 1.0  # clipping burst in one block
+    x[17 * fs - 150 : 17 * fs + 150] = -1.0  # and across a block boundary
+    x[21 * fs + 7] = np.nan
+    x[22 * fs + 9] = np.inf
+    x[25 * fs : 36 * fs] = 1e-6  # silent
+    x[36 * fs : 44 * fs] = 0.0  # a digital zero
+    config = LevelsConfig(debounce_windows=1, clip_fraction=0.0005)
+    mon = LevelMonitor(config)
+    ends = list(range(N, x.size + 1, fs))
+    ends = ends[:10] + [ends[10] + 512] + ends[10:20] + ends[25:]  # off the grid once; then 5 blocks ahead
+    states = set()
+    for end in ends:
+        window = x[end - N : end]
+        got = mon.check("m", window, end_index=end)
+        assert got == measure(window, config), end
+        rms_db, peak_db, clipped, nonfinite, state = _reference(window, config)
+        assert (got.state, got.nonfinite) == (state, nonfinite), end
+        assert got.rms_dbfs == pytest.approx(rms_db, abs=1e-4) and got.peak_dbfs == pytest.approx(peak_db, abs=1e-9)
+        assert got.clipped_fraction == pytest.approx(clipped, abs=1e-12), end
+        states.add(got.state)
+    assert states == {"ok", "clipping", "dead", "silent"}
+
+
+def test_blocks_of_a_wrongly_sized_or_empty_window_are_measured_whole() -> None:
+    mon = LevelMonitor()
+    short = _noise(0.1)[: N - 100]
+    assert mon.check("m", short, end_index=N) == measure(short)
+    assert mon.check("m", np.zeros(0, np.float32), end_index=N).state == "dead"
+    assert measure(_noise(0.1)[:2500]).state == "ok"  # shorter than a block

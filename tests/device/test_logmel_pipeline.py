@@ -96,6 +96,47 @@ def test_the_model_window_moves_onto_the_frame_grid_unless_it_cannot() -> None:
     assert same is window and got == start
 
 
+def test_a_due_window_and_its_model_window_come_out_of_one_copy() -> None:
+    """``Stream.due_window`` reads the buffer once for the hop's window and the model's: the
+    model window is the moved 10 s where the samples before the window are held and free of
+    gaps (a view of the same copy, no second read), else the window itself, as
+    ``model_window`` decides for a window it is handed on its own."""
+    from edge_asd.audio.stream_buffer import StreamBuffer
+    from edge_asd.core.constants import WINDOW_SAMPLES
+    from edge_asd.core.logmel import HOP, grid_start
+    from edge_asd.daemon.streams import Stream, StreamCounters
+
+    buffer = StreamBuffer(capacity=WINDOW_SAMPLES + 40000)
+    audio = np.arange(6 * 16000 + WINDOW_SAMPLES, dtype=np.float32) / 1e6
+    buffer.append(audio[: WINDOW_SAMPLES + 16000])
+    stream = Stream("s", None, buffer, [], [], None, None, None, 16000)  # type: ignore[arg-type]
+    stream.counters = StreamCounters()
+    stream.next_end = WINDOW_SAMPLES + 16000  # start 16000 = 31.25 x 512: moved back 128 samples
+    window, end, has_gap = stream.due_window()
+    assert not has_gap and end == WINDOW_SAMPLES + 16000
+    np.testing.assert_array_equal(window, audio[end - WINDOW_SAMPLES : end])
+    moved, start = stream.model_window(window, end)
+    assert start == grid_start(end - WINDOW_SAMPLES) and start % HOP == 0 and start < end - WINDOW_SAMPLES
+    np.testing.assert_array_equal(moved, audio[start : start + WINDOW_SAMPLES])
+    assert np.shares_memory(moved, window)  # one copy serves both
+    again, start_again = stream.model_window(window, end)  # handed on its own: read again, same samples
+    np.testing.assert_array_equal(again, moved)
+    assert start_again == start and not np.shares_memory(again, window)
+    # A gap before the window, inside the moved span: the model scores the window itself.
+    buffer.append(audio[WINDOW_SAMPLES + 16000 : WINDOW_SAMPLES + 2 * 16000])
+    buffer.mark_gap(32000 - 100, 32000 - 99)
+    window, end, has_gap = stream.due_window()
+    same, start = stream.model_window(window, end)
+    assert not has_gap and same is window and start == end - WINDOW_SAMPLES
+    # The samples before the window have left the buffer: the window itself again.
+    buffer.append(audio[WINDOW_SAMPLES + 2 * 16000 :])
+    stream.next_end = buffer.first_index + WINDOW_SAMPLES
+    window, end, has_gap = stream.due_window()
+    same, start = stream.model_window(window, end)
+    assert (end - WINDOW_SAMPLES) % HOP and same is window and start == end - WINDOW_SAMPLES
+    np.testing.assert_array_equal(window, audio[end - WINDOW_SAMPLES : end])
+
+
 def test_each_stream_gets_its_own_features_and_engine_rows_in_parallel_chunks(
     cached_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 
@@ -258,41 +258,45 @@ def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
 class SpectrumBank:
     """References of the ``spectrum`` component: power parts of profiles, ready for search.
 
-    ``references`` (n, P) float32 in dB. The candidates are found on a coarse copy (the mean dB
-    of every ``_COARSE_BINS`` adjacent bins, 31 Hz: the overall shape that tells the operating
-    mode, and a quarter of the cost), centred on the bank's mean so that the squared norms in
-    ``|q|^2 - 2 q.r + |r|^2`` stay small and float32 keeps the ordering; ``D`` is then
-    computed on the fine spectra of the candidates.
+    ``references`` (n, P) float32 in dB is kept as what ``D`` compares with: each reference's
+    tolerance band (``upper``, ``lower``: ``tolerance_band``), made once here. Why: it is a
+    property of the reference alone, and building the 16 candidates' bands on every window
+    took half of the component's time (twelve passes over 16 x 1022 values; docs/performance.md,
+    issue 13, sixth pass). It costs twice the memory of the references (8 KB per enrolled
+    window instead of 4); float16 edges would have kept it at 4, but converting the candidates'
+    edges back to float32 took as long as building them.
+    The candidates are found on a coarse copy (the mean dB of every ``_COARSE_BINS`` adjacent
+    bins, 31 Hz: the overall shape that tells the operating mode, and a quarter of the cost),
+    centred on the bank's mean so that the squared norms in ``|q|^2 - 2 q.r + |r|^2`` stay
+    small and float32 keeps the ordering; ``D`` is then computed on the fine spectra of the
+    candidates.
     """
 
-    references: np.ndarray
+    references: InitVar[np.ndarray]
+    tolerance: int = SPECTRUM_TOLERANCE_BINS
+    upper: np.ndarray = field(init=False, repr=False)
+    lower: np.ndarray = field(init=False, repr=False)
     center: np.ndarray = field(init=False, repr=False)
     _coarse: np.ndarray = field(init=False, repr=False)
     _sq: np.ndarray = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        refs = np.ascontiguousarray(np.atleast_2d(np.asarray(self.references, dtype=np.float32)))
-        self.references = refs
+    def __post_init__(self, references: np.ndarray) -> None:
+        refs = np.ascontiguousarray(np.atleast_2d(np.asarray(references, dtype=np.float32)))
+        self.upper, self.lower = tolerance_band(refs, self.tolerance)
         coarse = _coarsen(refs)
         self.center = coarse.mean(axis=0) if refs.shape[0] else np.zeros(coarse.shape[1], np.float32)
         self._coarse = np.ascontiguousarray(coarse - self.center)
         self._sq = np.einsum("ij,ij->i", self._coarse, self._coarse)
 
     def __len__(self) -> int:
-        return int(self.references.shape[0])
+        return int(self.upper.shape[0])
 
-    def nearest(
-        self,
-        x: np.ndarray,
-        candidates: int = SPECTRUM_CANDIDATES,
-        k: int = TOP_BINS,
-        tolerance: int = SPECTRUM_TOLERANCE_BINS,
-    ) -> np.ndarray:
+    def nearest(self, x: np.ndarray, candidates: int = SPECTRUM_CANDIDATES, k: int = TOP_BINS) -> np.ndarray:
         """``min over references r of D(x, r)`` for each row of ``x`` (B, P), among the
         ``candidates`` nearest references on the coarse spectrum; inf for an empty bank."""
         q_all = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        if q_all.shape[1] != self.references.shape[1]:
-            raise ValueError(f"got spectra of {q_all.shape[1]} bins, the references have {self.references.shape[1]}")
+        if q_all.shape[1] != self.upper.shape[1]:
+            raise ValueError(f"got spectra of {q_all.shape[1]} bins, the references have {self.upper.shape[1]}")
         out = np.full(q_all.shape[0], np.inf)
         n = len(self)
         if n == 0:
@@ -307,7 +311,9 @@ class SpectrumBank:
             # Ranking only: |q|^2 is the same for every reference of a row, so it is left out.
             d2 = self._sq[None, :] - 2.0 * cross
             idx = np.argpartition(d2, m - 1, axis=1)[:, :m] if m < n else np.broadcast_to(np.arange(n), d2.shape)
-            out[lo : lo + q.shape[0]] = top_mean(outside_band(q, self.references[idx], tolerance), k).min(axis=1)
+            # Fancy indexing copies: band_deviation works in those copies.
+            deviation = band_deviation(q, self.upper[idx], self.lower[idx])
+            out[lo : lo + q.shape[0]] = top_mean(deviation, k).min(axis=1)
         return out
 
 
@@ -318,10 +324,9 @@ def _coarsen(spectra_db: np.ndarray) -> np.ndarray:
     return spectra_db[:, : g * _COARSE_BINS].reshape(n, g, _COARSE_BINS).mean(axis=2, dtype=np.float32)
 
 
-def outside_band(q: np.ndarray, refs: np.ndarray, tolerance: int = SPECTRUM_TOLERANCE_BINS) -> np.ndarray:
-    """Per-bin dB by which each query spectrum ``q`` (b, P) lies outside the tolerance band of
-    each of its references ``refs`` (b, m, P): above the reference's maximum, or below its
-    minimum, over the ``tolerance`` bins on either side. Shape (b, m, P), float32, >= 0."""
+def tolerance_band(refs: np.ndarray, tolerance: int = SPECTRUM_TOLERANCE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower): each reference spectrum's maximum and minimum over the ``tolerance``
+    bins on either side of every bin, same shape as ``refs`` (a new pair of arrays)."""
     upper = refs.copy()
     lower = refs.copy()
     for s in range(1, int(tolerance) + 1):  # shifted extremes: cheaper than a strided window reduction
@@ -329,11 +334,25 @@ def outside_band(q: np.ndarray, refs: np.ndarray, tolerance: int = SPECTRUM_TOLE
         np.maximum(upper[..., :-s], refs[..., s:], out=upper[..., :-s])
         np.minimum(lower[..., s:], refs[..., :-s], out=lower[..., s:])
         np.minimum(lower[..., :-s], refs[..., s:], out=lower[..., :-s])
+    return upper, lower
+
+
+def band_deviation(q: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Per-bin dB by which each query spectrum ``q`` (b, P) lies outside the tolerance bands
+    ``upper``/``lower`` (b, m, P) of its m references: above the maximum or below the minimum.
+    Shape (b, m, P), float32, >= 0; computed in ``upper`` and ``lower`` (pass copies)."""
     qb = q[:, None, :]
     np.subtract(qb, upper, out=upper)  # > 0 above the band
     np.subtract(lower, qb, out=lower)  # > 0 below the band
     np.maximum(upper, lower, out=upper)
     return np.maximum(upper, 0.0, out=upper)
+
+
+def outside_band(q: np.ndarray, refs: np.ndarray, tolerance: int = SPECTRUM_TOLERANCE_BINS) -> np.ndarray:
+    """Per-bin dB by which each query spectrum ``q`` (b, P) lies outside the tolerance band of
+    each of its references ``refs`` (b, m, P): above the reference's maximum, or below its
+    minimum, over the ``tolerance`` bins on either side. Shape (b, m, P), float32, >= 0."""
+    return band_deviation(q, *tolerance_band(refs, tolerance))
 
 
 def spectrum_component(

@@ -31,6 +31,14 @@ SURPRISE_MAX = 50.0
 """Surprise is clipped here (P = 1e-50): far beyond any false-alarm rate, and it keeps every
 value finite for strict JSON."""
 
+_P_MIN = 10.0**-SURPRISE_MAX
+"""The smallest tail probability a surprise is taken of (its log is SURPRISE_MAX)."""
+
+
+def _clipped_surprise(p: float) -> float:
+    """``-log10 p`` clipped to [0, SURPRISE_MAX] (a non-finite score's p is 0: SURPRISE_MAX)."""
+    return min(max(-math.log10(max(p, _P_MIN)), 0.0), SURPRISE_MAX) + 0.0  # + 0.0: no -0.0 in payloads
+
 
 @dataclass
 class SurpriseFit:
@@ -64,9 +72,21 @@ class SurpriseFit:
 
     def surprise(self, scores: np.ndarray | float) -> np.ndarray:
         """``-log10 P_normal(S >= s)`` clipped to [0, SURPRISE_MAX], float64."""
+        if self.fit is not None:
+            # In Python floats, one score at a time: gamma_sf is a Python loop anyway, and the
+            # daemon asks for one window's score of each component per hop, where the numpy
+            # calls around it cost more than the tail probability itself. The batch takes the
+            # same steps, so one window and a batch get the same numbers.
+            s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+            shape, loc, scale = float(self.fit["shape"]), float(self.fit["loc"]), float(self.fit["scale"])
+            out = [
+                _clipped_surprise(gamma_sf((v - loc) / scale, shape)) if math.isfinite(v) else SURPRISE_MAX
+                for v in s.reshape(-1).tolist()
+            ]
+            return np.array(out, dtype=np.float64).reshape(s.shape)
         # np.maximum/np.minimum rather than np.clip (the same numbers, NaN kept, without
-        # np.clip's Python layers): this runs for every component of every scored window.
-        out = -np.log10(np.maximum(self.p_exceed(scores), 10.0 ** -SURPRISE_MAX))  # > 0: no log of 0
+        # np.clip's Python layers).
+        out = -np.log10(np.maximum(self.p_exceed(scores), _P_MIN))  # > 0: no log of 0
         return np.minimum(np.maximum(out, 0.0), SURPRISE_MAX) + 0.0  # + 0.0: no -0.0 in payloads
 
     def to_json(self) -> dict[str, Any]:
