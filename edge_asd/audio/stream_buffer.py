@@ -83,18 +83,9 @@ class StreamBuffer:
     def get(self, start: int, n: int) -> tuple[np.ndarray, bool] | None:
         """Samples ``[start, start + n)`` and whether they span a gap; None if not held."""
         with self._lock:
-            if n < 1 or n > self.capacity:
-                raise ValueError(f"window of {n} samples does not fit a buffer of {self.capacity}")
-            first = max(self._start_index, self._end - self.capacity)
-            if start < first or start + n > self._end:
+            if not self._holds(start, n):
                 return None
-            out = np.empty(n, dtype=np.float32)
-            pos = start % self.capacity
-            head = min(n, self.capacity - pos)
-            out[:head] = self._buf[pos : pos + head]
-            if head < n:
-                out[head:] = self._buf[: n - head]
-            return out, self._gaps.overlaps(start, start + n)
+            return self._copy(start, n), self._gaps.overlaps(start, start + n)
 
     def get_with_lead(self, start: int, n: int, lead: int) -> tuple[np.ndarray, int, bool, bool] | None:
         """Samples ``[start - lead, start + n)`` in one copy, as ``(samples, lead, has_gap,
@@ -107,21 +98,31 @@ class StreamBuffer:
         to 511 samples earlier) and the indicators on the hop's grid; one copy of both spans,
         taken under one lock, serves both (``Stream.due_window``)."""
         with self._lock:
-            if n < 1 or n > self.capacity:
-                raise ValueError(f"window of {n} samples does not fit a buffer of {self.capacity}")
-            first = max(self._start_index, self._end - self.capacity)
-            if start < first or start + n > self._end:
+            if not self._holds(start, n):
                 return None
+            first = max(self._start_index, self._end - self.capacity)
             lead = int(lead) if 0 < lead <= start - first and n + lead <= self.capacity else 0
             lo = start - lead
-            out = np.empty(n + lead, dtype=np.float32)
-            pos = lo % self.capacity
-            head = min(out.size, self.capacity - pos)
-            out[:head] = self._buf[pos : pos + head]
-            if head < out.size:
-                out[head:] = self._buf[: out.size - head]
             has_gap = self._gaps.overlaps(start, start + n)
-            return out, lead, has_gap, self._gaps.overlaps(lo, lo + n) if lead else has_gap
+            return self._copy(lo, n + lead), lead, has_gap, self._gaps.overlaps(lo, lo + n) if lead else has_gap
+
+    def _holds(self, start: int, n: int) -> bool:
+        """Whether ``[start, start + n)`` is held (under the lock); a window longer than the
+        buffer is a ValueError."""
+        if n < 1 or n > self.capacity:
+            raise ValueError(f"window of {n} samples does not fit a buffer of {self.capacity}")
+        first = max(self._start_index, self._end - self.capacity)
+        return first <= start and start + n <= self._end
+
+    def _copy(self, start: int, n: int) -> np.ndarray:
+        """A copy of the held samples ``[start, start + n)`` (under the lock)."""
+        out = np.empty(n, dtype=np.float32)
+        pos = start % self.capacity
+        head = min(n, self.capacity - pos)
+        out[:head] = self._buf[pos : pos + head]
+        if head < n:
+            out[head:] = self._buf[: n - head]
+        return out
 
     def latest_window(self, n: int = WINDOW_SAMPLES) -> tuple[np.ndarray, int, bool] | None:
         """The newest ``n`` samples as ``(audio, end_sample_index, has_gap)``, or None.
