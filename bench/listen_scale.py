@@ -340,11 +340,13 @@ def run_once(
         "inference_ms_mean": stats["detector"]["inference_ms"],
         "batches": stats["detector"]["batches"],
         "overhead_percent": stats["detector"]["overhead_percent"],
-        # The pipeline thread's own work (not the front end, the hand-over or the engine) as a
-        # share of the CPU the whole process used while scoring (capture threads included).
+        # The pipeline thread's own work (not the windows' copy, the front end, the hand-over or
+        # the engine) as a share of the CPU the whole process used while scoring (capture
+        # threads included).
         "own_cpu_share_percent": own_share,
         # The daemon overhead: its own work (pipeline thread, capture workers, other threads)
-        # over that and the model (engine threads, front end), the file sources left out.
+        # over that and the model (engine threads; the windows' copy and the front end on the
+        # pipeline thread), the file sources left out.
         "daemon_cpu_share_percent": daemon_share,
         # The same with the window's copy out of the stream buffer counted as the daemon's own
         # work, as it was before issue 13's sixth pass made it one copy for the model.

@@ -4,10 +4,14 @@
 same steps cost more (the engine's threads share the caches and the memory bandwidth), so
 this runs `bench/listen_scale.py` as it is and wraps the pipeline's steps with
 ``time.thread_time`` on the pipeline thread only: the CPU time of each step per scored window,
-nested steps included in their callers (so the rows do not add up). Every argument goes to
-``listen_scale.py``; the table goes to stderr at the end.
+nested steps included in their callers (so the rows do not add up). Every argument but
+``--profile-out PATH`` (where the table is also written) goes to ``listen_scale.py``; the
+table goes to stderr at the end. Give one stream count: several are summed into one table.
+``--find-max`` runs its probes in other processes, which this cannot see: refused. The
+model's row ``_submit`` holds the front end, the hand-over and stacking the batch.
 
-    OPENBLAS_NUM_THREADS=1 python bench/pipeline_profile.py --bundle /tmp/synth-bundle --streams 32 --seconds 60
+    OPENBLAS_NUM_THREADS=1 python bench/pipeline_profile.py --bundle /tmp/synth-bundle --streams 32 --seconds 60 \
+        --profile-out bench/results/pipeline_profile.txt
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import edge_asd.levels as levels  # noqa: E402
 
 STEPS = [
     (pipeline.Pipeline, "_submit", "model: front end and hand-over"),
-    (streams.Stream, "due_window", "model: the due window's copy"),
+    (streams.Stream, "due_window", "due window: its copy out of the buffer"),
     (pipeline, "features_many", "site features"),
     (indicators, "block_stats_many", "  block statistics"),
     (indicators, "combine_many", "  indicators from blocks"),
@@ -89,20 +93,33 @@ def timed_tick() -> None:
     pipeline.Pipeline.tick = tick  # type: ignore[method-assign]
 
 
-def report() -> None:
+def report(out_path: Path | None, argv: list[str]) -> None:
     windows = totals["windows"] or 1
-    out = [f"\npipeline thread, CPU ms per scored window ({totals['windows']} windows; all ticks, "
+    out = [f"pipeline thread, CPU ms per scored window ({totals['windows']} windows; all ticks, "
            f"idle ones too): tick {1e3 * totals['tick'] / windows:.3f}"]
     out += [f"  {label:34s} {1e3 * cpu[label] / windows:.3f}" for _, _, label in STEPS if label in cpu]
-    print("\n".join(out), file=sys.stderr)
+    print("\n" + "\n".join(out), file=sys.stderr)
+    if out_path is not None:
+        head = [f"# bench/pipeline_profile.py {' '.join(argv)}", f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
+        out_path.write_text("\n".join(head + out) + "\n")
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if "--find-max" in args:
+        raise SystemExit("pipeline_profile.py: --find-max probes run in other processes; give --streams N instead")
+    out_path = None
+    if "--profile-out" in args:
+        at = args.index("--profile-out")
+        if at + 1 >= len(args):
+            raise SystemExit("pipeline_profile.py: --profile-out needs a path")
+        out_path = Path(args[at + 1])
+        del args[at : at + 2]
     for owner, name, label in STEPS:
         timed(owner, name, label)
     timed_tick()
-    atexit.register(report)
-    sys.argv = [str(ROOT / "bench" / "listen_scale.py"), *sys.argv[1:]]
+    atexit.register(report, out_path, sys.argv[1:])
+    sys.argv = [str(ROOT / "bench" / "listen_scale.py"), *args]
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 

@@ -214,12 +214,14 @@ def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
     cached_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``own_cpu_s`` (stats, ``edge_asd_own_cpu_seconds_total``) counts the CPU the pipeline
-    thread spends on its own work (here the site features) and not what it spends handing
-    windows to the model (the front end and the hand-over, here ``_submit``). Read from another
-    thread meanwhile (a metrics scrape) it never goes down: Prometheus would call that a reset."""
+    thread spends on its own work (here the site features) and not what it spends on the
+    model: copying each due window out of its buffer (``Stream.due_window``, also kept apart as
+    ``window_cpu_s``), the front end and the hand-over (``_submit``). Read from another thread
+    meanwhile (a metrics scrape) it never goes down: Prometheus would call that a reset."""
     from edge_asd.config import load_config
     from edge_asd.daemon import pipeline as pipeline_mod
     from edge_asd.daemon.listen import build_daemon, run_daemon
+    from edge_asd.daemon.streams import Stream
     from engines.runtime import open_runtime
     from tests.fixtures.comms import MemoryCommunicator
 
@@ -236,8 +238,8 @@ def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
     pipeline = daemon.pipeline
     stream = pipeline.streams[0]
     assert stream.site is not None
-    model_burn, own_burn = 0.03, 0.02
-    submit, features_many = pipeline._submit, pipeline_mod.features_many
+    model_burn, own_burn, window_burn = 0.03, 0.02, 0.01
+    submit, features_many, due_window = pipeline._submit, pipeline_mod.features_many, Stream.due_window
 
     def slow_submit(batch):
         _burn_cpu(model_burn)
@@ -247,8 +249,15 @@ def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
         _burn_cpu(own_burn * len(items))
         return features_many(items)
 
+    def slow_due_window(self):  # the window's copy, the model's
+        got = due_window(self)
+        if got is not None:
+            _burn_cpu(window_burn)
+        return got
+
     pipeline._submit = slow_submit  # type: ignore[method-assign]
     monkeypatch.setattr(pipeline_mod, "features_many", slow_features)
+    monkeypatch.setattr(Stream, "due_window", slow_due_window)
     seen: list[float] = []
     done = threading.Event()
 
@@ -267,7 +276,9 @@ def test_the_pipeline_threads_cpu_is_split_between_the_model_and_its_own_work(
     assert len(seen) > 10 and seen == sorted(seen) and seen[0] >= 0, seen
     windows, batches = stream.counters.windows, pipeline.batches
     assert windows >= 3 and batches >= 3
-    own = pipeline.stats()["detector"]["own_cpu_s"]
-    assert pipeline.model_cpu_s >= model_burn * batches
+    detector = pipeline.stats()["detector"]
+    own = detector["own_cpu_s"]
+    assert pipeline.window_cpu_s >= window_burn * windows and detector["window_cpu_s"] == round(pipeline.window_cpu_s, 3)
+    assert pipeline.model_cpu_s >= model_burn * batches + pipeline.window_cpu_s
     assert own >= own_burn * windows
-    assert own <= pipeline.busy_cpu_s - model_burn * batches + 1e-3  # own_cpu_s is rounded to 1 ms
+    assert own <= pipeline.busy_cpu_s - model_burn * batches - window_burn * windows + 1e-3  # rounded to 1 ms
