@@ -100,8 +100,7 @@ class StreamBuffer:
         with self._lock:
             if not self._holds(start, n):
                 return None
-            first = max(self._start_index, self._end - self.capacity)
-            lead = int(lead) if 0 < lead <= start - first and n + lead <= self.capacity else 0
+            lead = int(lead) if 0 < lead <= start - self.first_index and n + lead <= self.capacity else 0
             lo = start - lead
             has_gap = self._gaps.overlaps(start, start + n)
             return self._copy(lo, n + lead), lead, has_gap, self._gaps.overlaps(lo, lo + n) if lead else has_gap
@@ -111,8 +110,7 @@ class StreamBuffer:
         buffer is a ValueError."""
         if n < 1 or n > self.capacity:
             raise ValueError(f"window of {n} samples does not fit a buffer of {self.capacity}")
-        first = max(self._start_index, self._end - self.capacity)
-        return first <= start and start + n <= self._end
+        return self.first_index <= start and start + n <= self._end
 
     def _copy(self, start: int, n: int) -> np.ndarray:
         """A copy of the held samples ``[start, start + n)`` (under the lock)."""

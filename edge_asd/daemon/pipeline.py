@@ -352,14 +352,12 @@ class Pipeline:
                 self._set_status(stream, DISABLED, "disabled by command")
                 self._end_event(stream, END_DISABLED)
                 stream.idle()
-                stream.drop_model_window()  # switched off since its window was taken
                 continue
             if due is None:
                 continue
             audio, end_index, has_gap = due
             stream.last_window_end_s = end_index / SAMPLE_RATE
             if has_gap:  # not heard whole: unmonitored for now, and said so
-                stream.drop_model_window()
                 stream.counters.gapped += 1
                 self._set_status(stream, FAULT, GAP_TEXT)
                 self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
@@ -367,7 +365,6 @@ class Pipeline:
             report = stream.levels.check(stream.name, audio, end_index)
             stream.level = report.to_dict()
             if not report.scorable:
-                stream.drop_model_window()
                 stream.counters.faults += 1
                 self._set_status(stream, FAULT, fault_message(report))
                 self._decide(stream, end_index, None, audio, fault=True, end_reason=END_FAULT)
@@ -375,7 +372,10 @@ class Pipeline:
             batch.append((stream, audio, end_index))  # `online` once it is scored (a broken engine is a fault)
         self._apply_backpressure()
         if batch:
-            self._score(batch)
+            self._score(batch)  # takes each scored window's model window (Stream.model_window)
+        for stream, due in zip(self.streams, dues):
+            if due is not None:  # scored, or not (a gap, a level fault, switched off): its copy goes
+                stream.drop_model_window()
         self._notify_systemd()
         elapsed = time.monotonic() - t0
         self._tick_ms.append(elapsed * 1000.0)

@@ -122,8 +122,9 @@ class Stream:
         return got[0], moved
 
     def drop_model_window(self) -> None:
-        """The window ``due_window`` gave last will not be scored (a gap, a level fault, the
-        stream switched off): let its copy go now rather than at the next due window."""
+        """Let the copy of the window ``due_window`` gave last go at the end of its tick, scored
+        or not (a gap, a level fault, the stream switched off), rather than at the next due
+        window: a faulted stream would otherwise hold 640 KB between hops."""
         self._model = None
 
     def hold_index(self) -> int:

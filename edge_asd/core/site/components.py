@@ -253,7 +253,6 @@ def top_mean(values: np.ndarray, k: int = TOP_BINS) -> np.ndarray:
     return top[..., n - k :].sum(axis=-1) / k
 
 
-
 @dataclass
 class SpectrumBank:
     """References of the ``spectrum`` component: power parts of profiles, ready for search.

@@ -63,12 +63,14 @@ class SurpriseFit:
             if self._rank is None:
                 self._rank = RankTable.of(self.reference)
             return np.minimum(np.maximum(1.0 - self._rank.normalise(s), 0.0), 1.0)
-        shape = float(self.fit["shape"])
-        loc = float(self.fit["loc"])
-        scale = float(self.fit["scale"])
-        values = s.reshape(-1).tolist()  # Python floats: the loop runs once per window and component
-        p = [gamma_sf((v - loc) / scale, shape) if math.isfinite(v) else 0.0 for v in values]
-        return np.array(p, dtype=np.float64).reshape(s.shape)
+        return np.array(self._gamma_tail(s), dtype=np.float64).reshape(s.shape)
+
+    def _gamma_tail(self, scores: np.ndarray) -> list[float]:
+        """The gamma fit's P(S >= s) of every score in Python floats (0 for a non-finite one):
+        ``gamma_sf`` is a Python loop, run once per window and component."""
+        assert self.fit is not None
+        shape, loc, scale = float(self.fit["shape"]), float(self.fit["loc"]), float(self.fit["scale"])
+        return [gamma_sf((v - loc) / scale, shape) if math.isfinite(v) else 0.0 for v in scores.reshape(-1).tolist()]
 
     def surprise(self, scores: np.ndarray | float) -> np.ndarray:
         """``-log10 P_normal(S >= s)`` clipped to [0, SURPRISE_MAX], float64."""
@@ -78,12 +80,7 @@ class SurpriseFit:
             # calls around it cost more than the tail probability itself. The batch takes the
             # same steps, so one window and a batch get the same numbers.
             s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
-            shape, loc, scale = float(self.fit["shape"]), float(self.fit["loc"]), float(self.fit["scale"])
-            out = [
-                _clipped_surprise(gamma_sf((v - loc) / scale, shape)) if math.isfinite(v) else SURPRISE_MAX
-                for v in s.reshape(-1).tolist()
-            ]
-            return np.array(out, dtype=np.float64).reshape(s.shape)
+            return np.array([_clipped_surprise(p) for p in self._gamma_tail(s)], dtype=np.float64).reshape(s.shape)
         # np.maximum/np.minimum rather than np.clip (the same numbers, NaN kept, without
         # np.clip's Python layers).
         out = -np.log10(np.maximum(self.p_exceed(scores), _P_MIN))  # > 0: no log of 0
