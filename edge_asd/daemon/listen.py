@@ -67,17 +67,24 @@ class Daemon:
         self.inputs.start()
 
     def close(self) -> None:
+        """Release everything, what must not be lost first: the last statistics and the
+        outbox's flush go out before the audio inputs close, because closing a sound device
+        runs native driver code that can hang or crash the process (PortAudio on JACK did,
+        ``JACK_CLOSE_SETTLE_S``), and then nothing would be left unsent. The pipeline has
+        stopped by now, so audio still arriving meanwhile is only dropped."""
         if self.metrics is not None:
             self.metrics.stop()
         try:
-            self.inputs.stop()  # one stuck input must not keep the others or the outbox
-        except Exception:
-            logger.exception("stopping the inputs failed")
-        try:
-            self.pipeline.publish_stats()
+            try:
+                self.pipeline.publish_stats()
+            finally:
+                self.comms.stop(STOP_FLUSH_S)
         finally:
             try:
-                self.comms.stop(STOP_FLUSH_S)
+                self.inputs.stop()  # one stuck input must not keep the others, the engine or the lock
+            except Exception:
+                logger.exception("stopping the inputs failed")
+            try:
                 self.runtime.close()
             finally:
                 if self.lock is not None:

@@ -76,9 +76,11 @@ class FakePortAudio:
         self.mode = "ok"
         self.opened = 0
         self.rates: list[int] = []
+        self.hostapi = "ALSA"
+        self.calls: list[tuple[str, float]] = []  # (abort|close, monotonic) of every stream
 
     def query_hostapis(self) -> list[dict]:
-        return [{"name": "ALSA"}]
+        return [{"name": self.hostapi}]
 
     def _device(self) -> dict:
         return {"name": "USB Mic: Audio (hw:2,0)", "index": self.index, "hostapi": 0,
@@ -131,10 +133,12 @@ class _FakeStream:
             self._stop.wait(max(0.0, t0 + sent / self.rate - time.monotonic()))
 
     def abort(self, ignore_errors: bool = True) -> None:
+        self.pa.calls.append(("abort", time.monotonic()))
         self._stop.set()
         self.active = False
 
     def close(self, ignore_errors: bool = True) -> None:
+        self.pa.calls.append(("close", time.monotonic()))
         self._stop.set()
 
 
@@ -528,6 +532,40 @@ def test_state_dir_without_locks_is_a_node_fault_not_exit_2(
         daemon.close()
 
 
+def test_shutdown_flushes_the_outbox_before_closing_the_inputs(
+    bundle_and_sound: tuple[Path, str, np.ndarray], tmp_path: Path
+) -> None:
+    """Closing a sound device runs native driver code that can hang or crash the process; the
+    last statistics and the outbox's flush go out first, and an input that fails to stop still
+    lets the engine and the state-directory lock go."""
+    import edge_asd.daemon.listen as listen
+    from edge_asd.config import validate_config
+    from edge_asd.daemon.installation import StateDirLock
+
+    bundle, cls, audio = bundle_and_sound
+    wav = tmp_path / "machine.wav"
+    write_wav(wav, audio[:16000])
+    cfg = validate_config(_config(tmp_path, bundle, cls, {"type": "file", "path": str(wav)}))
+    comms = MemoryCommunicator()
+    daemon = listen.build_daemon(cfg, comms=comms)
+    daemon.start_inputs()
+    seen: dict[str, Any] = {}
+    source = daemon.captures[0].source
+
+    real_stop = source.stop
+
+    def stop_that_fails(timeout: float = 2.0) -> None:
+        seen["stats"], seen["comms_stopped"] = len(comms.stats), comms.stopped
+        real_stop(timeout)
+        raise OSError("the driver refused to close")
+
+    source.stop = stop_that_fails  # type: ignore[method-assign]
+    daemon.close()
+    assert seen == {"stats": 1, "comms_stopped": True}
+    assert daemon.lock is not None
+    StateDirLock(tmp_path / "state").acquire().release()  # released although the input failed to stop
+
+
 def test_client_id_follows_the_machine_id_not_the_mac(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Wi-Fi MAC randomisation or a USB network adapter changes the MAC: with a machine id the
     client id (and the broker session) stays; without one the MAC is all there is."""
@@ -628,3 +666,45 @@ def test_a_disk_copy_with_the_same_machine_id_gets_its_own_client_id(tmp_path: P
     clone = installation.installation_client_id(state, "press")
     assert clone != first
     assert installation.installation_client_id(state, "press") == clone  # and it keeps its own
+
+
+@pytest.mark.parametrize("hostapi", ["JACK Audio Connection Kit", "ALSA"])
+def test_a_jack_stream_is_closed_only_after_its_disconnect_settles(monkeypatch: pytest.MonkeyPatch, hostapi: str) -> None:
+    """JACK's client library walks its port list in a thread of its own after every
+    connection change, and closing erases ports from that list: a stream on JACK pauses
+    between stopping (which disconnects) and closing, at least ``JACK_CLOSE_SETTLE_S`` and
+    ``JACK_CLOSE_SETTLE_PERIODS`` periods; on a stop, and after a start that failed (it may
+    have connected ports). Other host APIs close at once."""
+    import edge_asd.audio.sources.device as device_source
+    from edge_asd.audio.capture import Capture
+
+    pauses: list[float] = []
+    real_close = device_source._close_quietly
+
+    def recording_close(stream: Any, name: str, settle_s: float = 0.0) -> None:
+        pauses.append(settle_s)
+        real_close(stream, name, 0.0)
+
+    monkeypatch.setattr(device_source, "_close_quietly", recording_close)
+    pa = FakePortAudio(np.zeros(16000, np.float32), index=3)
+    pa.hostapi = hostapi
+    monkeypatch.setattr(device_source, "import_sounddevice", lambda: pa)
+    monkeypatch.setattr(device_source, "refresh_portaudio", lambda: None)
+    source = device_source.SoundDeviceSource("USB Mic")
+    capture = Capture(source)
+    capture.start()
+    try:
+        assert _wait(lambda: capture.ring.written > 0)
+    finally:
+        capture.stop()
+    period = 1600 / 16000  # the fake's blocks: a tenth of a second
+    jack = max(device_source.JACK_CLOSE_SETTLE_S, device_source.JACK_CLOSE_SETTLE_PERIODS * period)
+    assert pauses == ([pytest.approx(jack)] if hostapi.startswith("JACK") else [0.0])
+
+    def failing_start(self: _FakeStream) -> None:
+        raise RuntimeError("Error starting stream: Unanticipated host error [PaErrorCode -9999]")
+
+    monkeypatch.setattr(_FakeStream, "start", failing_start)
+    with pytest.raises(RuntimeError, match="Unanticipated host error"):
+        source._open()
+    assert len(pauses) == 2 and pauses[1] == (pytest.approx(jack) if hostapi.startswith("JACK") else 0.0)

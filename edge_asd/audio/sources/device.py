@@ -54,6 +54,21 @@ RESCAN_HINT = (
     "restart the service (systemctl restart edge-asd) to look for it again"
 )
 
+JACK_CLOSE_SETTLE_S = 0.6
+"""Least pause between stopping and closing a stream on JACK (``JACK_CLOSE_SETTLE_PERIODS``
+periods, if longer). Stopping disconnects the stream's ports; at the cycle after, the server
+recomputes latencies and notifies every client, whose JACK library handles that in a thread
+of its own by walking the client's port list; closing unregisters the ports, erasing them
+from that same list without a lock (jack2 1.9.21). PortAudio's close waits for that very
+cycle, so without a pause the erase and the walk start together, and when they meet the
+process dies of SIGSEGV (docs/reliability.md, ``bench/jack_close_race.py``). 0.6 s is past
+the 0.5 s a late client may hold the server's graph switch without real-time scheduling. It
+makes the crash improbable, not impossible; it costs that pause at shutdown or reopen, on
+JACK only."""
+
+JACK_CLOSE_SETTLE_PERIODS = 4
+"""The pause in JACK periods (the callback's block size), for servers run with long periods."""
+
 _PORTAUDIO_LOCK = threading.RLock()
 """Held around every re-scan, device query, open and close of a PortAudio stream, process-wide:
 a re-scan terminates and re-initialises PortAudio, which would kill a stream another source's
@@ -123,6 +138,7 @@ class SoundDeviceSource(AudioSource):
         self.rescan_escalate_s = RESCAN_ESCALATE_S
         self._stream: Any = None
         self._ended = False
+        self._block_frames = 0  # frames of the last callback: the period on JACK
         self.last_error: str | None = None
         self._lookup: str | int | None = device  # what the supervisor resolves (the stable id once found)
         self._rescanned = True  # did the last reopen attempt re-scan PortAudio's device list?
@@ -160,6 +176,7 @@ class SoundDeviceSource(AudioSource):
     # The two PortAudio callbacks: nothing but a copy and a flag.
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         self._ring.write(indata, status.input_overflow)  # type: ignore[union-attr]
+        self._block_frames = frames  # with blocksize 0: the host's period (JACK's)
 
     def _finished(self) -> None:
         self._ended = True
@@ -199,8 +216,8 @@ class SoundDeviceSource(AudioSource):
             stream.start()
         except BaseException:
             # sounddevice streams have no finaliser: an unclosed one keeps the card busy and
-            # leaks one PortAudio stream per retry
-            _close_quietly(stream, self.name)
+            # leaks one PortAudio stream per retry (a failed start may have connected ports)
+            _close_quietly(stream, self.name, self._close_pause())
             raise
         SoundDeviceSource._open_streams.add(id(self))
         self._stream = stream
@@ -213,7 +230,15 @@ class SoundDeviceSource(AudioSource):
             stream, self._stream = self._stream, None
             SoundDeviceSource._open_streams.discard(id(self))
             if stream is not None:
-                _close_quietly(stream, self.name)
+                _close_quietly(stream, self.name, self._close_pause())
+
+    def _close_pause(self) -> float:
+        """Seconds to wait between stopping and closing this source's stream: on JACK,
+        ``JACK_CLOSE_SETTLE_S`` or ``JACK_CLOSE_SETTLE_PERIODS`` periods, whichever is
+        longer; elsewhere none."""
+        if self.device is None or not self.device.hostapi.startswith("JACK"):
+            return 0.0
+        return max(JACK_CLOSE_SETTLE_S, JACK_CLOSE_SETTLE_PERIODS * self._block_frames / self.sample_rate)
 
     def start(self, ring: CaptureRing) -> None:
         self._attach(ring, "device")
@@ -330,13 +355,16 @@ class SoundDeviceSource(AudioSource):
         logger.warning("input %s is back (%s, index %d)", self.name, found.name, found.index)
 
 
-def _close_quietly(stream: Any, name: str) -> None:
+def _close_quietly(stream: Any, name: str, settle_s: float = 0.0) -> None:
     """Abort and close a PortAudio stream, whatever state it is in (a vanished device may
-    refuse even to close; there is nothing left to do about it then)."""
+    refuse even to close; there is nothing left to do about it then). ``settle_s``: a pause
+    between the two (``SoundDeviceSource._close_pause``)."""
     try:
         stream.abort(ignore_errors=True)
     except Exception as err:
         logger.debug("aborting stream of %s: %s", name, err)
+    if settle_s > 0:
+        time.sleep(settle_s)
     try:
         stream.close(ignore_errors=True)
     except Exception as err:
