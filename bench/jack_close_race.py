@@ -20,7 +20,7 @@ libportaudio2 built with JACK (Debian's is). On the development VM the crash cam
 load (``--burners``) alone; docs/reliability.md has the figures::
 
     python bench/jack_close_race.py --closes 4000 --workers 2 --churn --settle 0 --settle 0.6 \\
-        --out bench/results/jack_close_race.json
+        --out bench/results/jack_close_race_churn.json
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+HANG_S = 60.0
+"""A worker whose count has not moved for this long is hung (PortAudio's JACK host waits up
+to 10 minutes on a condition): it gets SIGABRT, so faulthandler prints its stacks, and is
+counted under ``hangs`` and replaced."""
 
 MAX_FRUITLESS_CRASHES = 3
 """A worker that crashes this many times in a row before its first close ends the run: the
@@ -101,7 +106,8 @@ class Churn:
 
     def __init__(self, period: int) -> None:
         self.period = period
-        self.cycles = 0
+        self.cycles = 0  # whole cycles: the server up, the client connected, all stopped
+        self.failed = 0  # cycles whose client did not run or connect
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="churn", daemon=True)
@@ -130,13 +136,17 @@ class Churn:
                     metro = subprocess.Popen(["jack_metro", "-b", "300"], env=env, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL)  # fmt: skip
                     time.sleep(0.5)
-                    subprocess.run(["jack_connect", "metro:300_bpm", "system:playback_1"], env=env,
-                                   capture_output=True, timeout=10)  # fmt: skip
+                    wired = subprocess.run(["jack_connect", "metro:300_bpm", "system:playback_1"], env=env,
+                                           capture_output=True, timeout=10)  # fmt: skip
                     self._stop.wait(1.0)
+                    alive = metro.poll() is None
                     _stop(metro)
                 finally:
                     _stop(server)
-                self.cycles += 1
+                if wired.returncode == 0 and alive:
+                    self.cycles += 1
+                else:
+                    self.failed += 1
         except Exception as err:  # reported: a run whose churn died is not a churn run
             self.error = f"{type(err).__name__}: {err}"
 
@@ -151,6 +161,8 @@ class _Worker:
         self.errfile = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in finish())
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.errfile, text=True)
         self.count = 0
+        self.progressed = time.monotonic()
+        self.hung = False
         self.tail: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -160,6 +172,7 @@ class _Worker:
         for line in self.proc.stdout:
             if line.startswith("closed "):
                 self.count = int(line.split()[1])
+                self.progressed = time.monotonic()
             else:
                 self.tail = (self.tail + [line])[-20:]
 
@@ -177,7 +190,7 @@ def run_variant(settle_s: float, closes: int, workers: int, period: int) -> dict
     """``closes`` cycles over ``workers`` concurrent children; crashed children are replaced."""
     remaining = [closes // workers + (1 if slot < closes % workers else 0) for slot in range(workers)]
     started = time.monotonic()
-    tally: dict = {"closes": 0, "crashes": 0, "crashes_in_close": 0, "signals": [], "stacks": []}
+    tally: dict = {"closes": 0, "crashes": 0, "crashes_in_close": 0, "hangs": 0, "signals": [], "stacks": []}
     servers = [f"closerace{os.getpid()}x{slot}" for slot in range(workers)]
     jackds = [_jackd(name, period) for name in servers]
     running: dict[int, _Worker] = {}
@@ -189,6 +202,9 @@ def run_variant(settle_s: float, closes: int, workers: int, period: int) -> dict
             time.sleep(0.2)
             for slot, w in list(running.items()):
                 if w.proc.poll() is None:
+                    if time.monotonic() - w.progressed > HANG_S and not w.hung:
+                        w.hung = True
+                        w.proc.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
                     continue
                 del running[slot]
                 stack = w.finish()
@@ -198,9 +214,12 @@ def run_variant(settle_s: float, closes: int, workers: int, period: int) -> dict
                     if w.proc.returncode != 0:
                         raise SystemExit(f"worker failed (exit {w.proc.returncode}): {''.join(w.tail)}{stack}")
                     continue
-                tally["crashes"] += 1
+                if w.hung:
+                    tally["hangs"] += 1
+                else:
+                    tally["crashes"] += 1
                 tally["signals"].append(signal.Signals(-w.proc.returncode).name)
-                tally["crashes_in_close"] += " in close\n" in stack
+                tally["crashes_in_close"] += not w.hung and " in close\n" in stack
                 tally["stacks"].append(stack)
                 fruitless[slot] = 0 if w.count else fruitless[slot] + 1
                 if fruitless[slot] >= MAX_FRUITLESS_CRASHES:
@@ -240,16 +259,17 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
     churn = Churn(args.period) if args.churn else None
-    results = []
+    results: list[dict] = []
     try:
         if churn is not None:
             churn.start()
         for settle in settles:
             result = run_variant(settle, args.closes, args.workers, args.period)
             if churn is not None:
+                result["churn_cycles_so_far"], result["churn_failed_so_far"] = churn.cycles, churn.failed
                 if not churn.alive():
+                    results.append(result)
                     raise SystemExit(f"the churn stopped during the run: {churn.error}")
-                result["churn_cycles_so_far"] = churn.cycles
             print(json.dumps({k: v for k, v in result.items() if k != "stacks"}), flush=True)
             results.append(result)
     finally:
@@ -257,11 +277,13 @@ def main() -> int:
             churn.stop()
         for burner in burners:
             burner.kill()
-    report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs", "started": started,
-              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "workers": args.workers,
-              "burners": args.burners, "churn": args.churn, "period_frames": args.period, "results": results}  # fmt: skip
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        if args.out and results:  # what was measured is kept, even when a later variant failed
+            report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+                      "started": started, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      "workers": args.workers, "burners": args.burners, "churn": args.churn,
+                      "period_frames": args.period, "complete": len(results) == len(settles),
+                      "results": results}  # fmt: skip
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

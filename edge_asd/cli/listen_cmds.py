@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         fast: bool = typer.Option(False, "--fast", help="Replay file sources as fast as the engine scores (no real-time pacing)."),
     ) -> None:
         """Listen to the machines and publish anomaly alerts over MQTT (the daemon)."""
+        import contextlib
         import faulthandler
 
         from edge_asd.daemon.listen import build_daemon, run_daemon
@@ -65,7 +66,8 @@ def register(app: typer.Typer) -> None:
         # process without a Python traceback; this prints every thread's stack to stderr first,
         # so the report names the call that crashed (the systemd unit sets PYTHONFAULTHANDLER
         # too; this covers `listen` run by hand, in a container or in the tests).
-        faulthandler.enable()
+        with contextlib.suppress(Exception):  # no usable stderr (started with 2>&-): run without it
+            faulthandler.enable()
 
         cfg = _load(config, device, source, bundle, classes, broker, hop, backend, state_dir, node_id, fast)
         logging.getLogger().setLevel(cfg.logging.level)

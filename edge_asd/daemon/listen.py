@@ -46,7 +46,7 @@ STOP_FLUSH_S = 5.0
 
 @dataclass
 class Daemon:
-    """Everything ``listen`` holds open; ``close()`` releases it in reverse order."""
+    """Everything ``listen`` holds open; ``close()`` releases it, what must not be lost first."""
 
     pipeline: Pipeline
     captures: list[Capture]

@@ -212,6 +212,7 @@ class SoundDeviceSource(AudioSource):
                         "set the source's `samplerate:` to a rate it supports)")  # fmt: skip
             raise AudioDeviceError(f"{err}{hint}") from err
         self._ended = False
+        self._block_frames = 0  # this stream's period, once its first callback says
         try:
             stream.start()
         except BaseException:
